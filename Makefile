@@ -1,0 +1,73 @@
+# systemd-free appliance image builder. `make help` lists the targets.
+#
+# Variables: CORE=path (your program), PROFILE=default|debug, MIRROR=url (Debian
+# mirror; default: the host's own), CACHE_DIR (mkosi's package cache and incremental
+# image, kept outside the clone), TIMEOUT_MULTIPLIER (QEMU tests), QEMU_ACCEL=kvm|tcg.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BUILD ?= build
+CACHE_DIR ?= $(HOME)/.cache/appliance-image
+PROFILE ?= default
+CORE ?=
+export CORE MIRROR SECURITY_MIRROR
+
+HOST_STAMP := $(BUILD)/.host-ready
+VENV_STAMP := $(VENV)/.ready
+
+.PHONY: help deps image test-image qemu test lint unit qemu-test size bench-build clean distclean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(HOST_STAMP): scripts/setup-host
+	scripts/setup-host
+	@mkdir -p $(BUILD) && touch $@
+
+$(VENV_STAMP): python/pyproject.toml | $(HOST_STAMP)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e 'python[dev]'
+	@touch $@
+
+deps: $(HOST_STAMP) $(VENV_STAMP) ## install what building and testing need (apt, venv)
+
+image: deps ## build build/appliance.raw (and .efi, .bmap); CORE=, PROFILE=debug
+	$(PY) -m appliance.build image --build-dir $(BUILD) --cache-dir $(CACHE_DIR) --profile $(PROFILE)
+
+test-image: deps ## build build/test/appliance.raw with the crash-matrix test core
+	$(PY) -m appliance.build image --build-dir $(BUILD)/test --cache-dir $(CACHE_DIR) \
+		--core tests/cores/matrix --core-memory-max 256M
+
+size: deps ## print the UKI's size breakdown (kernel, initrd, largest directories)
+	$(PY) -m appliance.build size $(BUILD)/appliance.efi
+
+qemu: deps ## boot build/appliance.raw in QEMU/OVMF on this terminal (Ctrl-a x quits)
+	$(PY) -m appliance.harness.run $(BUILD)/appliance.raw
+
+lint: deps ## ruff and mypy
+	$(VENV)/bin/ruff check python tests initramfs/init initramfs/launch-core mkosi.finalize mkosi.prepare.chroot mkosi.postinst.chroot
+	$(VENV)/bin/mypy
+
+unit: deps ## the fast tests (no image, no QEMU)
+	$(PY) -m pytest -m 'not image and not qemu' tests
+
+qemu-test: deps image test-image ## the QEMU tests (boot the image, crash it, check the dumps)
+	$(PY) -m pytest -m 'image or qemu' tests
+
+test: deps lint image test-image ## everything: lint, unit tests, image tests, QEMU tests
+	$(PY) -m pytest tests
+
+bench-build: deps ## time a rebuild after touching one file under python/
+	$(PY) -m appliance.build bench-rebuild --build-dir $(BUILD) --cache-dir $(CACHE_DIR)
+
+clean: ## remove build outputs (keeps the package cache and incremental image)
+	rm -rf $(BUILD)
+
+distclean: clean ## also remove the venv and mkosi's caches
+	rm -rf $(VENV) $(CACHE_DIR)

@@ -1,0 +1,1 @@
+"""Host-side build steps: render the settings, run mkosi, lay out the disk image."""

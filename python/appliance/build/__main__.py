@@ -1,0 +1,115 @@
+"""``python -m appliance.build``: the steps behind ``make image`` and ``make size``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from appliance.build import disk, inspect, mirror, mkosi, render
+
+
+def _step(n: int, total: int, what: str) -> float:
+    print(f"build: [{n}/{total}] {what}", file=sys.stderr, flush=True)
+    return time.monotonic()
+
+
+def cmd_image(args: argparse.Namespace) -> int:
+    repo = Path(args.repo).resolve()
+    build = Path(args.build_dir).resolve()
+    core = Path(args.core) if args.core else repo / "examples/demo-core.py"
+    started = time.monotonic()
+
+    _step(1, 4, f"checking the core {core} and rendering the build settings")
+    try:
+        render.check_core(core)
+        mirrors = mirror.host_mirrors(args.mirror or None, args.security_mirror)
+    except (render.CoreError, mirror.MirrorError) as e:
+        print(f"build: error: {e}", file=sys.stderr)
+        return 2
+    print(f"build: mirror {mirrors.main}" + (f", security {mirrors.security}" if mirrors.security else
+                                              ", no security archive"), file=sys.stderr)
+    settings = render.Settings(
+        repo=repo, core=core.resolve(), mirrors=mirrors, profile=args.profile,
+        runtime_log_cap=args.runtime_log_cap, core_memory_max=args.core_memory_max or None,
+    )
+    render_dir = build / "render"
+    render.render(settings, render_dir)
+
+    _step(2, 4, "building the image tree and the UKI with mkosi (first run: downloads packages)")
+    out = build / "mkosi"
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = mkosi.mkosi_command(repo, render_dir, out, Path(args.cache_dir).resolve(), args.profile)
+    try:
+        mkosi.run_mkosi(cmd)
+    except RuntimeError as e:
+        print(f"build: error: {e}", file=sys.stderr)
+        return 1
+    efi = build / "appliance.efi"
+    shutil.copy2(out / "appliance.efi", efi)
+
+    _step(3, 4, "laying out the GPT disk image with the ESP")
+    raw = build / "appliance.raw"
+    layout = disk.make_disk(efi, raw, free=args.esp_free_mib * disk.MIB)
+    disk.make_bmap(raw, build / "appliance.bmap")
+
+    _step(4, 4, "checking the result")
+    report = inspect.size_report(efi)
+    print(report.summary(), file=sys.stderr)
+    print(f"build: ESP {layout.esp_size // disk.MIB} MiB, at least {args.esp_free_mib} MiB free for crash history",
+          file=sys.stderr)
+    print(f"build: done in {time.monotonic() - started:.1f} s: {raw} ({raw.stat().st_size // disk.MIB} MiB), {efi}",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_size(args: argparse.Namespace) -> int:
+    efi = Path(args.efi)
+    if not efi.exists():
+        print(f"size: {efi} not found; run `make image` first", file=sys.stderr)
+        return 2
+    print(inspect.size_report(efi, top=args.top).full())
+    return 0
+
+
+def cmd_check_core(args: argparse.Namespace) -> int:
+    try:
+        entry = render.check_core(Path(args.core))
+    except render.CoreError as e:
+        print(f"build: error: {e}", file=sys.stderr)
+        return 2
+    print(f"core ok: {entry}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m appliance.build")
+    sub = p.add_subparsers(dest="command", required=True)
+    img = sub.add_parser("image", help="build build/appliance.raw and build/appliance.efi")
+    img.add_argument("--repo", default=".")
+    img.add_argument("--build-dir", default="build")
+    img.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/appliance-image"))
+    img.add_argument("--core", default=os.environ.get("CORE") or None)
+    img.add_argument("--profile", default="default", choices=["default", "debug"])
+    img.add_argument("--mirror", default=os.environ.get("MIRROR", ""))
+    img.add_argument("--security-mirror", default=os.environ.get("SECURITY_MIRROR"))
+    img.add_argument("--esp-free-mib", type=int, default=64)
+    img.add_argument("--runtime-log-cap", type=int, default=1024 * 1024)
+    img.add_argument("--core-memory-max", default="")
+    img.set_defaults(func=cmd_image)
+    sz = sub.add_parser("size", help="print the size breakdown of a UKI")
+    sz.add_argument("efi", nargs="?", default="build/appliance.efi")
+    sz.add_argument("--top", type=int, default=12)
+    sz.set_defaults(func=cmd_size)
+    cc = sub.add_parser("check-core", help="check that a core can be built in")
+    cc.add_argument("core")
+    cc.set_defaults(func=cmd_check_core)
+    args = p.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

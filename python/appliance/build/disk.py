@@ -1,0 +1,80 @@
+"""Lay the UKI into a GPT disk image with one FAT32 EFI System Partition.
+
+No loop devices and no root: sfdisk writes the partition table into the file,
+mkfs.fat formats at an offset, mtools copies the UKI in. The ESP is sized to hold the
+UKI plus ``free`` bytes for the crash history, which mkosi's Format=esp cannot do.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+MIB = 1024 * 1024
+ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+# The partition name marks the ESP as ours: the init's fallback (no
+# LoaderDevicePartUUID) only ever uses an ESP that carries it.
+ESP_NAME = "APPLIANCE-ESP"
+FAT_LABEL = "APPLIANCE"
+ALIGN = MIB  # first partition at 1 MiB, as every partitioning tool does
+FAT32_OVERHEAD = 4 * MIB  # FATs, reserved sectors and slack for a disk this size
+MIN_ESP = 64 * MIB  # FAT32 needs >= 65525 clusters; OVMF refuses smaller FAT32
+
+
+@dataclass(frozen=True)
+class Layout:
+    disk_size: int
+    esp_offset: int
+    esp_size: int
+
+
+def plan(uki_size: int, free: int) -> Layout:
+    """Where the ESP goes and how big the disk is, for a UKI and the wanted free space."""
+    esp = uki_size + free + FAT32_OVERHEAD
+    esp = max(MIN_ESP, -(-esp // MIB) * MIB)
+    # 1 MiB before (primary GPT, alignment), 1 MiB after (backup GPT).
+    return Layout(disk_size=ALIGN + esp + MIB, esp_offset=ALIGN, esp_size=esp)
+
+
+def sfdisk_script(layout: Layout, disk_id: uuid.UUID, part_id: uuid.UUID) -> str:
+    start = layout.esp_offset // 512
+    size = layout.esp_size // 512
+    return (
+        "label: gpt\n"
+        f"label-id: {str(disk_id).upper()}\n"
+        f"start={start}, size={size}, type={ESP_TYPE}, uuid={str(part_id).upper()}, name=\"{ESP_NAME}\"\n"
+    )
+
+
+def _run(cmd: list[str], **kw: object) -> None:
+    try:
+        subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)  # type: ignore[call-overload]
+    except subprocess.CalledProcessError as e:
+        raise RuntimeError(f"{cmd[0]} failed (exit {e.returncode}): {e.stderr.strip() or e.stdout.strip()}") from e
+
+
+def make_disk(uki: Path, out: Path, free: int = 64 * MIB,
+              disk_id: uuid.UUID | None = None, part_id: uuid.UUID | None = None) -> Layout:
+    """Write ``out``: GPT, one ESP with the UKI at the removable-media path."""
+    layout = plan(uki.stat().st_size, free)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    with tmp.open("wb") as f:
+        f.truncate(layout.disk_size)
+    script = sfdisk_script(layout, disk_id or uuid.uuid4(), part_id or uuid.uuid4())
+    _run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", str(tmp)], input=script)
+    sectors = layout.esp_offset // 512
+    _run(["mkfs.fat", "-F", "32", "-n", FAT_LABEL, f"--offset={sectors}",
+          str(tmp), str(layout.esp_size // 1024)])
+    img = f"{tmp}@@{layout.esp_offset}"
+    _run(["mmd", "-i", img, "::/EFI", "::/EFI/BOOT"])
+    _run(["mcopy", "-i", img, str(uki), "::/EFI/BOOT/BOOTX64.EFI"])
+    tmp.rename(out)
+    return layout
+
+
+def make_bmap(image: Path, bmap: Path) -> None:
+    """The block map bmaptool uses to write only the used blocks when flashing."""
+    _run(["bmaptool", "create", "-o", str(bmap), str(image)])

@@ -1,0 +1,146 @@
+"""Turn build settings into the files mkosi consumes: the one place they are rendered.
+
+Everything that depends on a setting (the apt sources for the mirror, the init's
+configuration, the core) is written under ``build/render/`` from jinja2 templates
+and copies; nothing in the repository is edited.
+"""
+
+from __future__ import annotations
+
+import ast
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from appliance.build.mirror import Mirrors
+
+# Where things live inside the image.
+IMAGE_PYTHON_DIR = "usr/lib/appliance/python"
+IMAGE_CORE_DIR = "usr/lib/appliance/core"
+IMAGE_CONFIG = "etc/appliance/init.json"
+# Subpackages that run inside the image; the host-side ones stay out of it.
+IN_IMAGE_PACKAGES = ("init",)
+
+
+class CoreError(Exception):
+    """The core given to the build cannot be used."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    repo: Path
+    core: Path
+    mirrors: Mirrors
+    profile: str = "default"
+    release: str = "trixie"
+    runtime_log_cap: int = 1024 * 1024
+    history_records: int = 16
+    history_bytes: int = 8 * 1024 * 1024
+    esp_free_floor: int = 16 * 1024 * 1024
+    esp_wait_seconds: float = 10.0
+    shutdown_grace_seconds: float = 10.0
+    core_memory_max: str | None = None
+
+
+def check_core(core: Path) -> Path:
+    """The core's entry file, after checking it is Python that compiles.
+
+    A core is a ``.py`` file, or a directory holding ``__main__.py``. This runs before
+    any long work, so a wrong path fails in a second, not after the image build.
+    """
+    if not core.exists():
+        raise CoreError(f"core not found: {core} (CORE= names a .py file or a directory with __main__.py)")
+    if core.is_dir():
+        entry = core / "__main__.py"
+        if not entry.is_file():
+            raise CoreError(f"core directory {core} has no __main__.py")
+    elif core.suffix != ".py":
+        raise CoreError(f"core {core} is not a Python file (expected a .py file or a directory with __main__.py)")
+    else:
+        entry = core
+    sources = sorted(core.rglob("*.py")) if core.is_dir() else [core]
+    for source in sources:
+        try:
+            ast.parse(source.read_bytes(), filename=str(source))
+        except SyntaxError as e:
+            raise CoreError(f"core {source} is not valid Python: {e.msg} (line {e.lineno})") from e
+        except ValueError as e:  # null bytes: binary data, not source
+            raise CoreError(f"core {source} is not Python source: {e}") from e
+    return entry
+
+
+def read_module_list(path: Path) -> list[str]:
+    """Module names from ``initramfs/modules.txt`` ('#' comments, blank lines ignored)."""
+    names = []
+    for line in path.read_text().splitlines():
+        name = line.split("#", 1)[0].strip()
+        if name:
+            names.append(name)
+    return names
+
+
+def _environment(repo: Path) -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader([repo / "templates", repo / "initramfs"]),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+def render(settings: Settings, out: Path) -> None:
+    """Write ``out/pkgmngr`` (apt sources) and ``out/extra`` (the init, config, core)."""
+    entry = check_core(settings.core)
+    repo = settings.repo
+    env = _environment(repo)
+    if out.exists():
+        shutil.rmtree(out)
+
+    sources = out / "pkgmngr/etc/apt/sources.list.d/mkosi.sources"
+    sources.parent.mkdir(parents=True)
+    sources.write_text(env.get_template("mkosi.sources.j2").render(
+        mirror=settings.mirrors.main,
+        security_mirror=settings.mirrors.security,
+        release=settings.release,
+    ))
+
+    extra = out / "extra"
+    for name in ("init", "launch-core"):
+        dest = extra / (name if name == "init" else "usr/lib/appliance/launch-core")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(repo / "initramfs" / name, dest)
+        dest.chmod(0o755)
+
+    package = repo / "python/appliance"
+    pydest = extra / IMAGE_PYTHON_DIR / "appliance"
+    pydest.mkdir(parents=True)
+    shutil.copy2(package / "__init__.py", pydest / "__init__.py")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for sub in IN_IMAGE_PACKAGES:
+        shutil.copytree(package / sub, pydest / sub, ignore=ignore)
+
+    coredest = extra / IMAGE_CORE_DIR
+    if settings.core.is_dir():
+        shutil.copytree(settings.core, coredest, ignore=ignore)
+        core_path = "/" + IMAGE_CORE_DIR
+    else:
+        coredest.mkdir(parents=True)
+        shutil.copy2(entry, coredest / entry.name)
+        core_path = f"/{IMAGE_CORE_DIR}/{entry.name}"
+
+    config = extra / IMAGE_CONFIG
+    config.parent.mkdir(parents=True)
+    config.write_text(env.get_template("appliance.json.j2").render(
+        core_path=core_path,
+        modules=read_module_list(repo / "initramfs/modules.txt"),
+        runtime_log_cap=settings.runtime_log_cap,
+        history_records=settings.history_records,
+        history_bytes=settings.history_bytes,
+        esp_free_floor=settings.esp_free_floor,
+        esp_wait_seconds=settings.esp_wait_seconds,
+        shutdown_grace_seconds=settings.shutdown_grace_seconds,
+        core_memory_max=settings.core_memory_max,
+        profile=settings.profile,
+    ))

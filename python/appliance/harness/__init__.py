@@ -1,0 +1,1 @@
+"""Boot the image in QEMU/OVMF and drive its serial console (pexpect): for tests and users."""

@@ -1,0 +1,62 @@
+"""Shared fixtures: the repository, the built images, and the QEMU tier's skip rule."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "python"))
+
+BUILD = REPO / "build"
+TEST_LOGS = BUILD / "test-logs"
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+def _need(path: Path, how: str) -> Path:
+    if not path.exists():
+        pytest.fail(f"{path} is missing: {how} (make test does it first)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def built_efi() -> Path:
+    return _need(BUILD / "appliance.efi", "run `make image`")
+
+
+@pytest.fixture(scope="session")
+def built_raw() -> Path:
+    return _need(BUILD / "appliance.raw", "run `make image`")
+
+
+@pytest.fixture(scope="session")
+def test_raw() -> Path:
+    return _need(BUILD / "test/appliance.raw", "run `make test-image`")
+
+
+@pytest.fixture(scope="session")
+def qemu_ready() -> None:
+    """Skip, saying why, where QEMU or OVMF is truly absent; nowhere else."""
+    from appliance.harness.qemu import FirmwareError, find_ovmf
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)")
+    try:
+        find_ovmf()
+    except FirmwareError as e:
+        pytest.skip(str(e))
+    if shutil.which("mtype") is None:
+        pytest.skip("mtools is not installed (apt-get install mtools)")
+
+
+@pytest.fixture
+def log_dir(request: pytest.FixtureRequest) -> Path:
+    d = TEST_LOGS
+    d.mkdir(parents=True, exist_ok=True)
+    return d

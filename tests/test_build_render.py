@@ -1,0 +1,88 @@
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from appliance.build import mkosi, render
+from appliance.build.mirror import MirrorError, Mirrors, parse_indextargets
+
+INDEXTARGETS = """bookworm-security http://mirror.example/debian-security/
+bookworm http://mirror.example/debian/
+bookworm-updates http://mirror.example/debian/
+bookworm-backports http://mirror.example/debian/
+"""
+
+
+def test_mirror_from_apt_indextargets() -> None:
+    m = parse_indextargets(INDEXTARGETS)
+    assert m == Mirrors("http://mirror.example/debian", "http://mirror.example/debian-security")
+    assert parse_indextargets("trixie http://m/debian\n").security is None
+    with pytest.raises(MirrorError):
+        parse_indextargets("bookworm-updates http://m/debian\n")
+
+
+@pytest.mark.parametrize("content,name,error", [
+    (None, "missing.py", "core not found"),
+    ("print('x')", "core.sh", "is not a Python file"),
+    ("def f(:\n", "core.py", "is not valid Python"),
+    ("\x00\x01binary", "core.py", "is not Python source"),
+])
+def test_bad_cores_fail_before_any_long_work(tmp_path: Path, content: str | None, name: str, error: str) -> None:
+    p = tmp_path / name
+    if content is not None:
+        p.write_text(content)
+    with pytest.raises(render.CoreError, match=error):
+        render.check_core(p)
+
+
+def test_core_directory_needs_main(tmp_path: Path) -> None:
+    (tmp_path / "lib.py").write_text("x = 1\n")
+    with pytest.raises(render.CoreError, match=r"no __main__\.py"):
+        render.check_core(tmp_path)
+    (tmp_path / "__main__.py").write_text("import lib\n")
+    assert render.check_core(tmp_path) == tmp_path / "__main__.py"
+
+
+def test_render_writes_sources_config_and_core(repo: Path, tmp_path: Path) -> None:
+    core = tmp_path / "mycore.py"
+    core.write_text("print('hi')\n")
+    settings = render.Settings(repo=repo, core=core, mirrors=Mirrors("http://m.example/debian", None))
+    out = tmp_path / "render"
+    render.render(settings, out)
+    sources = (out / "pkgmngr/etc/apt/sources.list.d/mkosi.sources").read_text()
+    assert "URIs: http://m.example/debian" in sources and "Suites: trixie trixie-updates" in sources
+    assert "security" not in sources and "debug" not in sources
+    cfg = json.loads((out / "extra/etc/appliance/init.json").read_text())
+    assert cfg["core"] == "/usr/lib/appliance/core/mycore.py"
+    assert "vfat" in cfg["modules"] and "efivarfs" in cfg["modules"]
+    assert (out / "extra/usr/lib/appliance/core/mycore.py").read_text() == "print('hi')\n"
+    assert (out / "extra/init").stat().st_mode & 0o111
+    assert (out / "extra/usr/lib/appliance/python/appliance/init/main.py").exists()
+    assert not (out / "extra/usr/lib/appliance/python/appliance/build").exists()
+
+
+def test_rendered_config_loads_in_the_init(repo: Path, tmp_path: Path) -> None:
+    from appliance.init import config
+    settings = render.Settings(repo=repo, core=repo / "examples/demo-core.py", mirrors=Mirrors("http://m", None),
+                               core_memory_max="200M")
+    render.render(settings, tmp_path / "r")
+    cfg, problems = config.load(str(tmp_path / "r/extra/etc/appliance/init.json"))
+    assert problems == [] and cfg.core_memory_max == "200M" and len(cfg.modules) > 10
+
+
+def test_mkosi_command(tmp_path: Path) -> None:
+    cmd = mkosi.mkosi_command(Path("/r"), Path("/b/render"), Path("/b/out"), Path("/c"), "debug")
+    assert cmd[0] == "mkosi" and cmd[-2:] == ["--force", "build"]
+    assert "--extra-tree=/b/render/extra:/" in cmd and "--package-manager-tree=/b/render/pkgmngr:/" in cmd
+    assert "--incremental=yes" in cmd and "--profile=debug" in cmd
+    assert "--profile=default" not in mkosi.mkosi_command(Path("/r"), Path("/b"), Path("/o"), Path("/c"), "default")
+
+
+def test_no_registry_host_names_in_the_repository(repo: Path) -> None:
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=repo,
+                           capture_output=True, text=True, check=True).stdout.split()
+    pattern = re.compile(r"(deb|security|archive|ftp)\.debian\.org|pypi\.org|files\.pythonhosted")
+    offenders = [f for f in files if (repo / f).is_file() and pattern.search((repo / f).read_text(errors="ignore"))]
+    assert offenders == []

@@ -1,0 +1,64 @@
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from appliance.build import disk
+from appliance.harness.esp import EspImage
+from appliance.init import gpt
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes, uuid.UUID]:
+    d = tmp_path_factory.mktemp("disk")
+    uki = d / "fake.efi"
+    payload = b"MZ" + bytes(range(256)) * 4000
+    uki.write_bytes(payload)
+    part = uuid.uuid4()
+    disk.make_disk(uki, d / "disk.raw", free=8 * disk.MIB, part_id=part)
+    return d / "disk.raw", payload, part
+
+
+def test_plan_leaves_the_wanted_free_space() -> None:
+    layout = disk.plan(25 * disk.MIB, 64 * disk.MIB)
+    assert layout.esp_size >= 25 * disk.MIB + 64 * disk.MIB
+    assert layout.esp_offset % disk.MIB == 0 and layout.esp_size % disk.MIB == 0
+    assert disk.plan(1, 0).esp_size == disk.MIN_ESP
+
+
+def test_gpt_has_one_named_esp_with_our_guid(image: tuple[Path, bytes, uuid.UUID]) -> None:
+    raw, _, part = image
+    parts = gpt.read_partitions(str(raw))
+    assert len(parts) == 1
+    assert parts[0].is_esp and parts[0].name == disk.ESP_NAME and parts[0].unique_guid == part
+    assert parts[0].first_lba * 512 == disk.ALIGN
+    out = subprocess.run(["sfdisk", "--verify", str(raw)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_uki_is_at_the_removable_media_path_and_fat_is_clean(image: tuple[Path, bytes, uuid.UUID]) -> None:
+    raw, payload, _ = image
+    assert EspImage(raw).read("/EFI/BOOT/BOOTX64.EFI") == payload
+    esp = gpt.read_partitions(str(raw))[0]
+    part = raw.parent / "esp.img"
+    with raw.open("rb") as f:
+        f.seek(esp.first_lba * 512)
+        part.write_bytes(f.read((esp.last_lba - esp.first_lba + 1) * 512))
+    r = subprocess.run(["fsck.fat", "-n", str(part)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    boot = part.read_bytes()[:512]
+    assert boot[82:90] == b"FAT32   " and boot[71:82] == disk.FAT_LABEL.ljust(11).encode()
+
+
+def test_corrupt_gpt_header_is_refused(image: tuple[Path, bytes, uuid.UUID], tmp_path: Path) -> None:
+    raw, _, _ = image
+    data = bytearray(raw.read_bytes()[: 34 * 512])
+    data[512 + 80] ^= 0xFF  # inside the header: the CRC no longer matches
+    bad = tmp_path / "bad.raw"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(gpt.GPTError, match="checksum"):
+        gpt.read_partitions(str(bad))
+    bad.write_bytes(bytes(2048))
+    with pytest.raises(gpt.GPTError, match="signature"):
+        gpt.read_partitions(str(bad))

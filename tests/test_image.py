@@ -1,0 +1,69 @@
+"""What `make image` built: opened, unpacked and checked, not booted."""
+
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from appliance.build import inspect
+from appliance.build.render import read_module_list
+from appliance.init import gpt
+from appliance.init.modules import module_name
+
+pytestmark = pytest.mark.image
+
+FORBIDDEN_NAMES = {"systemd", "systemd-udevd", "udevadm", "udevd", "agetty", "getty", "login", "sulogin",
+                   "sh", "bash", "dash", "rbash", "busybox"}
+FORBIDDEN_PREFIXES = ("libsystemd-shared", "libsystemd-core", "libudev")
+
+
+@pytest.fixture(scope="module")
+def initrd(built_efi: Path) -> dict[str, inspect.Entry]:
+    return {e.path: e for e in inspect.initrd_entries(built_efi)}
+
+
+def test_what_boots_is_systemd_free(initrd: dict[str, inspect.Entry]) -> None:
+    offenders = []
+    for path in initrd:
+        name = PurePosixPath(path).name
+        parts = PurePosixPath(path).parts
+        if name in FORBIDDEN_NAMES or name.startswith(FORBIDDEN_PREFIXES) or "systemd" in parts:
+            offenders.append(path)
+    assert offenders == [], f"the default image must not contain: {offenders}"
+    assert len(initrd) > 500  # the check ran over a real tree
+
+
+def test_init_is_python(initrd: dict[str, inspect.Entry]) -> None:
+    init = initrd["init"]
+    assert init.is_file and init.mode & 0o111
+    assert init.data.startswith(b"#!/usr/bin/python3 ")
+    assert "appliance.init.main" in init.data.decode()
+    python = initrd["usr/bin/python3"]
+    target = python.link_target if python.is_symlink else "python3"
+    assert initrd[f"usr/bin/{target}"].data[:4] == b"\x7fELF"
+    assert "etc/appliance/init.json" in initrd
+    assert any(p.startswith("usr/lib/appliance/python/appliance/init/__pycache__/main.") for p in initrd)
+
+
+def test_kernel_command_line(built_efi: Path) -> None:
+    cmdline = inspect.sections(built_efi)[".cmdline"].rstrip(b"\0").decode().split()
+    assert "console=ttyS0,115200" in cmdline and "console=tty0" in cmdline
+    assert cmdline.index("console=tty0") < cmdline.index("console=ttyS0,115200")  # serial is /dev/console
+    assert any(w.startswith("panic=") and int(w.split("=")[1]) > 0 for w in cmdline)
+    assert "PYTHONHASHSEED=0" in cmdline
+
+
+def test_listed_modules_are_in_the_image(repo: Path, initrd: dict[str, inspect.Entry]) -> None:
+    present = {module_name(p) for p in initrd if ".ko" in PurePosixPath(p).name}
+    builtin_files = [e for p, e in initrd.items() if p.endswith("/modules.builtin")]
+    builtin = {module_name(line) for e in builtin_files for line in e.data.decode().split()}
+    missing = [m for m in read_module_list(repo / "initramfs/modules.txt")
+               if m not in present and m not in builtin]
+    assert missing == []
+    assert len(present) < 120  # trimmed, not the whole kernel
+
+
+def test_disk_image_boots_from_the_removable_media_path(built_raw: Path, built_efi: Path) -> None:
+    from appliance.harness.esp import EspImage
+    parts = gpt.read_partitions(str(built_raw))
+    assert [p.is_esp for p in parts] == [True]
+    assert EspImage(built_raw).read("/EFI/BOOT/BOOTX64.EFI") == built_efi.read_bytes()
