@@ -1,0 +1,162 @@
+"""Find the EFI System Partition this machine booted from, check it, mount it at /esp.
+
+The stub in the UKI writes the booted partition's GUID into the EFI variable
+LoaderDevicePartUUID. Without it, only an ESP whose GPT name marks it as ours is
+used, and only if there is exactly one: a laptop's own ESP is never touched.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from appliance.init import gpt
+from appliance.init.kernel import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_RELATIME
+from appliance.init.mounts import Mounter
+
+LOADER_VENDOR = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
+EFIVARS = "/sys/firmware/efi/efivars"
+ESP_NAME = "APPLIANCE-ESP"  # set by appliance.build.disk
+SYS_BLOCK = "/sys/class/block"
+FSCK = "/usr/sbin/fsck.fat"  # PID 1 gets no PATH from the kernel
+SKIP_DISKS = ("loop", "ram", "zram", "sr", "fd", "dm-", "md")
+
+
+def loader_partuuid(efivars: str = EFIVARS) -> uuid.UUID | None:
+    """The partition GUID the boot loader (the UKI's stub) says it booted from."""
+    try:
+        with open(os.path.join(efivars, f"LoaderDevicePartUUID-{LOADER_VENDOR}"), "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    text = raw[4:].decode("utf-16-le", "replace").split("\0", 1)[0].strip()  # 4 bytes: attributes
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    disk: str  # e.g. "vda"
+    partition: gpt.Partition
+
+
+def scan_disks(sys_block: str = SYS_BLOCK, dev: str = "/dev") -> dict[str, list[gpt.Partition]]:
+    """Every whole disk with a readable GPT, by kernel name."""
+    found: dict[str, list[gpt.Partition]] = {}
+    try:
+        names = sorted(os.listdir(sys_block))
+    except OSError:
+        return found
+    for name in names:
+        if name.startswith(SKIP_DISKS) or os.path.exists(os.path.join(sys_block, name, "partition")):
+            continue
+        try:
+            with open(os.path.join(sys_block, name, "queue/logical_block_size")) as f:
+                sector = int(f.read())
+        except (OSError, ValueError):
+            sector = 512
+        try:
+            found[name] = gpt.read_partitions(os.path.join(dev, name), sector)
+        except (OSError, gpt.GPTError):
+            continue
+    return found
+
+
+def choose(disks: dict[str, list[gpt.Partition]], booted: uuid.UUID | None) -> tuple[Candidate | None, str]:
+    """The ESP to use, or None and why not (yet)."""
+    if booted is not None:
+        for disk, parts in disks.items():
+            for p in parts:
+                if p.unique_guid == booted:
+                    if not p.is_esp:
+                        return None, f"partition {booted} we booted from is not an ESP"
+                    return Candidate(disk, p), ""
+        return None, f"the ESP we booted from (partition {booted}) has not appeared"
+    ours = [Candidate(d, p) for d, parts in disks.items() for p in parts if p.is_esp and p.name == ESP_NAME]
+    if len(ours) == 1:
+        return ours[0], ""
+    if len(ours) > 1:
+        where = ", ".join(f"{c.disk} partition {c.partition.number}" for c in ours)
+        return None, f"several ESPs named {ESP_NAME} ({where}) and no LoaderDevicePartUUID: refusing to guess"
+    return None, f"no LoaderDevicePartUUID and no ESP named {ESP_NAME}"
+
+
+def partition_node(disk: str, number: int, sys_block: str = SYS_BLOCK) -> str:
+    """The kernel's name for partition ``number`` of ``disk`` (vda1, nvme0n1p1, mmcblk0p1)."""
+    try:
+        for child in os.listdir(os.path.join(sys_block, disk)):
+            try:
+                with open(os.path.join(sys_block, disk, child, "partition")) as f:
+                    if int(f.read()) == number:
+                        return child
+            except (OSError, ValueError):
+                continue
+    except OSError:
+        pass
+    sep = "p" if disk[-1:].isdigit() else ""
+    return f"{disk}{sep}{number}"
+
+
+def wait_for_esp(booted: uuid.UUID | None, timeout: float,
+                 scan: Callable[[], dict[str, list[gpt.Partition]]] = scan_disks,
+                 sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> tuple[Candidate | None, str, float]:
+    """Scan until the ESP appears (USB disks come late) or ``timeout`` passes."""
+    start = clock()
+    while True:
+        found, why = choose(scan(), booted)
+        waited = clock() - start
+        if found is not None or "refusing" in why or "not an ESP" in why or waited >= timeout:
+            return found, why, waited
+        sleep(0.05 if waited < 1 else 0.2)
+
+
+def fsck(device: str, run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run) -> tuple[bool, str]:
+    """Check and repair the FAT (dirty bit, lost clusters). (usable, what fsck.fat said)."""
+    try:
+        r = run([FSCK, "-a", "-w", device], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return True, f"fsck.fat could not run: {e} (mounting unchecked)"
+    # fsck.fat falls back to a built-in code page table (the image has no iconv
+    # modules) and says so on every run: noise, not news.
+    said = "\n".join(line for line in (r.stdout + r.stderr).strip().splitlines() if "conversion" not in line)
+    # 0: clean; 1: errors found (repaired with -a); anything else: it gave up.
+    if r.returncode in (0, 1):
+        return True, said
+    return False, f"fsck.fat exit {r.returncode}: {said}"
+
+
+@dataclass(frozen=True)
+class Esp:
+    device: str
+    partuuid: uuid.UUID
+    mountpoint: str
+    writable: bool
+
+
+VFAT_OPTIONS = ("iocharset=utf8,shortname=mixed,errors=remount-ro", "")
+
+
+def mount_esp(device: str, mountpoint: str, kernel: Mounter) -> tuple[bool, str]:
+    """Mount read-write; on a read-only medium, read-only. (writable, note)."""
+    os.makedirs(mountpoint, exist_ok=True)
+    flags = MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RELATIME
+    last: OSError | None = None
+    for ro in (False, True):
+        for options in VFAT_OPTIONS:
+            try:
+                kernel.mount(device, mountpoint, "vfat", flags | (MS_RDONLY if ro else 0), options)
+                return (not ro), ("" if not ro else f"read-write mount refused ({last}); mounted read-only")
+            except OSError as e:
+                if ro is False and e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                    last = e
+                    break  # the medium is read-only: try read-only
+                last = e
+    raise OSError(last.errno if last else errno.EIO, f"could not mount {device} on {mountpoint}: {last}")

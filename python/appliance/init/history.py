@@ -1,0 +1,105 @@
+"""The crash history on the ESP: the last N records within a byte cap and a free-space floor.
+
+Each record is its own file, ``<sequence>-<kind>.rec``, written crash-safe. After
+every addition the oldest records go until both bounds hold, and a record that would
+push the ESP's free space below the floor is not written: a crash loop can never
+fill the ESP.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from appliance.init import records
+from appliance.init.fsutil import atomic_write, fsync_dir
+
+NAME = re.compile(r"^(\d{6,})-([a-z0-9-]+)\.rec$")
+
+
+@dataclass(frozen=True)
+class Entry:
+    path: str
+    sequence: int
+    kind: str
+    size: int
+
+
+def _free_bytes(path: str) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+class History:
+    def __init__(self, directory: str, max_records: int = 16, max_bytes: int = 8 << 20,
+                 free_floor: int = 16 << 20, free_bytes: Callable[[str], int] = _free_bytes) -> None:
+        self.directory = directory
+        self.max_records = max(1, max_records)
+        self.max_bytes = max_bytes
+        self.free_floor = free_floor
+        self.free_bytes = free_bytes
+
+    def entries(self) -> list[Entry]:
+        """The records, oldest first. Temporary files of interrupted writes are removed."""
+        out = []
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return []
+        for name in names:
+            path = os.path.join(self.directory, name)
+            if name.endswith(".tmp"):
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+                continue
+            m = NAME.match(name)
+            if m:
+                try:
+                    size = os.stat(path).st_size
+                except OSError:
+                    continue
+                out.append(Entry(path, int(m.group(1)), m.group(2), size))
+        return sorted(out, key=lambda e: e.sequence)
+
+    def read(self, entry: Entry) -> records.Record:
+        with open(entry.path, "rb") as f:
+            return records.decode(f.read())
+
+    def _remove(self, entry: Entry) -> None:
+        os.unlink(entry.path)  # the directory is synced once the trimming is done
+
+    def trim(self, keep_newest: int = 0) -> list[Entry]:
+        """Remove the oldest records until the count and byte bounds hold; what went."""
+        entries = self.entries()
+        removed = []
+        while entries and len(entries) > keep_newest and (
+            len(entries) > self.max_records or sum(e.size for e in entries) > self.max_bytes
+        ):
+            oldest = entries.pop(0)
+            self._remove(oldest)
+            removed.append(oldest)
+        return removed
+
+    def add(self, kind: str, payload: bytes, meta: dict[str, str] | None = None) -> tuple[Entry | None, str]:
+        """Archive a record. (the new entry, or None and why it was not written)."""
+        os.makedirs(self.directory, exist_ok=True)
+        data = records.encode(kind, payload, meta)
+        entries = self.entries()
+        # Make room: oldest first, while the floor would be crossed.
+        while self.free_bytes(self.directory) - len(data) < self.free_floor and entries:
+            self._remove(entries.pop(0))
+        free = self.free_bytes(self.directory)
+        if free - len(data) < self.free_floor:
+            return None, (f"not archived: the ESP has {free >> 10} KiB free and keeps at least "
+                          f"{self.free_floor >> 10} KiB free (record of {len(data) >> 10} KiB)")
+        sequence = entries[-1].sequence + 1 if entries else 1
+        path = os.path.join(self.directory, f"{sequence:06d}-{kind}.rec")
+        atomic_write(path, data)
+        entry = Entry(path, sequence, kind, len(data))
+        self.trim(keep_newest=1)
+        fsync_dir(self.directory)
+        return entry, ""

@@ -1,0 +1,376 @@
+"""PID 1: boot, persistence, the core, and the one way out (sync, then reboot).
+
+Every path ends in ``Init.end``: a clean exit, a crash, a shutdown request, a failed
+required boot step, or a bug in the init itself. PID 1 must never exit: the kernel
+would panic, and whatever the init knew would be lost.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+import traceback
+from typing import NoReturn
+
+from appliance import __version__
+from appliance.init import backoff, config, esp, exitstatus, fsutil, modules, mounts
+from appliance.init.cgroup import CoreCgroup
+from appliance.init.console import Console
+from appliance.init.history import History
+from appliance.init.runtimelog import RuntimeLog, how_it_ended, printable_lines, read_previous
+from appliance.init.supervise import SpawnError, Supervisor, spawn
+
+ESP_MOUNT = "/esp"
+APP_DIR = "appliance"  # our directory on the ESP
+LAUNCH_CORE = "/usr/lib/appliance/launch-core"
+DEBUG_SHELL = ("/usr/bin/busybox", "sh")
+
+
+class BootError(Exception):
+    """A required boot step failed: the init goes straight to its way out."""
+
+
+class Init:
+    def __init__(self, kernel: object, console: Console, root: str = "/", esp_mount: str = ESP_MOUNT) -> None:
+        self.kernel = kernel
+        self.console = console
+        self.root = root
+        self.esp_mount = esp_mount
+        self.config = config.Config()
+        self.esp: esp.Esp | None = None
+        self.app_dir: str | None = None  # /esp/appliance when writable
+        self.log: RuntimeLog | None = None
+        self.history: History | None = None
+        self.failures = 0
+        self._log_error_said = False
+
+    # -- boot -----------------------------------------------------------------------
+    def boot(self) -> NoReturn:
+        self.console.at(f"appliance init {__version__} started")
+        self.early_mounts()
+        self.load_config()
+        self.load_modules()
+        for r in mounts.apply(mounts.FIRMWARE, self.kernel, self.root):  # type: ignore[arg-type]
+            if not r.ok:
+                self.console.say(r.message())
+        try:
+            self.kernel.reboot(0)  # type: ignore[attr-defined]  # Ctrl-Alt-Del: SIGINT to us, not a reset
+        except OSError as e:
+            self.console.say(f"could not route Ctrl-Alt-Del to the init: {e} (continuing: best-effort)")
+        self.setup_esp()
+        self.show_previous_log()
+        self.start_runtime_log()
+        self.run_core()
+
+    def early_mounts(self) -> None:
+        failed = []
+        for r in mounts.apply(mounts.EARLY, self.kernel, self.root):  # type: ignore[arg-type]
+            if not r.ok:
+                self.console.say(r.message())
+                if r.step.required:
+                    failed.append(r.message())
+        if failed:
+            raise BootError("; ".join(failed))
+
+    def load_config(self) -> None:
+        try:
+            with open("/proc/cmdline") as f:
+                cmdline = f.read()
+        except OSError:
+            cmdline = ""
+        self.config, problems = config.load(cmdline=cmdline)
+        for p in problems:
+            self.console.say(p)
+
+    def load_modules(self) -> None:
+        moddir = f"/usr/lib/modules/{os.uname().release}"
+        report = modules.load_modules(list(self.config.modules), moddir, self.kernel)  # type: ignore[arg-type]
+        for line in report.lines():
+            self.console.say(line)
+        self.console.at(f"kernel modules done (slowest: {report.slowest()})")
+
+    def setup_esp(self) -> None:
+        booted = esp.loader_partuuid()
+        found, why, waited = esp.wait_for_esp(booted, self.config.esp_wait_seconds)
+        if found is None:
+            self.console.say(f"persistence OFF: {why} (waited {waited:.1f} s); the core runs without it")
+            return
+        self.console.at(f"ESP found after {waited:.2f} s")
+        node = esp.partition_node(found.disk, found.partition.number)
+        device = f"/dev/{node}"
+        ok, said = esp.fsck(device)
+        for line in said.splitlines()[-5:]:
+            if line.strip():
+                self.console.say(f"fsck.fat: {line}")
+        self.console.at("fsck done")
+        if not ok:
+            self.console.say(f"persistence OFF: the FAT on {device} could not be repaired; not mounting it")
+            return
+        try:
+            writable, note = esp.mount_esp(device, self.esp_mount, self.kernel)  # type: ignore[arg-type]
+        except OSError as e:
+            self.console.say(f"persistence OFF: {e}")
+            return
+        if note:
+            self.console.say(note)
+        self.esp = esp.Esp(device, found.partition.unique_guid, self.esp_mount, writable)
+        self.console.say(f"ESP mounted: {device} (partition {found.partition.unique_guid}) at {self.esp_mount}"
+                         + ("" if writable else " read-only"))
+        app = os.path.join(self.esp_mount, APP_DIR)
+        if writable:
+            try:
+                os.makedirs(app, exist_ok=True)
+                self.app_dir = app
+                self.history = History(os.path.join(app, "history"), self.config.history_records,
+                                       self.config.history_bytes, self.config.esp_free_floor)
+            except OSError as e:
+                self.console.say(f"persistence OFF: cannot create {app}: {e}")
+        else:
+            self.console.say("persistence OFF: the ESP is read-only (crashes are shown, not kept)")
+        n, problem = backoff.load(os.path.join(app, "backoff.json"))
+        self.failures = n
+        if problem:
+            self.console.say(problem)
+
+    # -- the previous boot ----------------------------------------------------------------
+    def show_previous_log(self) -> None:
+        if self.esp is None:
+            return
+        path = os.path.join(self.esp_mount, APP_DIR, "runtime.log")
+        try:
+            content, size = read_previous(path, self.config.runtime_log_cap)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            self.console.say(f"could not read the previous runtime log {path}: {e}")
+            return
+        if size == 0:
+            return
+        ended = how_it_ended(content)
+        self.console.say(f"===== previous boot's runtime log: begin ({size} bytes; core ended: {ended}) =====")
+        for line in printable_lines(content):
+            self.console.say(f"| {line}")
+        where = "not archived: the ESP is read-only; the log stays on the ESP"
+        if self.history is not None:
+            try:
+                entry, why = self.history.add("runtime-log", content, {"ended": ended, "size": str(size)})
+                where = f"archived as {entry.path}" if entry else why
+                if entry:
+                    fsutil.remove(path)
+            except OSError as e:
+                where = f"not archived: {e}"
+        self.console.say(f"===== previous boot's runtime log: end ({where}) =====")
+
+    def start_runtime_log(self) -> None:
+        if self.app_dir is None:
+            return
+        path = os.path.join(self.app_dir, "runtime.log")
+        try:
+            self.log = RuntimeLog(path, self.config.runtime_log_cap)
+        except OSError as e:
+            self.console.say(f"persistence OFF: cannot create {path}: {e}")
+
+    # -- the core ------------------------------------------------------------------------
+    def core_env(self) -> dict[str, str]:
+        return {
+            "PATH": "/usr/bin:/usr/sbin",
+            "HOME": "/root",
+            "LANG": "C.UTF-8",
+            "TERM": os.environ.get("TERM", "linux"),
+            "PYTHONUNBUFFERED": "1",
+            "APPLIANCE_ESP": self.esp_mount if self.app_dir else "",
+            "APPLIANCE_RUNTIME_LOG": self.log.path if self.log else "",
+        }
+
+    def _flush(self) -> None:
+        if self.log is None:
+            return
+        self.log.flush()
+        if self.log.error is not None and not self._log_error_said:
+            self._log_error_said = True
+            self.console.say(f"persistence FAILED: writing {self.log.path}: {self.log.error} "
+                             "(the core goes on; its output still reaches the console)")
+
+    def run_core(self) -> NoReturn:
+        cgroup = CoreCgroup()
+        problem = cgroup.setup(self.config.core_memory_max)
+        if problem:
+            self.console.say(f"{problem} (continuing: OOM kills will show as SIGKILL)")
+        if self.config.profile == "debug":
+            self.start_debug_shell()
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        core_bytes = 0
+
+        def on_stderr(data: bytes) -> None:
+            nonlocal core_bytes
+            core_bytes += len(data)
+            self.console.write_raw(data)
+            if self.log is not None:
+                self.log.core_output(data)
+
+        argv = [LAUNCH_CORE, self.config.core]
+        try:
+            pid = spawn(argv, self.core_env(), write_fd, cgroup.procs)
+        except (SpawnError, OSError) as e:
+            os.close(write_fd)
+            self.end(f"could not start the core: {e}", failed=True)
+        os.close(write_fd)
+        self.console.at(f"core started: pid {pid}")
+
+        def healthy() -> None:
+            if self.failures and self.app_dir:
+                self.failures = 0
+                self._save_failures()
+                self.console.say("the core has run healthy: crash-loop counter reset")
+
+        sup = Supervisor(pid, read_fd, on_stderr=on_stderr, on_flush=self._flush, say=self.console.say,
+                         grace=self.config.shutdown_grace_seconds,
+                         healthy_after=self.config.healthy_after_seconds, on_healthy=healthy,
+                         kill_rest=cgroup.kill_all)
+        sup.install_signals()
+        outcome = sup.run()
+        cause = exitstatus.decode(outcome.status, oom=cgroup.oom_kills() > 0, note=outcome.note)
+        self.console.at(f"core ended: {cause.describe()}")
+        if self.log is not None:
+            if cause.clean and core_bytes == 0 and not outcome.shutdown_requested:
+                self.log.discard()
+            else:
+                self.log.init_line(f"core ended: {cause.describe()}")
+        if outcome.shutdown_requested:
+            self.end("shutdown requested", failed=False)
+        self.end(cause.describe(), failed=not cause.clean)
+
+    def start_debug_shell(self) -> None:
+        if not os.path.exists(DEBUG_SHELL[0]):
+            self.console.say("debug profile: no shell in the image")
+            return
+        try:
+            pid = spawn(list(DEBUG_SHELL), {"PATH": "/usr/bin:/usr/sbin", "HOME": "/root"}, 2)
+            self.console.say(f"debug profile: root shell on the console (pid {pid})")
+        except (SpawnError, OSError) as e:
+            self.console.say(f"debug profile: could not start a shell: {e}")
+
+    # -- the way out ------------------------------------------------------------------------
+    def _save_failures(self) -> None:
+        if self.app_dir is None:
+            return
+        try:
+            backoff.save(os.path.join(self.app_dir, "backoff.json"), self.failures)
+        except OSError as e:
+            self.console.say(f"could not save the crash-loop counter: {e}")
+
+    def hold_requested(self) -> str:
+        if self.config.hold:
+            return "appliance.hold on the kernel command line"
+        if self.esp is not None and os.path.exists(os.path.join(self.esp_mount, APP_DIR, "hold")):
+            return f"the file {self.esp_mount}/{APP_DIR}/hold"
+        return ""
+
+    def end(self, reason: str, failed: bool) -> NoReturn:
+        """Persist, say why, sync, reboot. Never returns."""
+        if failed:
+            self.console.say("the appliance encountered an uncorrectable error and must be restarted")
+            self.console.say(f"cause: {reason}")
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+        if failed:
+            self.failures += 1
+            self._save_failures()
+        elif self.failures:
+            self.failures = 0
+            self._save_failures()
+        os.sync()
+        hold = self.hold_requested()
+        if hold:
+            self.hold(hold)
+        wait = backoff.delay(self.failures, self.config.backoff_first_seconds,
+                             self.config.backoff_max_seconds) if failed else 0.0
+        if wait:
+            self.console.say(f"crash loop back-off: waiting {wait:g} s before rebooting "
+                             f"(failure {self.failures} in a row)")
+            time.sleep(wait)
+        reboot(self.kernel, self.console, self.esp.device if self.esp else None)
+
+    def hold(self, why: str) -> NoReturn:
+        self.console.say(f"holding, not rebooting ({why}); reset or power off the machine")
+        while True:
+            time.sleep(1)
+            reap_all()
+
+
+def reap_all() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def reboot(kernel: object, console: Console, esp_device: str | None) -> NoReturn:
+    """The last steps, each on its own: nothing here may stop the next one."""
+    from appliance.init.kernel import MS_RDONLY, MS_REMOUNT, RB_AUTOBOOT
+    if os.getpid() == 1:
+        try:
+            os.kill(-1, signal.SIGTERM)
+            time.sleep(0.2)
+            os.kill(-1, signal.SIGKILL)
+        except OSError:
+            pass
+        reap_all()
+    try:
+        os.sync()
+    except OSError:
+        pass
+    if esp_device:
+        try:  # a clean FAT (no dirty bit) for the next boot and for the stick's next reader
+            kernel.mount(esp_device, ESP_MOUNT, "vfat", MS_REMOUNT | MS_RDONLY, "")  # type: ignore[attr-defined]
+        except OSError as e:
+            console.say(f"could not remount the ESP read-only: {e}")
+    console.at("rebooting")
+    try:
+        kernel.reboot(RB_AUTOBOOT)  # type: ignore[attr-defined]
+    except Exception as e:  # noqa: BLE001
+        console.say(f"reboot failed: {e}; halting here")
+    while True:  # never exit: PID 1 exiting panics the kernel
+        time.sleep(3600)
+
+
+def main() -> NoReturn:
+    console = Console()
+    # Until the supervisor takes them: Ctrl-C or Ctrl-Alt-Del must not raise in the init.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda s, f: None)
+    init: Init | None = None
+    kernel: object = None
+    try:
+        from appliance.init.kernel import Kernel
+        kernel = Kernel()
+        init = Init(kernel, console)
+        init.boot()
+    except BootError as e:
+        console.say(f"a required boot step failed: {e}")
+        if init is not None:
+            init.end(f"boot failed: {e}", failed=True)
+    except BaseException:  # noqa: BLE001 - a bug in the init: persist it, then the way out
+        tb = traceback.format_exc()
+        console.say("BUG: the init failed; its traceback follows, then the machine reboots")
+        console.say(tb)
+        try:
+            if init is not None:
+                if init.log is not None:
+                    init.log.init_line("the init failed:\n" + tb)
+                init.end("a failure of the init", failed=True)
+        except BaseException:  # noqa: BLE001
+            console.say("BUG: the way out failed too:\n" + traceback.format_exc())
+    finally:
+        try:
+            sys.stdout.flush()
+        except Exception:  # noqa: BLE001
+            pass
+    # Reached only when init.end itself failed or never ran.
+    reboot(kernel, console, None)

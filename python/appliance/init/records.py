@@ -1,0 +1,72 @@
+"""History records: a header with the payload's length and checksum, then the payload.
+
+FAT has no journal, so a record cut short by a power loss must be recognised, never
+trusted. A record is plain text up to its payload, readable with any pager:
+
+    APPLIANCE-RECORD 1
+    kind: runtime-log
+    ended: killed by signal 11 (SIGSEGV)
+    length: 1234
+    sha256: 9f86d0...
+    <blank line>
+    <payload: exactly `length` bytes>
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+MAGIC = b"APPLIANCE-RECORD 1\n"
+MAX_HEADER = 4096
+
+
+def encode(kind: str, payload: bytes, meta: dict[str, str] | None = None) -> bytes:
+    lines = [f"kind: {kind}"]
+    for key, value in (meta or {}).items():
+        clean = " ".join(str(value).split())  # one line per field
+        lines.append(f"{key}: {clean}")
+    lines.append(f"length: {len(payload)}")
+    lines.append(f"sha256: {hashlib.sha256(payload).hexdigest()}")
+    return MAGIC + ("\n".join(lines) + "\n\n").encode("utf-8", "replace") + payload
+
+
+@dataclass
+class Record:
+    meta: dict[str, str] = field(default_factory=dict)
+    payload: bytes = b""
+    problem: str = ""  # empty when the record is whole and its checksum matches
+
+    @property
+    def ok(self) -> bool:
+        return not self.problem
+
+    @property
+    def kind(self) -> str:
+        return self.meta.get("kind", "unknown")
+
+
+def decode(data: bytes) -> Record:
+    """Parse a record; a torn or corrupt one comes back with ``problem`` saying how."""
+    if not data.startswith(MAGIC):
+        return Record(problem="not a history record (bad magic)", payload=data)
+    end = data.find(b"\n\n", len(MAGIC), MAX_HEADER)
+    if end < 0:
+        return Record(problem="torn record: header incomplete", payload=data[len(MAGIC):])
+    meta = {}
+    for line in data[len(MAGIC):end].decode("utf-8", "replace").splitlines():
+        key, sep, value = line.partition(": ")
+        if sep:
+            meta[key] = value
+    payload = data[end + 2:]
+    try:
+        length = int(meta.get("length", ""))
+    except ValueError:
+        return Record(meta, payload, "corrupt record: no valid length")
+    if len(payload) < length:
+        return Record(meta, payload, f"torn record: {len(payload)} of {length} bytes present")
+    if len(payload) > length:
+        return Record(meta, payload, f"corrupt record: {len(payload) - length} bytes beyond its length")
+    if hashlib.sha256(payload).hexdigest() != meta.get("sha256"):
+        return Record(meta, payload, "corrupt record: checksum mismatch")
+    return Record(meta, payload)

@@ -1,0 +1,236 @@
+"""Start the core, then one loop: read its stderr, reap every child, forward signals.
+
+The core is started with fork/exec here, not subprocess: a Popen object may call
+waitpid on its own pid (at garbage collection, or from the next Popen), and a status
+taken that way is lost to the reaper (CPython then reports exit status 0 for a
+crash). One loop reaps every pid with waitpid(-1) and keeps the core's status.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import selectors
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+# Signals PID 1 passes on to the core. TERM, INT (Ctrl-Alt-Del) and PWR also start the
+# shutdown grace period, after which the core is killed.
+FORWARDED = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
+             signal.SIGTERM, signal.SIGALRM, signal.SIGWINCH, signal.SIGCONT, signal.SIGPWR)
+SHUTDOWN = (signal.SIGTERM, signal.SIGINT, signal.SIGPWR)
+HANDLED = (*FORWARDED, signal.SIGCHLD)
+FLUSH_INTERVAL = 0.2
+
+
+class SpawnError(Exception):
+    pass
+
+
+def spawn(argv: list[str], env: dict[str, str], stderr_fd: int, cgroup_procs: str | None = None) -> int:
+    """fork + exec ``argv`` in a new session with fd 2 = ``stderr_fd``; exec errors raise here."""
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # the child: only async-signal-safe-ish work, then exec
+        try:
+            os.close(err_r)
+            signal.set_wakeup_fd(-1)
+            for sig in (*HANDLED, signal.SIGPIPE, signal.SIGXFSZ):
+                signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, [])
+            os.setsid()
+            if cgroup_procs:
+                try:
+                    with open(cgroup_procs, "w") as f:
+                        f.write("0")
+                except OSError:
+                    pass
+            os.dup2(stderr_fd, 2)
+            os.execve(argv[0], argv, env)
+        except BaseException as e:  # noqa: BLE001 - anything here must reach the parent
+            try:
+                os.write(err_w, f"{e}".encode(errors="replace"))
+            finally:
+                os._exit(127)
+    os.close(err_w)
+    try:
+        msg = b""
+        while chunk := os.read(err_r, 4096):
+            msg += chunk
+    finally:
+        os.close(err_r)
+    if msg:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+        raise SpawnError(f"could not start {argv[0]}: {msg.decode(errors='replace')}")
+    return pid
+
+
+@dataclass
+class Outcome:
+    status: int  # as waitpid returns it
+    note: str  # what the init did, if anything ("killed after the shutdown grace period")
+    shutdown_requested: bool
+    signals_forwarded: int
+
+
+class Supervisor:
+    """Runs until the core has exited; reaps all children meanwhile."""
+
+    def __init__(self, core_pid: int, stderr_fd: int, *,
+                 on_stderr: Callable[[bytes], None],
+                 on_flush: Callable[[], None] = lambda: None,
+                 say: Callable[[str], None] = lambda s: None,
+                 grace: float = 10.0,
+                 healthy_after: float | None = None,
+                 on_healthy: Callable[[], None] = lambda: None,
+                 kill_rest: Callable[[], None] = lambda: None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.core_pid = core_pid
+        self.stderr_fd = stderr_fd
+        self.on_stderr = on_stderr
+        self.on_flush = on_flush
+        self.say = say
+        self.grace = grace
+        self.healthy_after = healthy_after
+        self.on_healthy = on_healthy
+        self.kill_rest = kill_rest
+        self.clock = clock
+        self.status: int | None = None
+        self.reaped_others = 0
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._old_handlers: dict[int, object] = {}
+        self._old_wakeup = -1
+
+    # -- signals -------------------------------------------------------------------
+    def install_signals(self) -> None:
+        """Route the handled signals into the wake-up pipe; the loop reads their numbers."""
+        self._old_wakeup = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        for sig in HANDLED:
+            self._old_handlers[sig] = signal.signal(sig, lambda s, f: None)
+
+    def restore_signals(self) -> None:
+        for sig, handler in self._old_handlers.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+        signal.set_wakeup_fd(self._old_wakeup)
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
+
+    # -- reaping -------------------------------------------------------------------
+    def reap(self) -> None:
+        """Collect every exited child; keep the core's status."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            except InterruptedError:
+                continue
+            if pid == 0:
+                return
+            if pid == self.core_pid:
+                self.status = status
+            else:
+                self.reaped_others += 1
+
+    def _drain_stderr(self) -> bool:
+        """Read what is there without blocking; False at end of file."""
+        while True:
+            try:
+                data = os.read(self.stderr_fd, 65536)
+            except BlockingIOError:
+                return True
+            except InterruptedError:
+                continue
+            except OSError:
+                return False
+            if not data:
+                return False
+            self.on_stderr(data)
+
+    def run(self) -> Outcome:
+        os.set_blocking(self.stderr_fd, False)
+        sel = selectors.DefaultSelector()
+        sel.register(self.stderr_fd, selectors.EVENT_READ, "stderr")
+        sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        started = self.clock()
+        kill_at: float | None = None
+        shutdown = False
+        killed_note = ""
+        forwarded = 0
+        healthy_pending = self.healthy_after is not None
+        next_flush = started + FLUSH_INTERVAL
+        stderr_open = True
+        try:
+            while True:
+                self.reap()
+                if self.status is not None:
+                    break
+                now = self.clock()
+                deadlines = [next_flush]
+                if kill_at is not None:
+                    deadlines.append(kill_at)
+                if healthy_pending and self.healthy_after is not None:
+                    deadlines.append(started + self.healthy_after)
+                timeout = max(0.0, min(deadlines) - now)
+                for key, _ in sel.select(timeout):
+                    if key.data == "stderr":
+                        if not self._drain_stderr():
+                            sel.unregister(self.stderr_fd)
+                            stderr_open = False
+                    else:
+                        for signum in self._read_signals():
+                            if signum == signal.SIGCHLD:
+                                continue
+                            self._forward(signum)
+                            forwarded += 1
+                            if signum in SHUTDOWN and not shutdown:
+                                shutdown = True
+                                kill_at = self.clock() + self.grace
+                                self.say(f"shutdown requested ({signal.Signals(signum).name}): the core has "
+                                         f"{self.grace:g} s to exit")
+                now = self.clock()
+                if kill_at is not None and now >= kill_at and self.status is None:
+                    self.say(f"the core did not exit within {self.grace:g} s of the shutdown request: killing it")
+                    self._kill(signal.SIGKILL)
+                    killed_note = f"killed by the init after the {self.grace:g} s shutdown grace period"
+                    kill_at = None
+                if healthy_pending and self.healthy_after is not None and now - started >= self.healthy_after:
+                    healthy_pending = False
+                    self.on_healthy()
+                if now >= next_flush:
+                    self.on_flush()
+                    next_flush = now + FLUSH_INTERVAL
+            if stderr_open:
+                self._drain_stderr()
+            self.kill_rest()
+            self.reap()
+            self.on_flush()
+        finally:
+            sel.close()
+        assert self.status is not None
+        return Outcome(self.status, killed_note, shutdown, forwarded)
+
+    def _read_signals(self) -> bytes:
+        try:
+            return os.read(self._wake_r, 1024)
+        except (BlockingIOError, InterruptedError):
+            return b""
+
+    def _forward(self, signum: int) -> None:
+        try:
+            os.kill(self.core_pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def _kill(self, signum: int) -> None:
+        try:
+            os.kill(self.core_pid, signum)
+        except OSError as e:
+            if e.errno != errno.ESRCH:
+                self.say(f"could not kill the core: {e}")
+        self.kill_rest()

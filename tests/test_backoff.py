@@ -1,0 +1,26 @@
+from pathlib import Path
+
+from appliance.init import backoff
+
+
+def test_delays_double_from_one_second_to_the_cap() -> None:
+    seq = [backoff.delay(n) for n in range(0, 12)]
+    assert seq[:10] == [0, 1, 2, 4, 8, 16, 32, 64, 128, 256]
+    assert seq[10:] == [300, 300]
+    assert backoff.delay(10_000) == 300
+
+
+def test_state_round_trip(tmp_path: Path) -> None:
+    p = tmp_path / "backoff.json"
+    assert backoff.load(str(p)) == (0, "")
+    backoff.save(str(p), 5)
+    assert backoff.load(str(p)) == (5, "")
+    assert not (tmp_path / "backoff.json.tmp").exists()
+
+
+def test_garbage_state_counts_as_zero_and_is_reported(tmp_path: Path) -> None:
+    p = tmp_path / "backoff.json"
+    for junk in (b"\x00\xff garbage", b"[]", b'{"failures": -3}', b'{"failures": "x"}', b""):
+        p.write_bytes(junk)
+        n, problem = backoff.load(str(p))
+        assert n == 0 and "unreadable" in problem

@@ -1,0 +1,135 @@
+import errno
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from appliance.init import esp, gpt
+from appliance.init.kernel import MS_RDONLY
+
+ESP = gpt.ESP_TYPE
+DATA = uuid.UUID("0FC63DAF-8483-4772-8E79-3D69D8477DE4")
+
+
+def part(n: int, guid: uuid.UUID, type_: uuid.UUID = ESP, name: str = esp.ESP_NAME) -> gpt.Partition:
+    return gpt.Partition(n, type_, guid, 2048, 4096, name)
+
+
+def test_loader_partuuid_from_efivarfs(tmp_path: Path) -> None:
+    g = uuid.uuid4()
+    f = tmp_path / f"LoaderDevicePartUUID-{esp.LOADER_VENDOR}"
+    f.write_bytes(b"\x06\x00\x00\x00" + str(g).upper().encode("utf-16-le") + b"\x00\x00")
+    assert esp.loader_partuuid(str(tmp_path)) == g
+    f.write_bytes(b"\x06\x00\x00\x00garbage")
+    assert esp.loader_partuuid(str(tmp_path)) is None
+    assert esp.loader_partuuid(str(tmp_path / "absent")) is None
+
+
+def test_the_booted_partition_wins_over_a_laptops_own_esp() -> None:
+    booted, laptop = uuid.uuid4(), uuid.uuid4()
+    disks = {"nvme0n1": [part(1, laptop, name="EFI system partition")], "sda": [part(1, booted)]}
+    found, _ = esp.choose(disks, booted)
+    assert found is not None and found.disk == "sda"
+
+
+def test_booted_partition_must_be_an_esp_and_must_appear() -> None:
+    g = uuid.uuid4()
+    assert "not an ESP" in esp.choose({"vda": [part(1, g, type_=DATA)]}, g)[1]
+    assert "has not appeared" in esp.choose({"vda": [part(1, uuid.uuid4())]}, g)[1]
+
+
+def test_without_the_efivar_only_one_esp_named_ours_is_used() -> None:
+    ours, laptop = uuid.uuid4(), uuid.uuid4()
+    found, _ = esp.choose({"nvme0n1": [part(1, laptop, name="EFI")], "sda": [part(1, ours)]}, None)
+    assert found is not None and found.partition.unique_guid == ours
+    assert esp.choose({"nvme0n1": [part(1, laptop, name="EFI")]}, None)[0] is None
+    found, why = esp.choose({"sda": [part(1, uuid.uuid4())], "sdb": [part(1, uuid.uuid4())]}, None)
+    assert found is None and "refusing to guess" in why
+
+
+def test_wait_polls_until_a_late_usb_disk_appears() -> None:
+    g = uuid.uuid4()
+    t = {"now": 0.0}
+    scans = iter([{}, {}, {"sda": [part(1, g)]}])
+    found, _, waited = esp.wait_for_esp(g, 10, scan=lambda: next(scans),
+                                        sleep=lambda s: t.__setitem__("now", t["now"] + s), clock=lambda: t["now"])
+    assert found is not None and 0 < waited < 1
+
+
+def test_wait_gives_up_at_the_timeout() -> None:
+    t = {"now": 0.0}
+    found, why, waited = esp.wait_for_esp(uuid.uuid4(), 3, scan=dict,
+                                          sleep=lambda s: t.__setitem__("now", t["now"] + s), clock=lambda: t["now"])
+    assert found is None and waited >= 3 and "not appeared" in why
+
+
+def test_partition_node_names(tmp_path: Path) -> None:
+    (tmp_path / "nvme0n1/nvme0n1p2").mkdir(parents=True)
+    (tmp_path / "nvme0n1/nvme0n1p2/partition").write_text("2\n")
+    assert esp.partition_node("nvme0n1", 2, str(tmp_path)) == "nvme0n1p2"
+    assert esp.partition_node("sda", 1, str(tmp_path)) == "sda1"
+    assert esp.partition_node("mmcblk0", 1, str(tmp_path)) == "mmcblk0p1"
+
+
+def test_scan_reads_gpt_from_device_nodes(tmp_path: Path) -> None:
+    from appliance.build import disk
+    uki = tmp_path / "u.efi"
+    uki.write_bytes(b"MZ" * 100)
+    g = uuid.uuid4()
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    disk.make_disk(uki, dev / "vda", free=0, part_id=g)
+    sysblock = tmp_path / "sys"
+    (sysblock / "vda/queue").mkdir(parents=True)
+    (sysblock / "vda/queue/logical_block_size").write_text("512\n")
+    (sysblock / "vda1").mkdir()
+    (sysblock / "vda1/partition").write_text("1\n")
+    (sysblock / "loop0").mkdir()
+    disks = esp.scan_disks(str(sysblock), str(dev))
+    assert list(disks) == ["vda"] and disks["vda"][0].unique_guid == g
+
+
+def test_fsck_outcomes() -> None:
+    def run_with(code: int, out: str = "fixed"):
+        return lambda cmd, **kw: subprocess.CompletedProcess(cmd, code, out, "")
+    assert esp.fsck("/dev/x", run_with(0)) == (True, "fixed")
+    assert esp.fsck("/dev/x", run_with(1))[0] is True
+    ok, said = esp.fsck("/dev/x", run_with(4, "dead"))
+    assert not ok and "exit 4" in said
+
+    def missing(cmd, **kw):
+        raise FileNotFoundError(2, "No such file", cmd[0])
+    assert esp.fsck("/dev/x", missing)[0] is True
+
+
+class FakeMounter:
+    def __init__(self, fail_rw: int | None = None) -> None:
+        self.fail_rw = fail_rw
+        self.calls: list[tuple[str, int, str]] = []
+
+    def mount(self, source: str, target: str, fstype: str, flags: int = 0, data: str = "") -> None:
+        self.calls.append((source, flags, data))
+        if self.fail_rw is not None and not flags & MS_RDONLY:
+            raise OSError(self.fail_rw, "refused")
+
+
+def test_mount_read_write(tmp_path: Path) -> None:
+    m = FakeMounter()
+    assert esp.mount_esp("/dev/vda1", str(tmp_path / "esp"), m) == (True, "")
+    assert len(m.calls) == 1 and not m.calls[0][1] & MS_RDONLY
+
+
+def test_read_only_medium_mounts_read_only(tmp_path: Path) -> None:
+    m = FakeMounter(fail_rw=errno.EROFS)
+    writable, note = esp.mount_esp("/dev/vda1", str(tmp_path / "esp"), m)
+    assert not writable and "read-only" in note
+    assert m.calls[-1][1] & MS_RDONLY
+
+
+def test_unmountable_esp_raises_with_the_cause(tmp_path: Path) -> None:
+    class Broken(FakeMounter):
+        def mount(self, *a: object, **k: object) -> None:
+            raise OSError(errno.EINVAL, "bad superblock")
+    with pytest.raises(OSError, match="could not mount /dev/vda1"):
+        esp.mount_esp("/dev/vda1", str(tmp_path / "esp"), Broken())

@@ -1,0 +1,57 @@
+from pathlib import Path
+
+from appliance.init import records
+from appliance.init.history import History
+
+
+def big_disk(_: str) -> int:
+    return 1 << 40
+
+
+def test_keeps_the_last_n_records(tmp_path: Path) -> None:
+    h = History(str(tmp_path / "h"), max_records=8, max_bytes=1 << 30, free_floor=0, free_bytes=big_disk)
+    for i in range(20):
+        entry, why = h.add("runtime-log", f"crash {i}".encode())
+        assert entry is not None, why
+    entries = h.entries()
+    assert [e.sequence for e in entries] == list(range(13, 21))
+    assert h.read(entries[-1]).payload == b"crash 19"
+
+
+def test_byte_cap_bounds_the_history_but_keeps_the_newest(tmp_path: Path) -> None:
+    h = History(str(tmp_path), max_records=100, max_bytes=10_000, free_floor=0, free_bytes=big_disk)
+    for _ in range(10):
+        h.add("runtime-log", b"x" * 3000)
+    assert sum(e.size for e in h.entries()) <= 10_000
+    h.add("runtime-log", b"y" * 50_000)  # larger than the cap on its own: still kept
+    assert [h.read(e).payload[:1] for e in h.entries()] == [b"y"]
+
+
+def test_free_space_floor_removes_oldest_then_refuses(tmp_path: Path) -> None:
+    free = {"bytes": 10_000}
+    h = History(str(tmp_path), max_records=100, max_bytes=1 << 30, free_floor=5_000,
+                free_bytes=lambda _: free["bytes"])
+    first, _ = h.add("runtime-log", b"a" * 1000)
+    assert first is not None
+    free["bytes"] = 5_500  # below the floor once a record is written: the oldest goes first
+    entry, why = h.add("runtime-log", b"b" * 1000)
+    assert entry is None and "keeps at least" in why
+    assert h.entries() == []
+
+
+def test_interrupted_writes_are_cleaned_and_torn_records_reported(tmp_path: Path) -> None:
+    h = History(str(tmp_path), free_floor=0, free_bytes=big_disk)
+    entry, _ = h.add("runtime-log", b"payload" * 100)
+    assert entry is not None
+    (tmp_path / "000009-runtime-log.rec.tmp").write_bytes(b"half")
+    Path(entry.path).write_bytes(Path(entry.path).read_bytes()[:-10])
+    entries = h.entries()
+    assert not (tmp_path / "000009-runtime-log.rec.tmp").exists()
+    assert "torn" in h.read(entries[0]).problem
+
+
+def test_new_records_continue_the_sequence(tmp_path: Path) -> None:
+    h = History(str(tmp_path), free_floor=0, free_bytes=big_disk)
+    (tmp_path / "000041-runtime-log.rec").write_bytes(records.encode("runtime-log", b"old"))
+    entry, _ = h.add("runtime-log", b"new")
+    assert entry is not None and entry.sequence == 42
