@@ -1,0 +1,187 @@
+"""``Machine``: one QEMU guest on private copies of a disk image and the OVMF variables.
+
+Verbs: ``start``, ``expect``, ``wait_boot`` (counts boots), ``power_cut`` (kill QEMU;
+``start`` again boots from the same disk and variables), ESP file access between
+boots (mtools), ``stop``. Every byte of the console goes to a log file that starts
+with the host's facts and the exact QEMU command; a timeout says how to reproduce.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shlex
+import shutil
+import subprocess
+import time
+from collections import deque
+from pathlib import Path
+from types import TracebackType
+
+import pexpect
+
+from appliance.harness import esp as espfs
+from appliance.harness.qemu import Drive, MachineSpec, command, find_ovmf, kvm_works
+
+BANNER = re.compile(r"init: appliance init \S+ started at ([0-9.]+) s since boot")
+
+
+def timeout_multiplier() -> float:
+    try:
+        return max(0.1, float(os.environ.get("TIMEOUT_MULTIPLIER", "1")))
+    except ValueError:
+        return 1.0
+
+
+class HarnessTimeout(AssertionError):
+    """What was awaited did not appear; the message has the console's tail and a reproducer."""
+
+
+class _Tail:
+    """A text sink keeping the last lines (for failure messages) and writing the log."""
+
+    def __init__(self, log: Path) -> None:
+        self.file = log.open("a", encoding="utf-8", errors="replace")
+        self.lines: deque[str] = deque(maxlen=50)
+        self.partial = ""
+
+    def write(self, text: str) -> None:
+        text = text.replace("\r\n", "\n").replace("\r", "")
+        self.file.write(text)
+        self.file.flush()
+        text = self.partial + text
+        *whole, self.partial = text.split("\n")
+        self.lines.extend(line.rstrip("\r") for line in whole)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def tail(self) -> str:
+        return "\n".join([*self.lines, self.partial])
+
+
+class Machine:
+    def __init__(self, image: str | Path, workdir: str | Path, *, name: str = "machine",
+                 interface: str = "virtio", readonly: bool = False,
+                 extra_drives: tuple[Drive, ...] = (), memory_mib: int = 1024,
+                 watchdog: bool = False, log_dir: str | Path | None = None) -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.disk = self.workdir / "disk.raw"
+        subprocess.run(["cp", "--sparse=always", str(image), str(self.disk)], check=True)
+        fw = find_ovmf()
+        self.vars = self.workdir / "OVMF_VARS.fd"
+        shutil.copyfile(fw.vars_template, self.vars)
+        accel = "kvm" if kvm_works() else "tcg"
+        self.spec = MachineSpec(
+            drives=(Drive(str(self.disk), interface, readonly), *extra_drives),
+            firmware=fw, vars_path=str(self.vars), accel=accel,
+            memory_mib=memory_mib, watchdog=watchdog,
+        )
+        self.multiplier = timeout_multiplier()
+        log_root = Path(log_dir) if log_dir else self.workdir
+        log_root.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_root / f"{name}.console.log"
+        self.log_path.unlink(missing_ok=True)
+        self.sink = _Tail(self.log_path)
+        self.proc: pexpect.spawn | None = None
+        self.boots = 0
+        self.boot_uptimes: list[float] = []
+        self.started_at = 0.0
+
+    # -- life cycle --------------------------------------------------------------------------
+    @property
+    def command(self) -> list[str]:
+        return command(self.spec)
+
+    def reproducer(self) -> str:
+        return (f"reproduce: cp {shlex.quote(str(self.disk))} /tmp/disk.raw; "
+                f"{shlex.join(self.command)}  (console log: {self.log_path})")
+
+    def start(self) -> Machine:
+        if self.proc is not None and self.proc.isalive():
+            raise RuntimeError("the machine is already running")
+        self.sink.write(
+            f"### {self.name}: {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+            f"### host: {platform.node()} {platform.platform()}, {os.cpu_count()} cpus, accel {self.spec.accel}, "
+            f"timeout multiplier {self.multiplier:g}\n"
+            f"### qemu: {shlex.join(self.command)}\n"
+        )
+        self.started_at = time.monotonic()
+        self.proc = pexpect.spawn(self.command[0], self.command[1:], encoding="utf-8", codec_errors="replace",
+                                  timeout=None, echo=False, dimensions=(50, 200))
+        self.proc.logfile_read = self.sink
+        return self
+
+    def __enter__(self) -> Machine:
+        return self.start()
+
+    def __exit__(self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            if self.proc.isalive():
+                self.proc.terminate(force=True)
+            self.proc.close(force=True)
+            self.proc = None
+        self.sink.flush()
+
+    def power_cut(self) -> None:
+        """Kill QEMU at once, like pulling the plug. ``start`` boots the same disk again."""
+        if self.proc is not None and self.proc.pid:
+            try:
+                os.kill(self.proc.pid, 9)
+            except ProcessLookupError:
+                pass
+        self.stop()
+        self.sink.write(f"\n### {self.name}: power cut\n")
+
+    # -- the console ------------------------------------------------------------------------
+    def expect(self, pattern: str | re.Pattern[str] | list[str | re.Pattern[str]], timeout: float) -> re.Match[str]:
+        """Wait for ``pattern`` (a regex) on the console; ``timeout`` is scaled by the multiplier."""
+        if self.proc is None:
+            raise RuntimeError("the machine is not running")
+        scaled = timeout * self.multiplier
+        try:
+            self.proc.expect(pattern, timeout=scaled)
+        except pexpect.TIMEOUT:
+            raise HarnessTimeout(self._failure(f"timed out after {scaled:g} s waiting for {pattern!r}")) from None
+        except pexpect.EOF:
+            raise HarnessTimeout(self._failure(f"QEMU exited while waiting for {pattern!r}")) from None
+        match = self.proc.match
+        assert isinstance(match, re.Match)
+        return match
+
+    def wait_boot(self, timeout: float = 120) -> float:
+        """Wait for the init's banner; returns the guest uptime it printed."""
+        m = self.expect(BANNER, timeout)
+        self.boots += 1
+        self.boot_uptimes.append(float(m.group(1)))
+        return float(m.group(1))
+
+    def output_since_start(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def _failure(self, what: str) -> str:
+        return f"{self.name}: {what}\n--- last console lines ---\n{self.sink.tail()}\n--- \n{self.reproducer()}"
+
+    # -- the ESP, between boots ------------------------------------------------------------
+    def _esp(self) -> espfs.EspImage:
+        if self.proc is not None and self.proc.isalive():
+            raise RuntimeError("stop the machine (or cut the power) before touching its disk")
+        return espfs.EspImage(self.disk)
+
+    def esp_read(self, path: str) -> bytes:
+        return self._esp().read(path)
+
+    def esp_write(self, path: str, data: bytes) -> None:
+        self._esp().write(path, data)
+
+    def esp_list(self, directory: str) -> list[str]:
+        return self._esp().list(directory)
+
+    def esp_delete(self, path: str) -> None:
+        self._esp().delete(path)

@@ -1,0 +1,164 @@
+"""The QEMU command line, built by one pure function, and the firmware it needs."""
+
+from __future__ import annotations
+
+import functools
+import glob
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FIRMWARE_DIRS = ("/usr/share/qemu/firmware", "/etc/qemu/firmware")
+
+
+class FirmwareError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Firmware:
+    code: str
+    vars_template: str
+
+
+def find_ovmf(dirs: tuple[str, ...] = FIRMWARE_DIRS) -> Firmware:
+    """OVMF for x86-64 q35 without Secure Boot enforcement, from QEMU's firmware descriptors.
+
+    OVMF_CODE= and OVMF_VARS= override the choice.
+    """
+    code, vars_ = os.environ.get("OVMF_CODE"), os.environ.get("OVMF_VARS")
+    if code and vars_:
+        return Firmware(code, vars_)
+    candidates = []
+    for d in dirs:
+        for path in sorted(glob.glob(os.path.join(d, "*.json"))):
+            try:
+                desc = json.loads(Path(path).read_text())
+            except (OSError, ValueError):
+                continue
+            if "uefi" not in desc.get("interface-types", []):
+                continue
+            if not any(t.get("architecture") == "x86_64" and any(m.startswith("pc-q35") for m in t.get("machines", []))
+                       for t in desc.get("targets", [])):
+                continue
+            features = set(desc.get("features", []))
+            if "secure-boot" in features or "enrolled-keys" in features or "requires-smm" in features:
+                continue
+            mapping = desc.get("mapping", {})
+            if mapping.get("device") != "flash":
+                continue
+            exe = mapping.get("executable", {}).get("filename")
+            nv = mapping.get("nvram-template", {}).get("filename")
+            if exe and nv and os.path.exists(exe) and os.path.exists(nv):
+                candidates.append(Firmware(exe, nv))
+    if not candidates:
+        raise FirmwareError("no OVMF firmware for x86-64 q35 without Secure Boot found in "
+                            f"{', '.join(dirs)} (install the ovmf package, or set OVMF_CODE= and OVMF_VARS=)")
+    return candidates[0]
+
+
+@functools.cache
+def kvm_works() -> bool:
+    """Whether KVM really boots OVMF here: /dev/kvm can open and the guest still die
+    (on these machines: "failed to set MSR", or an internal error inside OVMF).
+    QEMU_ACCEL=kvm or QEMU_ACCEL=tcg skips the probe."""
+    forced = os.environ.get("QEMU_ACCEL", "")
+    if forced:
+        return forced == "kvm"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False
+    try:
+        fw = find_ovmf()
+    except FirmwareError:
+        return False
+    with tempfile.TemporaryDirectory() as tmp:
+        vars_path = os.path.join(tmp, "vars.fd")
+        shutil.copyfile(fw.vars_template, vars_path)
+        spec = MachineSpec(drives=(), firmware=fw, vars_path=vars_path, accel="kvm", rng=False)
+        # OVMF's boot manager announces itself on the serial console within a second
+        # or two under working KVM; a broken KVM exits (or stalls) before that.
+        try:
+            proc = subprocess.Popen(command(spec), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        except OSError:
+            return False
+        assert proc.stdout is not None
+        os.set_blocking(proc.stdout.fileno(), False)
+        seen = b""
+        deadline = time.monotonic() + 15
+        try:
+            while time.monotonic() < deadline and b"BdsDxe" not in seen:
+                chunk = proc.stdout.read(4096)
+                if chunk:
+                    seen += chunk
+                elif proc.poll() is not None:
+                    break
+                else:
+                    time.sleep(0.05)
+        finally:
+            proc.kill()
+            proc.wait()
+        return b"BdsDxe" in seen
+
+
+@dataclass(frozen=True)
+class Drive:
+    path: str
+    interface: str = "virtio"  # virtio | usb | ahci | nvme
+    readonly: bool = False
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    drives: tuple[Drive, ...]
+    firmware: Firmware
+    vars_path: str
+    accel: str = "tcg"  # tcg | kvm
+    memory_mib: int = 1024
+    cpus: int = 1
+    rng: bool = True
+    watchdog: bool = False
+    extra: tuple[str, ...] = field(default_factory=tuple)
+
+
+def command(spec: MachineSpec, qemu: str = "qemu-system-x86_64") -> list[str]:
+    """The full QEMU command: serial console on stdio, no network, nothing implicit."""
+    cmd = [
+        qemu,
+        "-machine", f"q35,smm=off,accel={spec.accel}",
+        "-cpu", "host" if spec.accel == "kvm" else "max",
+        "-smp", str(spec.cpus),
+        "-m", str(spec.memory_mib),
+        "-nodefaults", "-no-user-config",
+        "-display", "none",
+        "-nic", "none",  # else OVMF may try network boot for minutes
+        "-serial", "stdio",
+        "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={spec.firmware.code}",
+        "-drive", f"if=pflash,format=raw,unit=1,file={spec.vars_path}",
+    ]
+    if spec.rng:
+        cmd += ["-device", "virtio-rng-pci"]
+    if spec.watchdog:
+        cmd += ["-device", "i6300esb", "-action", "watchdog=reset"]
+    usb = any(d.interface == "usb" for d in spec.drives)
+    if usb:
+        cmd += ["-device", "qemu-xhci,id=xhci"]
+    for i, d in enumerate(spec.drives):
+        ro = ",readonly=on" if d.readonly else ""
+        drive_id = f"disk{i}"
+        cmd += ["-drive", f"if=none,id={drive_id},format=raw,file={d.path}{ro}"]
+        if d.interface == "virtio":
+            cmd += ["-device", f"virtio-blk-pci,drive={drive_id},bootindex={i}"]
+        elif d.interface == "usb":
+            cmd += ["-device", f"usb-storage,bus=xhci.0,drive={drive_id},removable=on,bootindex={i}"]
+        elif d.interface == "ahci":
+            cmd += ["-device", f"ide-hd,drive={drive_id},bootindex={i}"]
+        elif d.interface == "nvme":
+            cmd += ["-device", f"nvme,drive={drive_id},serial=appliance{i},bootindex={i}"]
+        else:
+            raise ValueError(f"unknown drive interface {d.interface!r}")
+    return cmd + list(spec.extra)

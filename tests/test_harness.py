@@ -1,0 +1,87 @@
+"""The QEMU command line, the firmware lookup, and proof that the harness can fail."""
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from appliance.harness import machine as machine_mod
+from appliance.harness.qemu import Drive, Firmware, FirmwareError, MachineSpec, command, find_ovmf
+
+FW = Firmware("/fw/CODE.fd", "/fw/VARS.fd")
+
+
+def spec(**kw: object) -> MachineSpec:
+    base: dict[str, object] = {"drives": (Drive("/d/disk.raw"),), "firmware": FW, "vars_path": "/w/vars.fd"}
+    base.update(kw)
+    return MachineSpec(**base)  # type: ignore[arg-type]
+
+
+def test_command_line_basics() -> None:
+    cmd = command(spec())
+    joined = " ".join(cmd)
+    assert cmd[0] == "qemu-system-x86_64"
+    assert "-nic none" in joined and "-nodefaults" in cmd and "-serial stdio" in joined
+    assert "accel=tcg" in joined and "-cpu max" in joined
+    assert "if=pflash,format=raw,unit=0,readonly=on,file=/fw/CODE.fd" in cmd
+    assert "if=pflash,format=raw,unit=1,file=/w/vars.fd" in cmd
+    assert "virtio-rng-pci" in cmd and "virtio-blk-pci,drive=disk0,bootindex=0" in cmd
+    assert "i6300esb" not in joined and "xhci" not in joined
+
+
+def test_command_line_usb_readonly_second_disk_watchdog_kvm() -> None:
+    cmd = " ".join(command(spec(drives=(Drive("/d/a.raw", "usb", readonly=True), Drive("/d/b.raw", "nvme")),
+                                watchdog=True, accel="kvm")))
+    assert "qemu-xhci,id=xhci" in cmd and "usb-storage,bus=xhci.0,drive=disk0,removable=on" in cmd
+    assert "file=/d/a.raw,readonly=on" in cmd and "nvme,drive=disk1" in cmd
+    assert "i6300esb" in cmd and "watchdog=reset" in cmd and "-cpu host" in cmd
+    with pytest.raises(ValueError):
+        command(spec(drives=(Drive("/x", "floppy"),)))
+
+
+def test_find_ovmf_reads_descriptors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OVMF_CODE", raising=False)
+    code, nv = tmp_path / "CODE.fd", tmp_path / "VARS.fd"
+    code.write_bytes(b"")
+    nv.write_bytes(b"")
+
+    def desc(name: str, features: list[str]) -> None:
+        (tmp_path / name).write_text(json.dumps({
+            "interface-types": ["uefi"], "features": features,
+            "targets": [{"architecture": "x86_64", "machines": ["pc-q35-*"]}],
+            "mapping": {"device": "flash", "executable": {"filename": str(code)},
+                        "nvram-template": {"filename": str(nv)}}}))
+    desc("40-secure.json", ["secure-boot", "requires-smm"])
+    with pytest.raises(FirmwareError):
+        find_ovmf((str(tmp_path),))
+    desc("60-plain.json", ["acpi-s3"])
+    assert find_ovmf((str(tmp_path),)) == Firmware(str(code), str(nv))
+    monkeypatch.setenv("OVMF_CODE", "/a")
+    monkeypatch.setenv("OVMF_VARS", "/b")
+    assert find_ovmf((str(tmp_path),)) == Firmware("/a", "/b")
+
+
+def test_a_qemu_that_prints_nothing_times_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prove the harness can fail: a fake QEMU that only sleeps must time out, and the
+    failure must say what was awaited and how to reproduce."""
+    fake = tmp_path / "qemu-system-x86_64"
+    fake.write_text("#!/bin/sh\nexec sleep 60\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setenv("OVMF_CODE", str(tmp_path / "c.fd"))
+    monkeypatch.setenv("OVMF_VARS", str(tmp_path / "v.fd"))
+    monkeypatch.setenv("QEMU_ACCEL", "tcg")
+    monkeypatch.setenv("TIMEOUT_MULTIPLIER", "0.5")
+    (tmp_path / "v.fd").write_bytes(b"")
+    (tmp_path / "disk.raw").write_bytes(b"")
+    m = machine_mod.Machine(tmp_path / "disk.raw", tmp_path / "work", name="fake")
+    started = time.monotonic()
+    with m, pytest.raises(machine_mod.HarnessTimeout) as err:
+        m.wait_boot(timeout=2)
+    assert 0.9 <= time.monotonic() - started < 10  # 2 s scaled by 0.5
+    text = str(err.value)
+    assert "timed out after 1 s" in text and "reproduce:" in text and "qemu-system-x86_64" in text
+    log = m.log_path.read_text()
+    assert log.startswith("### fake:") and "### qemu: qemu-system-x86_64" in log and "timeout multiplier 0.5" in log
