@@ -54,3 +54,60 @@ def test_load_reports_every_outcome(tmp_path: Path) -> None:
 def test_missing_index_is_reported_not_raised(tmp_path: Path) -> None:
     report = load_modules(["vfat"], str(tmp_path / "nowhere"), FakeKernel({}))
     assert report.failed and report.failed[0][0] == "(all)"
+
+
+ALIASES = "\n".join([
+    "alias pci:v00008086d00002922sv*sd*bc*sc*i* ahci",
+    "alias pci:v*d*sv*sd*bc01sc06i01* ahci",
+    "alias pci:v*d*sv*sd*bc0Csc03i30* xhci_pci",
+    "alias virtio:d00000002v* virtio_blk",
+    "alias usb:v*p*d*dc*dsc*dp*ic08isc06ip50in* usb_storage",
+    "alias scsi:t-0x00* sd_mod",
+    "alias acpi*:PNP0C09:* fake_ec",
+    "alias platform:iTCO_wdt iTCO_wdt",
+    "alias pci:v0000[12]*d* odd_driver",
+])
+
+
+def test_glob_match_agrees_with_fnmatch() -> None:
+    import fnmatch
+    cases = [("pci:v*d*sv*sd*bc01sc06i01*", "pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01"),
+             ("pci:v*d*sv*sd*bc01sc06i01*", "pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i00"),
+             ("virtio:d00000002v*", "virtio:d00000002v00001AF4"), ("a*b*a", "aba"), ("a*a", "a"),
+             ("platform:iTCO_wdt", "platform:iTCO_wdt"), ("pci:v0000[12]*", "pci:v00001AF4"), ("x?z", "xyz")]
+    from appliance.init.modules import glob_match
+    for pattern, text in cases:
+        assert glob_match(pattern, text) == fnmatch.fnmatchcase(text, pattern), (pattern, text)
+
+
+def test_devices_select_their_drivers_only() -> None:
+    idx = ModuleIndex.parse(DEP, "", ALIASES)
+    present = {"pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01", "virtio:d00000002v00001AF4",
+               "acpi:PNP0C09:", "pci:v00001B36d0000000Dsv00001AF4sd00001100bc0Csc03i30"}
+    # Devices in sorted order; within a bus, aliases in file order. [12] matches 1B36.
+    assert idx.modules_for(present) == ["fake_ec", "xhci_pci", "odd_driver", "ahci", "virtio_blk"]
+    assert idx.modules_for({"usb:v46F4p0001d0000dc00dsc00dp00ic08isc06ip50in00"}) == ["usb_storage"]
+    assert idx.modules_for({"pci:v0000ABCDd00001111sv0sd0bcFFsc00i00"}) == []
+
+
+def test_coldplug_loads_new_devices_once(tmp_path: Path) -> None:
+    from appliance.init.modules import Coldplug
+    moddir = tmp_path / "mod"
+    moddir.mkdir()
+    (moddir / "modules.dep").write_text(DEP + "kernel/drivers/block/virtio_blk.ko:\nkernel/drivers/scsi/sd_mod.ko:\n")
+    (moddir / "modules.alias").write_text(ALIASES)
+    sysfs = tmp_path / "sys"
+
+    def device(bus: str, name: str, alias: str) -> None:
+        d = sysfs / "bus" / bus / "devices" / name
+        d.mkdir(parents=True)
+        (d / "modalias").write_text(alias + "\n")
+
+    device("virtio", "virtio0", "virtio:d00000002v00001AF4")
+    k = FakeKernel({})
+    cp = Coldplug(str(moddir), k, str(sysfs))
+    assert cp.scan() == 1 and cp.scan() == 0
+    device("usb", "1-1:1.0", "usb:v46F4p0001d0000dc00dsc00dp00ic08isc06ip50in00")
+    device("scsi", "0:0:0:0", "scsi:t-0x00")
+    assert cp.scan() == 4  # usb-storage with its two dependencies, and sd_mod
+    assert [module_name(p) for p in k.loaded] == ["virtio_blk", "sd_mod", "usb_common", "usbcore", "usb_storage"]

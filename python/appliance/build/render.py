@@ -62,12 +62,13 @@ def check_core(core: Path) -> Path:
         entry = core
     sources = sorted(core.rglob("*.py")) if core.is_dir() else [core]
     for source in sources:
+        data = source.read_bytes()
+        if b"\0" in data:  # Python versions differ in how they report this; say it plainly
+            raise CoreError(f"core {source} is not Python source: it contains NUL bytes (binary data?)")
         try:
-            ast.parse(source.read_bytes(), filename=str(source))
+            ast.parse(data, filename=str(source))
         except SyntaxError as e:
             raise CoreError(f"core {source} is not valid Python: {e.msg} (line {e.lineno})") from e
-        except ValueError as e:  # null bytes: binary data, not source
-            raise CoreError(f"core {source} is not Python source: {e}") from e
     return entry
 
 

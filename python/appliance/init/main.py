@@ -15,7 +15,7 @@ import traceback
 from typing import NoReturn
 
 from appliance import __version__
-from appliance.init import backoff, config, esp, exitstatus, fsutil, modules, mounts
+from appliance.init import backoff, config, esp, exitstatus, fsutil, gpt, modules, mounts
 from appliance.init.cgroup import CoreCgroup
 from appliance.init.console import Console
 from appliance.init.history import History
@@ -45,6 +45,7 @@ class Init:
         self.history: History | None = None
         self.failures = 0
         self._log_error_said = False
+        self.coldplug = modules.Coldplug("/nonexistent", kernel)  # type: ignore[arg-type]  # replaced at boot
 
     # -- boot -----------------------------------------------------------------------
     def boot(self) -> NoReturn:
@@ -85,26 +86,36 @@ class Init:
             self.console.say(p)
 
     def load_modules(self) -> None:
+        """The image's list (file systems, firmware interfaces), then the drivers of the
+        hardware present; ``setup_esp`` scans again for devices that appear later."""
         moddir = f"/usr/lib/modules/{os.uname().release}"
-        report = modules.load_modules(list(self.config.modules), moddir, self.kernel)  # type: ignore[arg-type]
-        for line in report.lines():
-            self.console.say(line)
-        self.console.at(f"kernel modules done (slowest: {report.slowest()})")
+        self.coldplug = modules.Coldplug(moddir, self.kernel)  # type: ignore[arg-type]
+        if self.coldplug.index is not None:
+            modules.load(self.coldplug.index, list(self.config.modules), moddir,
+                         self.kernel, report=self.coldplug.report)  # type: ignore[arg-type]
+        self.coldplug.scan()
 
     def setup_esp(self) -> None:
         booted = esp.loader_partuuid()
-        found, why, waited = esp.wait_for_esp(booted, self.config.esp_wait_seconds)
+
+        def scan() -> dict[str, list[gpt.Partition]]:
+            self.coldplug.scan()
+            return esp.scan_disks()
+
+        found, why, waited = esp.wait_for_esp(booted, self.config.esp_wait_seconds, scan=scan)
+        report = self.coldplug.report
+        for line in report.lines():
+            self.console.say(line)
+        self.console.say(f"kernel modules: slowest {report.slowest()}")
         if found is None:
             self.console.say(f"persistence OFF: {why} (waited {waited:.1f} s); the core runs without it")
             return
-        self.console.at(f"ESP found after {waited:.2f} s")
         node = esp.partition_node(found.disk, found.partition.number)
         device = f"/dev/{node}"
         ok, said = esp.fsck(device)
         for line in said.splitlines()[-5:]:
             if line.strip():
                 self.console.say(f"fsck.fat: {line}")
-        self.console.at("fsck done")
         if not ok:
             self.console.say(f"persistence OFF: the FAT on {device} could not be repaired; not mounting it")
             return
