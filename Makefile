@@ -14,6 +14,7 @@ PY := $(VENV)/bin/python
 BUILD ?= build
 CACHE_DIR ?= $(HOME)/.cache/appliance-image
 PROFILE ?= default
+ESP_FREE_MIB ?= 64
 CORE ?=
 export CORE MIRROR SECURITY_MIRROR
 
@@ -38,7 +39,8 @@ $(VENV_STAMP): python/pyproject.toml | $(HOST_STAMP)
 deps: $(HOST_STAMP) $(VENV_STAMP) ## install what building and testing need (apt, venv)
 
 image: deps ## build build/appliance.raw (and .efi, .bmap); CORE=, PROFILE=debug
-	$(PY) -m appliance.build image --build-dir $(BUILD) --cache-dir $(CACHE_DIR) --profile $(PROFILE)
+	$(PY) -m appliance.build image --build-dir $(BUILD) --cache-dir $(CACHE_DIR) --profile $(PROFILE) \
+		--esp-free-mib $(ESP_FREE_MIB)
 
 test-image: deps ## build build/test/appliance.raw with the crash-matrix test core
 	$(PY) -m appliance.build image --build-dir $(BUILD)/test --cache-dir $(CACHE_DIR) \
@@ -63,7 +65,7 @@ qemu-test: deps image test-image ## the QEMU tests (boot the image, crash it, ch
 test: deps lint image test-image ## everything: lint, unit tests, image tests, QEMU tests
 	$(PY) -m pytest tests
 
-bench-build: deps ## time a rebuild after touching one file under python/
+bench-build: deps ## time a rebuild after a change to one file under python/ (prints seconds)
 	$(PY) -m appliance.build bench-rebuild --build-dir $(BUILD) --cache-dir $(CACHE_DIR)
 
 clean: ## remove build outputs (keeps the package cache and incremental image)

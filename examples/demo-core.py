@@ -9,7 +9,9 @@ import os
 import sys
 import time
 
-print(f"demo core: hello from pid {os.getpid()}, Python {sys.version.split()[0]}", flush=True)
+uptime = time.clock_gettime(time.CLOCK_BOOTTIME)
+print(f"demo core: hello from pid {os.getpid()}, Python {sys.version.split()[0]}, "
+      f"first line at {uptime:.3f} s since boot", flush=True)
 esp = os.environ.get("APPLIANCE_ESP", "")
 print(f"demo core: persistent storage at {esp or '(none: persistence is off)'}", flush=True)
 print("demo core: ready", flush=True)

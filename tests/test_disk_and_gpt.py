@@ -62,3 +62,21 @@ def test_corrupt_gpt_header_is_refused(image: tuple[Path, bytes, uuid.UUID], tmp
     bad.write_bytes(bytes(2048))
     with pytest.raises(gpt.GPTError, match="signature"):
         gpt.read_partitions(str(bad))
+
+
+def test_dirty_flag_decides_whether_fsck_runs(image: tuple[Path, bytes, uuid.UUID], tmp_path: Path) -> None:
+    from appliance.init.esp import FAT32_STATE_OFFSET, fat_dirty
+    raw, _, _ = image
+    esp = gpt.read_partitions(str(raw))[0]
+    with raw.open("rb") as f:
+        f.seek(esp.first_lba * 512)
+        boot = bytearray(f.read(512))
+    part = tmp_path / "esp.img"
+    part.write_bytes(bytes(boot))
+    assert fat_dirty(str(part)) is False  # mkfs.fat leaves it clean
+    boot[FAT32_STATE_OFFSET] |= 1
+    part.write_bytes(bytes(boot))
+    assert fat_dirty(str(part)) is True
+    part.write_bytes(b"garbage" * 100)
+    assert fat_dirty(str(part)) is True
+    assert fat_dirty(str(tmp_path / "missing")) is True

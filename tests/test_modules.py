@@ -110,4 +110,24 @@ def test_coldplug_loads_new_devices_once(tmp_path: Path) -> None:
     device("usb", "1-1:1.0", "usb:v46F4p0001d0000dc00dsc00dp00ic08isc06ip50in00")
     device("scsi", "0:0:0:0", "scsi:t-0x00")
     assert cp.scan() == 4  # usb-storage with its two dependencies, and sd_mod
-    assert [module_name(p) for p in k.loaded] == ["virtio_blk", "sd_mod", "usb_common", "usbcore", "usb_storage"]
+    assert [module_name(p) for p in k.loaded] == ["virtio_blk", "usb_common", "usbcore", "usb_storage", "sd_mod"]
+    assert cp.deferred == []
+
+
+def test_coldplug_defers_what_no_boot_disk_needs(tmp_path: Path) -> None:
+    from appliance.init.modules import Coldplug
+    moddir = tmp_path / "mod"
+    moddir.mkdir()
+    (moddir / "modules.dep").write_text(DEP + "kernel/drivers/ata/ahci.ko:\n")
+    (moddir / "modules.alias").write_text(ALIASES)
+    d = tmp_path / "sys/bus/platform/devices/iTCO_wdt"
+    d.mkdir(parents=True)
+    (d / "modalias").write_text("platform:iTCO_wdt\n")
+    d = tmp_path / "sys/bus/pci/devices/0000:00:1f.2"
+    d.mkdir(parents=True)
+    (d / "modalias").write_text("pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01\n")
+    k = FakeKernel({})
+    cp = Coldplug(str(moddir), k, str(tmp_path / "sys"))
+    assert cp.scan() == 1 and cp.deferred == ["iTCO_wdt"]
+    assert cp.load_deferred() == 1 and cp.deferred == []
+    assert [module_name(p) for p in k.loaded] == ["ahci", "iTCO_wdt"]

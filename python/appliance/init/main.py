@@ -17,7 +17,7 @@ from typing import NoReturn
 from appliance import __version__
 from appliance.init import backoff, config, esp, exitstatus, fsutil, gpt, modules, mounts
 from appliance.init.cgroup import CoreCgroup
-from appliance.init.console import Console
+from appliance.init.console import Console, uptime
 from appliance.init.history import History
 from appliance.init.runtimelog import RuntimeLog, how_it_ended, printable_lines, read_previous
 from appliance.init.supervise import SpawnError, Supervisor, spawn
@@ -26,6 +26,7 @@ ESP_MOUNT = "/esp"
 APP_DIR = "appliance"  # our directory on the ESP
 LAUNCH_CORE = "/usr/lib/appliance/launch-core"
 DEBUG_SHELL = ("/usr/bin/busybox", "sh")
+DEFERRED_MODULES_AFTER = 2.0  # seconds after the core started
 
 
 class BootError(Exception):
@@ -44,15 +45,30 @@ class Init:
         self.log: RuntimeLog | None = None
         self.history: History | None = None
         self.failures = 0
+        self.started = 0.0
         self._log_error_said = False
         self.coldplug = modules.Coldplug("/nonexistent", kernel)  # type: ignore[arg-type]  # replaced at boot
+        self.steps: list[tuple[str, float]] = []  # (step, seconds since boot when it ended)
+
+    def step_done(self, name: str) -> None:
+        self.steps.append((name, uptime()))
+
+    def timing(self, started: float) -> str:
+        parts, last = [], started
+        for name, at in self.steps:
+            parts.append(f"{name} {at - last:.2f} s")
+            last = at
+        return ", ".join(parts)
 
     # -- boot -----------------------------------------------------------------------
     def boot(self) -> NoReturn:
+        self.started = uptime()
         self.console.at(f"appliance init {__version__} started")
         self.early_mounts()
         self.load_config()
+        self.step_done("mounts")
         self.load_modules()
+        self.step_done("modules")
         for r in mounts.apply(mounts.FIRMWARE, self.kernel, self.root):  # type: ignore[arg-type]
             if not r.ok:
                 self.console.say(r.message())
@@ -63,6 +79,7 @@ class Init:
         self.setup_esp()
         self.show_previous_log()
         self.start_runtime_log()
+        self.step_done("previous log")
         self.run_core()
 
     def early_mounts(self) -> None:
@@ -98,21 +115,27 @@ class Init:
     def setup_esp(self) -> None:
         booted = esp.loader_partuuid()
 
+        first = [True]
+
         def scan() -> dict[str, list[gpt.Partition]]:
-            self.coldplug.scan()
+            if not first[0]:  # devices behind drivers loaded meanwhile (USB disks)
+                self.coldplug.scan()
+            first[0] = False
             return esp.scan_disks()
 
         found, why, waited = esp.wait_for_esp(booted, self.config.esp_wait_seconds, scan=scan)
-        report = self.coldplug.report
-        for line in report.lines():
-            self.console.say(line)
-        self.console.say(f"kernel modules: slowest {report.slowest()}")
+        self.step_done("finding the ESP")
         if found is None:
             self.console.say(f"persistence OFF: {why} (waited {waited:.1f} s); the core runs without it")
             return
         node = esp.partition_node(found.disk, found.partition.number)
         device = f"/dev/{node}"
-        ok, said = esp.fsck(device)
+        if esp.fat_dirty(device):
+            self.console.say(f"the FAT on {device} was not unmounted cleanly: checking it")
+            ok, said = esp.fsck(device)
+        else:
+            ok, said = True, ""
+        self.step_done("fsck")
         for line in said.splitlines()[-5:]:
             if line.strip():
                 self.console.say(f"fsck.fat: {line}")
@@ -126,6 +149,7 @@ class Init:
             return
         if note:
             self.console.say(note)
+        self.step_done("mount")
         self.esp = esp.Esp(device, found.partition.unique_guid, self.esp_mount, writable)
         self.console.say(f"ESP mounted: {device} (partition {found.partition.unique_guid}) at {self.esp_mount}"
                          + ("" if writable else " read-only"))
@@ -228,6 +252,10 @@ class Init:
             os.close(write_fd)
             self.end(f"could not start the core: {e}", failed=True)
         os.close(write_fd)
+        self.step_done("starting the core")
+        exec_at = kernel_ran_init()
+        python = f"/init exec at {exec_at:.3f} s, Python start {self.started - exec_at:.2f} s, " if exec_at else ""
+        self.console.say(f"boot steps: {python}{self.timing(self.started)}")
         self.console.at(f"core started: pid {pid}")
 
         def healthy() -> None:
@@ -236,10 +264,19 @@ class Init:
                 self._save_failures()
                 self.console.say("the core has run healthy: crash-loop counter reset")
 
+        def deferred_modules() -> None:
+            self.coldplug.load_deferred()
+            report = self.coldplug.report
+            for line in report.lines():
+                self.console.say(line)
+            self.console.say(f"kernel modules: slowest {report.slowest()}")
+
+        # The drivers no boot disk needs (entropy, watchdogs, chipset) wait until the
+        # core has had its start: on one CPU they would otherwise delay it.
         sup = Supervisor(pid, read_fd, on_stderr=on_stderr, on_flush=self._flush, say=self.console.say,
                          grace=self.config.shutdown_grace_seconds,
                          healthy_after=self.config.healthy_after_seconds, on_healthy=healthy,
-                         kill_rest=cgroup.kill_all)
+                         kill_rest=cgroup.kill_all, later=(DEFERRED_MODULES_AFTER, deferred_modules))
         sup.install_signals()
         outcome = sup.run()
         cause = exitstatus.decode(outcome.status, oom=cgroup.oom_kills() > 0, note=outcome.note)
@@ -310,6 +347,30 @@ class Init:
         while True:
             time.sleep(1)
             reap_all()
+
+
+def kernel_ran_init(kmsg: str = "/dev/kmsg", limit: int = 4000) -> float:
+    """When the kernel executed /init, in seconds since boot, from its "Run /init as
+    init process" record (kept in /dev/kmsg whatever the console log level); 0.0 if
+    not found. PID 1's own start time cannot say: it is the kernel thread's."""
+    try:
+        fd = os.open(kmsg, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return 0.0
+    try:
+        for _ in range(limit):
+            try:
+                record = os.read(fd, 8192)
+            except BlockingIOError:
+                break
+            except OSError:  # EPIPE: a record was overwritten; go on with the next
+                continue
+            head, _, text = record.partition(b";")
+            if text.startswith(b"Run /init as init process"):
+                return int(head.split(b",")[2]) / 1e6
+    finally:
+        os.close(fd)
+    return 0.0
 
 
 def reap_all() -> None:

@@ -208,8 +208,19 @@ def load(index: ModuleIndex, wanted: list[str], moddir: str, kernel: ModuleLoade
     return report
 
 
+# Drivers a boot disk can sit behind: loaded before the ESP is looked for. The rest
+# (entropy, watchdogs, chipset) is queued and loaded once the core runs.
+STORAGE_PATHS = ("kernel/drivers/ata/", "kernel/drivers/scsi/", "kernel/drivers/nvme/", "kernel/drivers/block/",
+                 "kernel/drivers/usb/", "kernel/drivers/mmc/")
+# Within storage, the likeliest boot media of a virtual or modern machine first.
+STORAGE_FIRST = ("virtio", "nvme", "xhci", "ehci", "ohci", "uhci", "usb", "uas", "sd_mod")
+
+
 class Coldplug:
-    """Loads the drivers for the devices present; ``scan`` again to catch new devices."""
+    """Loads the drivers for the devices present; ``scan`` again to catch new devices.
+
+    Storage drivers load at once; others are queued in ``deferred`` for
+    ``load_deferred`` (called once the core runs), unless ``defer`` is off."""
 
     def __init__(self, moddir: str, kernel: ModuleLoader, sys_root: str = "/sys",
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -220,12 +231,16 @@ class Coldplug:
         self.seen: set[str] = set()
         self.report = LoadReport()
         self.index: ModuleIndex | None = None
+        self.deferred: list[str] = []
         try:
             self.index = ModuleIndex.read(moddir)
         except OSError as e:
             self.report.failed.append(("(all)", e))
 
-    def scan(self) -> int:
+    def is_storage(self, module: str) -> bool:
+        return self.index is not None and self.index.files.get(module, "").startswith(STORAGE_PATHS)
+
+    def scan(self, defer: bool = True) -> int:
         """Load drivers for devices not seen before; the number of modules loaded."""
         if self.index is None:
             return 0
@@ -234,6 +249,21 @@ class Coldplug:
             return 0
         self.seen |= new
         before = len(self.report.loaded)
-        wanted = [m for m in self.index.modules_for(new) if m not in self.report.seconds]
-        load(self.index, wanted, self.moddir, self.kernel, self.clock, self.report)
+        wanted = [m for m in self.index.modules_for(new) if m not in self.report.seconds and m not in self.deferred]
+        now = [m for m in wanted if not defer or self.is_storage(m)]
+        self.deferred += [m for m in wanted if m not in now]
+
+        def rank(m: str) -> int:
+            return next((i for i, p in enumerate(STORAGE_FIRST) if m.startswith(p)), len(STORAGE_FIRST))
+        load(self.index, sorted(now, key=rank), self.moddir, self.kernel, self.clock, self.report)
+        return len(self.report.loaded) - before
+
+    def load_deferred(self) -> int:
+        """Load what ``scan`` queued, and drivers for devices that appeared since."""
+        if self.index is None:
+            return 0
+        before = len(self.report.loaded)
+        queued, self.deferred = self.deferred, []
+        load(self.index, queued, self.moddir, self.kernel, self.clock, self.report)
+        self.scan(defer=False)
         return len(self.report.loaded) - before

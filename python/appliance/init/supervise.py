@@ -89,6 +89,7 @@ class Supervisor:
                  healthy_after: float | None = None,
                  on_healthy: Callable[[], None] = lambda: None,
                  kill_rest: Callable[[], None] = lambda: None,
+                 later: tuple[float, Callable[[], None]] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.core_pid = core_pid
         self.stderr_fd = stderr_fd
@@ -99,6 +100,7 @@ class Supervisor:
         self.healthy_after = healthy_after
         self.on_healthy = on_healthy
         self.kill_rest = kill_rest
+        self.later = later  # (seconds after the start, work): done once, if the core still runs
         self.clock = clock
         self.status: int | None = None
         self.reaped_others = 0
@@ -176,6 +178,8 @@ class Supervisor:
                     deadlines.append(kill_at)
                 if healthy_pending and self.healthy_after is not None:
                     deadlines.append(started + self.healthy_after)
+                if self.later is not None:
+                    deadlines.append(started + self.later[0])
                 timeout = max(0.0, min(deadlines) - now)
                 for key, _ in sel.select(timeout):
                     if key.data == "stderr":
@@ -202,6 +206,9 @@ class Supervisor:
                 if healthy_pending and self.healthy_after is not None and now - started >= self.healthy_after:
                     healthy_pending = False
                     self.on_healthy()
+                if self.later is not None and now - started >= self.later[0]:
+                    work, self.later = self.later[1], None
+                    work()
                 if now >= next_flush:
                     self.on_flush()
                     next_flush = now + FLUSH_INTERVAL
