@@ -86,3 +86,12 @@ def test_no_registry_host_names_in_the_repository(repo: Path) -> None:
     pattern = re.compile(r"(deb|security|archive|ftp)\.debian\.org|pypi\.org|files\.pythonhosted")
     offenders = [f for f in files if (repo / f).is_file() and pattern.search((repo / f).read_text(errors="ignore"))]
     assert offenders == []
+
+
+def test_security_mirror_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    from appliance.build import mirror
+    assert mirror.host_mirrors("http://m/debian", "none").security is None
+    assert mirror.host_mirrors("http://m/debian", "http://s/sec/").security == "http://s/sec"
+    import subprocess
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, INDEXTARGETS, ""))
+    assert mirror.host_mirrors(None, None).security == "http://mirror.example/debian-security"

@@ -1,7 +1,7 @@
 import errno
 from pathlib import Path
 
-from appliance.init.modules import ModuleIndex, load_modules, module_name
+from appliance.init.modules import Coldplug, ModuleIndex, load_modules, module_name
 
 USB = "kernel/drivers/usb"
 DEP = "\n".join([
@@ -90,12 +90,16 @@ def test_devices_select_their_drivers_only() -> None:
     assert idx.modules_for({"pci:v0000ABCDd00001111sv0sd0bcFFsc00i00"}) == []
 
 
-def test_coldplug_loads_new_devices_once(tmp_path: Path) -> None:
-    from appliance.init.modules import Coldplug
+def module_dir(tmp_path: Path, extra_deps: str) -> Path:
     moddir = tmp_path / "mod"
     moddir.mkdir()
-    (moddir / "modules.dep").write_text(DEP + "kernel/drivers/block/virtio_blk.ko:\nkernel/drivers/scsi/sd_mod.ko:\n")
+    (moddir / "modules.dep").write_text(DEP + extra_deps)
     (moddir / "modules.alias").write_text(ALIASES)
+    return moddir
+
+
+def test_coldplug_loads_new_devices_once(tmp_path: Path) -> None:
+    moddir = module_dir(tmp_path, "kernel/drivers/block/virtio_blk.ko:\nkernel/drivers/scsi/sd_mod.ko:\n")
     sysfs = tmp_path / "sys"
 
     def device(bus: str, name: str, alias: str) -> None:
@@ -115,11 +119,7 @@ def test_coldplug_loads_new_devices_once(tmp_path: Path) -> None:
 
 
 def test_coldplug_defers_what_no_boot_disk_needs(tmp_path: Path) -> None:
-    from appliance.init.modules import Coldplug
-    moddir = tmp_path / "mod"
-    moddir.mkdir()
-    (moddir / "modules.dep").write_text(DEP + "kernel/drivers/ata/ahci.ko:\n")
-    (moddir / "modules.alias").write_text(ALIASES)
+    moddir = module_dir(tmp_path, "kernel/drivers/ata/ahci.ko:\n")
     d = tmp_path / "sys/bus/platform/devices/iTCO_wdt"
     d.mkdir(parents=True)
     (d / "modalias").write_text("platform:iTCO_wdt\n")

@@ -113,9 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     img.add_argument("--core", default=os.environ.get("CORE") or None)
     img.add_argument("--profile", default="default", choices=["default", "debug"])
     img.add_argument("--mirror", default=os.environ.get("MIRROR", ""))
-    img.add_argument("--security-mirror", default=os.environ.get("SECURITY_MIRROR"))
+    # Unset or empty (make exports variables that are not set as empty): the host's own;
+    # "none": build without the security archive.
+    img.add_argument("--security-mirror", default=os.environ.get("SECURITY_MIRROR") or None)
     img.add_argument("--esp-free-mib", type=int, default=64)
-    img.add_argument("--runtime-log-cap", type=int, default=1024 * 1024)
+    img.add_argument("--runtime-log-cap", type=int, default=render.INIT_DEFAULTS.runtime_log_cap)
     img.add_argument("--core-memory-max", default="")
     img.set_defaults(func=cmd_image)
     br = sub.add_parser("bench-rebuild", help="time a rebuild after changing one file under python/")

@@ -62,7 +62,7 @@ def host_mirrors(override: str | None = None, security_override: str | None = No
                 ) from e
     main = override.rstrip("/") if override else found.main if found else ""
     if security_override is not None:
-        security = security_override.rstrip("/") or None
+        security = None if security_override in ("", "none") else security_override.rstrip("/")
     else:
         security = found.security if found else None
     return Mirrors(main=main, security=security)

@@ -15,6 +15,9 @@ from pathlib import Path
 import jinja2
 
 from appliance.build.mirror import Mirrors
+from appliance.init.config import Config
+
+INIT_DEFAULTS = Config()
 
 # Where things live inside the image.
 IMAGE_PYTHON_DIR = "usr/lib/appliance/python"
@@ -35,13 +38,14 @@ class Settings:
     mirrors: Mirrors
     profile: str = "default"
     release: str = "trixie"
-    runtime_log_cap: int = 1024 * 1024
-    history_records: int = 16
-    history_bytes: int = 8 * 1024 * 1024
-    esp_free_floor: int = 16 * 1024 * 1024
-    esp_wait_seconds: float = 10.0
-    shutdown_grace_seconds: float = 10.0
-    core_memory_max: str | None = None
+    # The init's settings baked into the image; their defaults are the init's own.
+    runtime_log_cap: int = INIT_DEFAULTS.runtime_log_cap
+    history_records: int = INIT_DEFAULTS.history_records
+    history_bytes: int = INIT_DEFAULTS.history_bytes
+    esp_free_floor: int = INIT_DEFAULTS.esp_free_floor
+    esp_wait_seconds: float = INIT_DEFAULTS.esp_wait_seconds
+    shutdown_grace_seconds: float = INIT_DEFAULTS.shutdown_grace_seconds
+    core_memory_max: str | None = INIT_DEFAULTS.core_memory_max
 
 
 def check_core(core: Path) -> Path:

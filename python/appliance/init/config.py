@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
-from pathlib import Path
+from collections.abc import Mapping
+from typing import NamedTuple
 
 CONFIG_PATH = "/etc/appliance/init.json"
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(NamedTuple):
     core: str = "/usr/lib/appliance/core"
     modules: tuple[str, ...] = ()
     runtime_log_cap: int = 1024 * 1024
@@ -24,7 +23,7 @@ class Config:
     healthy_after_seconds: float = 600.0
     backoff_first_seconds: float = 1.0
     backoff_max_seconds: float = 300.0
-    switches: dict[str, str] = field(default_factory=dict)  # appliance.* from the kernel command line
+    switches: Mapping[str, str] = {}  # appliance.* from the kernel command line (never mutated)
 
     @property
     def hold(self) -> bool:
@@ -48,10 +47,11 @@ def load(path: str = CONFIG_PATH, cmdline: str = "") -> tuple[Config, list[str]]
     problems: list[str] = []
     values: dict[str, object] = {}
     try:
-        raw = json.loads(Path(path).read_text())
+        with open(path, "rb") as f:
+            raw = json.loads(f.read())
         if not isinstance(raw, dict):
             raise ValueError("not a JSON object")
-        known = {f.name: f for f in fields(Config)}
+        known = Config._fields
         for key, value in raw.items():
             if key not in known or key == "switches":
                 problems.append(f"unknown setting {key!r} in {path} (ignored)")
@@ -59,6 +59,6 @@ def load(path: str = CONFIG_PATH, cmdline: str = "") -> tuple[Config, list[str]]
             if key == "modules":
                 value = tuple(str(m) for m in value)
             values[key] = value
-    except (OSError, ValueError, TypeError) as e:
+    except (OSError, ValueError, TypeError) as e:  # (json's errors are ValueErrors)
         problems.append(f"could not read {path}: {e} (using defaults)")
     return Config(**values, switches=parse_cmdline(cmdline)), problems  # type: ignore[arg-type]

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
 
 from appliance.init import gpt
 from appliance.init.kernel import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_RELATIME
 from appliance.init.mounts import Mounter
+
+if TYPE_CHECKING:
+    import subprocess
 
 LOADER_VENDOR = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
 EFIVARS = "/sys/firmware/efi/efivars"
@@ -41,8 +43,7 @@ def loader_partuuid(efivars: str = EFIVARS) -> uuid.UUID | None:
         return None
 
 
-@dataclass(frozen=True)
-class Candidate:
+class Candidate(NamedTuple):
     disk: str  # e.g. "vda"
     partition: gpt.Partition
 
@@ -137,8 +138,11 @@ def fat_dirty(device: str) -> bool:
     return bool(boot[0x25] & FAT_STATE_DIRTY)  # FAT12/16 keep it earlier
 
 
-def fsck(device: str, run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run) -> tuple[bool, str]:
+def fsck(device: str, run: Callable[..., subprocess.CompletedProcess[str]] | None = None) -> tuple[bool, str]:
     """Check and repair the FAT (dirty bit, lost clusters). (usable, what fsck.fat said)."""
+    import subprocess  # only a dirty FAT gets here: kept off the start-up path
+    if run is None:
+        run = subprocess.run
     try:
         r = run([FSCK, "-a", "-w", device], capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.TimeoutExpired) as e:
@@ -152,8 +156,7 @@ def fsck(device: str, run: Callable[..., subprocess.CompletedProcess[str]] = sub
     return False, f"fsck.fat exit {r.returncode}: {said}"
 
 
-@dataclass(frozen=True)
-class Esp:
+class Esp(NamedTuple):
     device: str
     partuuid: uuid.UUID
     mountpoint: str

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
 def signal_name(n: int) -> str:
@@ -14,8 +14,7 @@ def signal_name(n: int) -> str:
         return f"SIG{n}"
 
 
-@dataclass(frozen=True)
-class ExitCause:
+class ExitCause(NamedTuple):
     code: int | None = None  # the exit status, when the core exited
     signal: int | None = None  # the signal, when one killed it
     core_dumped: bool = False

@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 import uuid
 import zlib
-from dataclasses import dataclass
+from typing import NamedTuple
 
 ESP_TYPE = uuid.UUID("C12A7328-F81F-11D2-BA4B-00A0C93EC93B")
 SIGNATURE = b"EFI PART"
@@ -15,8 +15,7 @@ class GPTError(ValueError):
     pass
 
 
-@dataclass(frozen=True)
-class Partition:
+class Partition(NamedTuple):
     number: int  # 1-based, as the kernel names partitions
     type_guid: uuid.UUID
     unique_guid: uuid.UUID

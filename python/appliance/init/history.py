@@ -9,18 +9,26 @@ fill the ESP.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from appliance.init import records
 from appliance.init.fsutil import atomic_write, fsync_dir
 
-NAME = re.compile(r"^(\d{6,})-([a-z0-9-]+)\.rec$")
+
+def parse_name(name: str) -> tuple[int, str] | None:
+    """(sequence, kind) of a record's file name ``000042-runtime-log.rec``, else None."""
+    if not name.endswith(".rec"):
+        return None
+    sequence, sep, kind = name[:-4].partition("-")
+    if not sep or len(sequence) < 6 or not sequence.isdigit() or not kind:
+        return None
+    if not all(c.isdigit() or c == "-" or "a" <= c <= "z" for c in kind):
+        return None
+    return int(sequence), kind
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     path: str
     sequence: int
     kind: str
@@ -56,13 +64,13 @@ class History:
                 except OSError:
                     pass
                 continue
-            m = NAME.match(name)
-            if m:
+            parsed = parse_name(name)
+            if parsed:
                 try:
                     size = os.stat(path).st_size
                 except OSError:
                     continue
-                out.append(Entry(path, int(m.group(1)), m.group(2), size))
+                out.append(Entry(path, parsed[0], parsed[1], size))
         return sorted(out, key=lambda e: e.sequence)
 
     def read(self, entry: Entry) -> records.Record:

@@ -11,7 +11,6 @@ import os
 import signal
 import sys
 import time
-import traceback
 from typing import NoReturn
 
 from appliance import __version__
@@ -429,6 +428,7 @@ def main() -> NoReturn:
         if init is not None:
             init.end(f"boot failed: {e}", failed=True)
     except BaseException:  # noqa: BLE001 - a bug in the init: persist it, then the way out
+        import traceback
         tb = traceback.format_exc()
         console.say("BUG: the init failed; its traceback follows, then the machine reboots")
         console.say(tb)

@@ -13,12 +13,9 @@ has is what keeps the boot short.
 from __future__ import annotations
 
 import errno
-import fnmatch
-import glob
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Protocol
 
 
@@ -32,14 +29,14 @@ def module_name(path: str) -> str:
     return base.split(".ko", 1)[0].replace("-", "_")
 
 
-@dataclass
 class ModuleIndex:
-    """modules.dep and modules.builtin of one kernel."""
+    """modules.dep, modules.builtin and modules.alias of one kernel."""
 
-    files: dict[str, str] = field(default_factory=dict)  # name -> path relative to the modules dir
-    deps: dict[str, list[str]] = field(default_factory=dict)  # name -> names it needs, in load order
-    builtin: set[str] = field(default_factory=set)
-    aliases: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # bus -> (pattern, module)
+    def __init__(self) -> None:
+        self.files: dict[str, str] = {}  # name -> path relative to the modules dir
+        self.deps: dict[str, list[str]] = {}  # name -> names it needs, in load order
+        self.builtin: set[str] = set()
+        self.aliases: dict[str, list[tuple[str, str]]] = {}  # bus -> (pattern, module)
 
     @classmethod
     def parse(cls, dep_text: str, builtin_text: str = "", alias_text: str = "") -> ModuleIndex:
@@ -116,6 +113,7 @@ def glob_match(pattern: str, text: str) -> bool:
     of them use only '*', which splitting handles (compiling a thousand patterns at
     every boot would cost more than the modules it saves)."""
     if "?" in pattern or "[" in pattern:
+        import fnmatch  # rare patterns only: it compiles a regex
         return fnmatch.fnmatchcase(text, pattern)
     parts = pattern.split("*")
     if len(parts) == 1:
@@ -134,27 +132,38 @@ def glob_match(pattern: str, text: str) -> bool:
 
 def device_modaliases(sys_root: str = "/sys") -> set[str]:
     """The modalias of every device the kernel knows now."""
-    found = set()
-    for path in glob.glob(os.path.join(sys_root, "bus/*/devices/*/modalias")):
+    found: set[str] = set()
+    buses = os.path.join(sys_root, "bus")
+    try:
+        bus_names = os.listdir(buses)
+    except OSError:
+        return found
+    for bus in bus_names:
+        devices = os.path.join(buses, bus, "devices")
         try:
-            with open(path) as f:
-                alias = f.read().strip()
+            names = os.listdir(devices)
         except OSError:
             continue
-        if alias:
-            found.add(alias)
+        for name in names:
+            try:
+                with open(os.path.join(devices, name, "modalias")) as f:
+                    alias = f.read().strip()
+            except OSError:
+                continue
+            if alias:
+                found.add(alias)
     return found
 
 
-@dataclass
 class LoadReport:
-    loaded: list[str] = field(default_factory=list)
-    already: list[str] = field(default_factory=list)
-    builtin: list[str] = field(default_factory=list)
-    unknown: list[str] = field(default_factory=list)
-    no_device: list[str] = field(default_factory=list)  # loaded nothing: no such hardware here
-    failed: list[tuple[str, OSError]] = field(default_factory=list)
-    seconds: dict[str, float] = field(default_factory=dict)  # time each load took
+    def __init__(self) -> None:
+        self.loaded: list[str] = []
+        self.already: list[str] = []
+        self.builtin: list[str] = []
+        self.unknown: list[str] = []
+        self.no_device: list[str] = []  # loaded nothing: no such hardware here
+        self.failed: list[tuple[str, OSError]] = []
+        self.seconds: dict[str, float] = {}  # time each load took
 
     def slowest(self, n: int = 5) -> str:
         top = sorted(self.seconds.items(), key=lambda kv: kv[1], reverse=True)[:n]

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from appliance.init.kernel import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RELATIME
 
@@ -13,8 +12,7 @@ class Mounter(Protocol):
     def mount(self, source: str, target: str, fstype: str, flags: int = 0, data: str = "") -> None: ...
 
 
-@dataclass(frozen=True)
-class Mount:
+class Mount(NamedTuple):
     source: str
     target: str
     fstype: str
@@ -26,8 +24,7 @@ class Mount:
         return f"{self.fstype} on {self.target}"
 
 
-@dataclass(frozen=True)
-class Symlink:
+class Symlink(NamedTuple):
     target: str
     path: str
     required: bool = False
@@ -60,8 +57,7 @@ FIRMWARE: tuple[Mount, ...] = (
 )
 
 
-@dataclass(frozen=True)
-class StepResult:
+class StepResult(NamedTuple):
     step: Mount | Symlink
     error: OSError | None
 

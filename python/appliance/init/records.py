@@ -14,11 +14,13 @@ trusted. A record is plain text up to its payload, readable with any pager:
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass, field
-
 MAGIC = b"APPLIANCE-RECORD 1\n"
 MAX_HEADER = 4096
+
+
+def sha256(data: bytes) -> str:
+    import hashlib  # loads OpenSSL: only boots that archive or read a record pay for it
+    return hashlib.sha256(data).hexdigest()
 
 
 def encode(kind: str, payload: bytes, meta: dict[str, str] | None = None) -> bytes:
@@ -27,15 +29,15 @@ def encode(kind: str, payload: bytes, meta: dict[str, str] | None = None) -> byt
         clean = " ".join(str(value).split())  # one line per field
         lines.append(f"{key}: {clean}")
     lines.append(f"length: {len(payload)}")
-    lines.append(f"sha256: {hashlib.sha256(payload).hexdigest()}")
+    lines.append(f"sha256: {sha256(payload)}")
     return MAGIC + ("\n".join(lines) + "\n\n").encode("utf-8", "replace") + payload
 
 
-@dataclass
 class Record:
-    meta: dict[str, str] = field(default_factory=dict)
-    payload: bytes = b""
-    problem: str = ""  # empty when the record is whole and its checksum matches
+    def __init__(self, meta: dict[str, str] | None = None, payload: bytes = b"", problem: str = "") -> None:
+        self.meta = meta if meta is not None else {}
+        self.payload = payload
+        self.problem = problem  # empty when the record is whole and its checksum matches
 
     @property
     def ok(self) -> bool:
@@ -67,6 +69,6 @@ def decode(data: bytes) -> Record:
         return Record(meta, payload, f"torn record: {len(payload)} of {length} bytes present")
     if len(payload) > length:
         return Record(meta, payload, f"corrupt record: {len(payload) - length} bytes beyond its length")
-    if hashlib.sha256(payload).hexdigest() != meta.get("sha256"):
+    if sha256(payload) != meta.get("sha256"):
         return Record(meta, payload, "corrupt record: checksum mismatch")
     return Record(meta, payload)

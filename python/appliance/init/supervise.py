@@ -14,7 +14,7 @@ import selectors
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 # Signals PID 1 passes on to the core. TERM, INT (Ctrl-Alt-Del) and PWR also start the
 # shutdown grace period, after which the core is killed.
@@ -70,8 +70,7 @@ def spawn(argv: list[str], env: dict[str, str], stderr_fd: int, cgroup_procs: st
     return pid
 
 
-@dataclass
-class Outcome:
+class Outcome(NamedTuple):
     status: int  # as waitpid returns it
     note: str  # what the init did, if anything ("killed after the shutdown grace period")
     shutdown_requested: bool
