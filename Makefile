@@ -60,10 +60,10 @@ unit: deps ## the fast tests (no image, no QEMU)
 	$(PY) -m pytest -m 'not image and not qemu' tests
 
 qemu-test: deps image test-image ## the QEMU tests (boot the image, crash it, check the dumps)
-	$(PY) -m pytest -m 'image or qemu' tests
+	$(PY) -m pytest -n 2 -m 'image or qemu' tests
 
 test: deps lint image test-image ## everything: lint, unit tests, image tests, QEMU tests
-	$(PY) -m pytest tests
+	$(PY) -m pytest -n 2 tests
 
 bench-build: deps ## time a rebuild after a change to one file under python/ (prints seconds)
 	$(PY) -m appliance.build bench-rebuild --build-dir $(BUILD) --cache-dir $(CACHE_DIR)

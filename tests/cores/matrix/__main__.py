@@ -9,6 +9,7 @@ prints "matrix core: ready" and idles.
 import ctypes
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -61,7 +62,10 @@ def main() -> None:
     elif action == "oswrite":
         os.write(2, b"matrix core: last words written straight to fd 2\n")
         os._exit(7)
-    elif action == "wait":
+    elif action == "sigkill":
+        # Killed from outside: another process sends SIGKILL.
+        subprocess.Popen([sys.executable, "-c",
+                          f"import os, time; time.sleep(1); os.kill({os.getpid()}, 9)"])
         print("matrix core: waiting to be killed", flush=True)
         idle()
     elif action == "oom":
@@ -69,8 +73,10 @@ def main() -> None:
         while True:
             hog.append(bytearray(16 << 20))
     elif action == "ignore-term":
+        # Ask PID 1 to shut down (as Ctrl-Alt-Del or a power button would), then refuse.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print("matrix core: ignoring SIGTERM", flush=True)
+        os.kill(1, signal.SIGTERM)
         idle()
     elif action == "flood":
         n = 0
