@@ -44,7 +44,7 @@ image: deps ## build build/appliance.raw (and .efi, .bmap); CORE=, PROFILE=debug
 
 test-image: deps ## build build/test/appliance.raw with the crash-matrix test core
 	$(PY) -m appliance.build image --build-dir $(BUILD)/test --cache-dir $(CACHE_DIR) \
-		--core tests/cores/matrix --core-memory-max 256M
+		--core tests/cores/matrix --core-memory-max 256M --history-records 4
 
 size: deps ## print the UKI's size breakdown (kernel, initrd, largest directories)
 	$(PY) -m appliance.build size $(BUILD)/appliance.efi

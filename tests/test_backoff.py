@@ -24,3 +24,10 @@ def test_garbage_state_counts_as_zero_and_is_reported(tmp_path: Path) -> None:
         p.write_bytes(junk)
         n, problem = backoff.load(str(p))
         assert n == 0 and "unreadable" in problem
+
+
+def test_make_dirs_creates_each_level(tmp_path: Path) -> None:
+    from appliance.init.fsutil import make_dirs
+    make_dirs(str(tmp_path / "a/b/c"))
+    assert (tmp_path / "a/b/c").is_dir()
+    make_dirs(str(tmp_path / "a/b/c"))  # again: nothing to do, no error

@@ -174,3 +174,37 @@ def test_exec_failure_is_reported_at_spawn(tmp_path: Path) -> None:
     with pytest.raises(SpawnError, match="could not start /nonexistent"):
         spawn(["/nonexistent/core"], {}, 2)
     assert zombies() == []
+
+
+def test_a_flooding_core_does_not_starve_flushes_or_signals(tmp_path: Path) -> None:
+    """A core that writes to stderr without pause: the loop still flushes and still
+    forwards a shutdown request (it once read until the pipe was empty: never)."""
+    flushes = []
+    run = Run(tmp_path, """
+        import signal, sys
+        signal.signal(signal.SIGTERM, lambda n, f: sys.exit(9))
+        while True:
+            sys.stderr.write("flood " * 20 + "\\n")
+    """)
+    run.sup.on_flush = lambda: flushes.append(time.monotonic())
+
+    def slow_console(data: bytes) -> None:  # as the serial console is in the guest
+        run.stderr.extend(data)
+        time.sleep(0.002)
+    run.sup.on_stderr = slow_console
+
+    def send() -> None:
+        run.wait_for(b"flood")
+        time.sleep(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)  # a starved loop never forwards it: end the test, not hang it
+        try:
+            os.kill(run.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    t = threading.Thread(target=send, daemon=True)
+    t.start()
+    outcome = run.run()
+    assert os.WIFEXITED(outcome.status) and os.WEXITSTATUS(outcome.status) == 9, "SIGTERM never reached the core"
+    assert len(flushes) >= 3  # every 0.2 s during the flood

@@ -35,6 +35,7 @@ def cmd_image(args: argparse.Namespace) -> int:
     settings = render.Settings(
         repo=repo, core=core.resolve(), mirrors=mirrors, profile=args.profile,
         runtime_log_cap=args.runtime_log_cap, core_memory_max=args.core_memory_max or None,
+        history_records=args.history_records,
     )
     render_dir = build / "render"
     render.render(settings, render_dir)
@@ -119,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     img.add_argument("--esp-free-mib", type=int, default=64)
     img.add_argument("--runtime-log-cap", type=int, default=render.INIT_DEFAULTS.runtime_log_cap)
     img.add_argument("--core-memory-max", default="")
+    img.add_argument("--history-records", type=int, default=render.INIT_DEFAULTS.history_records)
     img.set_defaults(func=cmd_image)
     br = sub.add_parser("bench-rebuild", help="time a rebuild after changing one file under python/")
     br.add_argument("--repo", default=".")

@@ -52,5 +52,14 @@ class EspImage:
         out = self._run("mdir", "-b", "-i", self.image, f"::{directory}").decode(errors="replace")
         return sorted(line.rstrip("/").rsplit("/", 1)[-1] for line in out.splitlines() if line.strip())
 
+    def free(self) -> int:
+        """Free bytes on the ESP, as mtools reports them."""
+        out = self._run("mdir", "-i", self.image, "::/").decode(errors="replace")
+        for line in reversed(out.splitlines()):
+            words = line.replace("\u202f", " ").split()
+            if line.strip().endswith("bytes free"):
+                return int("".join(w for w in words[:-2]))
+        raise EspError(f"mdir did not report the free space of {self.disk}")
+
     def delete(self, path: str) -> None:
         self._run("mdel", "-i", self.image, f"::{path}")

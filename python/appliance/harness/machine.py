@@ -183,5 +183,8 @@ class Machine:
     def esp_list(self, directory: str) -> list[str]:
         return self._esp().list(directory)
 
+    def esp_free(self) -> int:
+        return self._esp().free()
+
     def esp_delete(self, path: str) -> None:
         self._esp().delete(path)

@@ -53,6 +53,23 @@ def fsync_path(path: str) -> None:
         os.close(fd)
 
 
+def make_dirs(path: str) -> None:
+    """os.makedirs, durably: on vfat a new directory's entry in its parent stays in a
+    dirty buffer until writeback, and a power cut loses the directory with everything
+    fsynced inside it (seen in QEMU). Each directory made is synced, then its parent."""
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path.rstrip("/"))
+    if parent and parent != path:
+        make_dirs(parent)
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        return
+    fsync_dir(path)
+    fsync_dir(parent or ".")
+
+
 def remove(path: str) -> None:
     """Unlink and make the removal durable."""
     os.unlink(path)

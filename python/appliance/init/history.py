@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from appliance.init import records
-from appliance.init.fsutil import atomic_write, fsync_dir
+from appliance.init.fsutil import atomic_write, fsync_dir, make_dirs
 
 
 def parse_name(name: str) -> tuple[int, str] | None:
@@ -94,7 +94,7 @@ class History:
 
     def add(self, kind: str, payload: bytes, meta: dict[str, str] | None = None) -> tuple[Entry | None, str]:
         """Archive a record. (the new entry, or None and why it was not written)."""
-        os.makedirs(self.directory, exist_ok=True)
+        make_dirs(self.directory)
         data = records.encode(kind, payload, meta)
         entries = self.entries()
         # Make room: oldest first, while the floor would be crossed.

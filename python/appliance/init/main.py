@@ -155,7 +155,7 @@ class Init:
         app = os.path.join(self.esp_mount, APP_DIR)
         if writable:
             try:
-                os.makedirs(app, exist_ok=True)
+                fsutil.make_dirs(app)
                 self.app_dir = app
                 self.history = History(os.path.join(app, "history"), self.config.history_records,
                                        self.config.history_bytes, self.config.esp_free_floor)
@@ -202,7 +202,7 @@ class Init:
             return
         path = os.path.join(self.app_dir, "runtime.log")
         try:
-            self.log = RuntimeLog(path, self.config.runtime_log_cap)
+            self.log = RuntimeLog(path, self.config.runtime_log_cap, sync_all=os.sync)
         except OSError as e:
             self.console.say(f"persistence OFF: cannot create {path}: {e}")
 
@@ -214,7 +214,7 @@ class Init:
             "LANG": "C.UTF-8",
             "TERM": os.environ.get("TERM", "linux"),
             "PYTHONUNBUFFERED": "1",
-            "APPLIANCE_ESP": self.esp_mount if self.app_dir else "",
+            "APPLIANCE_ESP": self.esp_mount if self.esp else "",  # mounted: perhaps read-only or full
             "APPLIANCE_RUNTIME_LOG": self.log.path if self.log else "",
         }
 

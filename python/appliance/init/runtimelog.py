@@ -10,8 +10,9 @@ the end is kept in memory and rewritten at each flush.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
-from appliance.init.fsutil import write_all
+from appliance.init.fsutil import fsync_dir, write_all
 
 ENDED = b"init: core ended: "
 NOT_RECORDED = "not recorded (power loss, kernel panic, hang, or a failure of the init)"
@@ -54,12 +55,14 @@ class Tagger:
 class RuntimeLog:
     """Appends to the file at ``path`` (created empty), capped at ``cap`` bytes."""
 
-    def __init__(self, path: str, cap: int = 1 << 20) -> None:
+    def __init__(self, path: str, cap: int = 1 << 20, sync_all: Callable[[], None] | None = None) -> None:
         self.path = path
         self.cap = max(cap, 1024)
         self.head_limit = self.cap // 2
         self.tail_limit = self.cap - self.head_limit
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        os.fsync(self.fd)  # the new file's directory entry, before anything is written to it
+        fsync_dir(os.path.dirname(path) or ".")
         self.head = 0  # bytes written to the head region
         self.tail = bytearray()
         self.cut = 0
@@ -67,6 +70,9 @@ class RuntimeLog:
         self.tail_dirty = False
         self.core = Tagger(b"core: ")
         self.error: OSError | None = None  # the first write error; the log is then off
+        # fsync writes the file and the FAT, but vfat rewrites FAT32's free-cluster hint
+        # (FSInfo) only when the whole file system is synced: the init passes os.sync.
+        self.sync_all = sync_all
 
     def _append(self, data: bytes) -> None:
         if self.error is not None or not data:
@@ -109,6 +115,8 @@ class RuntimeLog:
                 self.dirty = True
             if self.dirty:
                 os.fsync(self.fd)
+                if self.sync_all is not None:
+                    self.sync_all()
                 self.dirty = False
         except OSError as e:
             self.error = e

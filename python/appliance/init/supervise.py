@@ -23,6 +23,8 @@ FORWARDED = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signa
 SHUTDOWN = (signal.SIGTERM, signal.SIGINT, signal.SIGPWR)
 HANDLED = (*FORWARDED, signal.SIGCHLD)
 FLUSH_INTERVAL = 0.2
+READ_CHUNK = 256 * 1024  # at most this much of the core's stderr per turn of the loop
+FINAL_READ = 16 * 1024 * 1024
 
 
 class SpawnError(Exception):
@@ -138,11 +140,14 @@ class Supervisor:
             else:
                 self.reaped_others += 1
 
-    def _drain_stderr(self) -> bool:
-        """Read what is there without blocking; False at end of file."""
-        while True:
+    def _read_stderr(self, limit: int = READ_CHUNK) -> bool:
+        """Read at most ``limit`` bytes of what is there, without blocking; False at end
+        of file. Bounded: a core writing without pause must not keep the loop from its
+        flushes, timers and signals (it did: a power cut then found an empty log)."""
+        done = 0
+        while done < limit:
             try:
-                data = os.read(self.stderr_fd, 65536)
+                data = os.read(self.stderr_fd, min(65536, limit - done))
             except BlockingIOError:
                 return True
             except InterruptedError:
@@ -151,7 +156,9 @@ class Supervisor:
                 return False
             if not data:
                 return False
+            done += len(data)
             self.on_stderr(data)
+        return True
 
     def run(self) -> Outcome:
         os.set_blocking(self.stderr_fd, False)
@@ -182,7 +189,7 @@ class Supervisor:
                 timeout = max(0.0, min(deadlines) - now)
                 for key, _ in sel.select(timeout):
                     if key.data == "stderr":
-                        if not self._drain_stderr():
+                        if not self._read_stderr():
                             sel.unregister(self.stderr_fd)
                             stderr_open = False
                     else:
@@ -211,8 +218,8 @@ class Supervisor:
                 if now >= next_flush:
                     self.on_flush()
                     next_flush = now + FLUSH_INTERVAL
-            if stderr_open:
-                self._drain_stderr()
+            if stderr_open:  # the core's last words; bounded, since orphans may hold the pipe
+                self._read_stderr(limit=FINAL_READ)
             self.kill_rest()
             self.reap()
             self.on_flush()

@@ -2,8 +2,9 @@
 
 Each boot it reads its action from the ESP (/esp/appliance-test/action, written by
 the harness between boots), removes that file (so the next boot idles unless told
-otherwise), says "matrix core: action <name>", and does it. Without an action it
-prints "matrix core: ready" and idles.
+otherwise), says "matrix core: action <name>", and does it. /esp/appliance-test/always
+names an action for every boot (crash loops) and is not removed. Without an action
+it prints "matrix core: ready" and idles.
 """
 
 import ctypes
@@ -19,6 +20,10 @@ ACTION = os.path.join(ESP, "appliance-test", "action") if ESP else ""
 
 
 def take_action() -> str:
+    always = os.path.join(ESP, "appliance-test", "always") if ESP else ""
+    if always and os.path.exists(always):
+        with open(always) as f:
+            return f.read().strip()
     if not ACTION or not os.path.exists(ACTION):
         return ""
     with open(ACTION) as f:

@@ -1,0 +1,191 @@
+"""Bad ground: each case boots, says what is wrong, and loses nothing it could keep."""
+
+import os
+import re
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from appliance.build import disk
+from appliance.harness.machine import Machine
+from appliance.harness.qemu import Drive
+from appliance.init import gpt, records
+
+pytestmark = pytest.mark.qemu
+
+READY = r"matrix core: ready"
+HISTORY_RECORDS = 4  # the test image's bound (make test-image)
+
+
+def test_garbage_previous_log_of_50_mb(test_raw: Path, qemu_ready: None, tmp_path: Path, log_dir: Path) -> None:
+    m = Machine(test_raw, tmp_path, name="bad-garbage-log", log_dir=log_dir)
+    m.esp_write("/appliance/runtime.log", os.urandom(50 << 20))
+    with m:
+        m.wait_boot(timeout=120)
+        m.expect(r"init: ===== previous boot's runtime log: begin \(52428800 bytes; core ended: not recorded", 60)
+        m.expect(r"init: \| \[\.\.\. \d+ earlier bytes not shown here; the archived record has them \.\.\.\]", 120)
+        end = m.expect(r"init: ===== previous boot's runtime log: end \(archived as /esp(/appliance/history/\S+)\)",
+                       120)
+        m.expect(READY, 60)
+        m.power_cut()
+    rec = records.decode(m.esp_read(end.group(1)))
+    assert rec.ok and len(rec.payload) < (1 << 20) + 4096  # bounded by the log cap, not 50 MB
+    assert b"bytes of the previous log skipped: it is larger than the cap" in rec.payload
+    assert m.esp_read("/appliance/runtime.log") == b""  # this boot's fresh log: the garbage is gone
+
+
+def test_full_esp(test_raw: Path, qemu_ready: None, tmp_path: Path, log_dir: Path) -> None:
+    m = Machine(test_raw, tmp_path, name="bad-full-esp", log_dir=log_dir)
+    m.esp_write("/appliance-test/action", b"raise")
+    m.esp_write("/filler.bin", b"\0" * m.esp_free())
+    assert m.esp_free() == 0
+    with m:
+        m.wait_boot(timeout=120)
+        m.expect(r"init: persistence (OFF|FAILED): .*No space left on device", 60)
+        m.expect(r"matrix core: action raise", 60)
+        m.expect(r"init: core ended: exited with status 1 at", 60)
+        m.expect(r"init: rebooting at", 60)
+        m.wait_boot(timeout=120)  # and it comes back
+        m.expect(READY, 60)
+        m.power_cut()
+
+
+def test_read_only_boot_disk(test_raw: Path, qemu_ready: None, tmp_path: Path, log_dir: Path) -> None:
+    m = Machine(test_raw, tmp_path, name="bad-read-only", readonly=True, log_dir=log_dir)
+    old = b"core: an old crash\ninit: core ended: exited with status 5\n"
+    m.esp_write("/appliance/runtime.log", old)
+    with m:
+        m.wait_boot(timeout=120)
+        m.expect(r"init: read-write mount refused .*; mounted read-only", 60)
+        m.expect(r"init: persistence OFF: the ESP is read-only", 10)
+        m.expect(r"init: ===== previous boot's runtime log: begin \(\d+ bytes; core ended: exited with status 5\)", 30)
+        m.expect(r"init: \| core: an old crash", 10)
+        m.expect(r"init: ===== previous boot's runtime log: end \(not archived: the ESP is read-only", 10)
+        m.expect(READY, 60)
+        m.power_cut()
+    assert m.esp_read("/appliance/runtime.log") == old  # shown, and still there
+
+
+def test_records_go_only_to_the_esp_booted_from(test_raw: Path, qemu_ready: None, tmp_path: Path,
+                                                log_dir: Path) -> None:
+    """The laptop case: another disk with an ESP (here even one named like ours)."""
+    other = tmp_path / "other.raw"
+    fake = tmp_path / "fake.efi"
+    fake.write_bytes(b"MZ not bootable")
+    disk.make_disk(fake, other, free=8 * disk.MIB, part_id=uuid.uuid4())
+    before = other.read_bytes()
+    m = Machine(test_raw, tmp_path / "m", name="bad-second-disk", log_dir=log_dir,
+                extra_drives=(Drive(str(other)),))
+    m.esp_write("/appliance-test/action", b"raise")
+    with m:
+        m.wait_boot(timeout=120)
+        m.expect(r"init: ESP mounted: /dev/vda1", 60)
+        m.expect(r"init: core ended: exited with status 1 at", 60)
+        m.wait_boot(timeout=120)
+        m.expect(r"init: ESP mounted: /dev/vda1", 60)
+        m.expect(r"init: ===== previous boot's runtime log: end \(archived as", 60)
+        m.expect(READY, 60)
+        m.power_cut()
+    assert len(m.esp_list("/appliance/history")) == 1
+    assert other.read_bytes() == before  # not a byte written to the other disk
+
+
+def test_crash_loop_backs_off_and_history_stays_bounded(test_raw: Path, qemu_ready: None, tmp_path: Path,
+                                                        log_dir: Path) -> None:
+    m = Machine(test_raw, tmp_path, name="bad-crash-loop", log_dir=log_dir)
+    m.esp_write("/appliance-test/always", b"raise")
+    free_before = m.esp_free()
+    with m:
+        for failure in range(1, 7):
+            m.wait_boot(timeout=120)
+            m.expect(r"init: core ended: exited with status 1 at", 60)
+            wait = min(2 ** (failure - 1), 300)
+            m.expect(rf"init: crash loop back-off: waiting {wait} s before rebooting \(failure {failure} in a row\)",
+                     30)
+            m.expect(r"init: rebooting at", 30 + wait)
+        m.power_cut()
+    history = m.esp_list("/appliance/history")
+    assert len(history) == HISTORY_RECORDS, history
+    assert m.esp_read("/appliance/backoff.json").strip() == b'{"failures": 6}'
+    assert free_before - m.esp_free() < 2 << 20  # bounded: far from the floor
+
+
+def test_usb_stick(test_raw: Path, qemu_ready: None, tmp_path: Path, log_dir: Path) -> None:
+    m = Machine(test_raw, tmp_path, name="bad-usb-stick", interface="usb", log_dir=log_dir)
+    m.esp_write("/appliance-test/action", b"raise")
+    with m:
+        m.wait_boot(timeout=120)
+        m.expect(r"init: ESP mounted: /dev/sd[a-z]1 ", 60)
+        m.expect(r"init: core ended: exited with status 1 at", 60)
+        m.wait_boot(timeout=120)
+        m.expect(r"init: \| core: RuntimeError: matrix core: raised on purpose in the main thread", 60)
+        m.expect(r"init: ===== previous boot's runtime log: end \(archived as", 10)
+        m.expect(READY, 60)
+        m.power_cut()
+    assert len(m.esp_list("/appliance/history")) == 1
+
+
+FLOOD_LINE = re.compile(rb"core: matrix core: flood line (\d{8})")
+# What fsck.fat -n says of a FAT whose only fault is the dirty flag left by a power
+# cut (offset 65 = 0x41 is that flag, differing from the backup boot sector).
+FSCK_HARMLESS = [re.compile(p) for p in (
+    r"fsck\.fat \d", r"There are differences between boot sector and its backup\.",
+    r"This is mostly harmless\. Differences: \(offset:original/backup\)", r"65:01/00$",
+    r"Not automatically fixing this\.", r"Dirty bit is set\. Fs was not properly unmounted",
+    r"Automatically removing dirty bit\.", r"Leaving filesystem unchanged\.", r".*: \d+ files, \d+/\d+ clusters$",
+    # FAT32's FSInfo free-cluster count is a hint by the specification ("may not be
+    # accurate"); vfat rewrites it only when the file system is synced (the init does
+    # so at each flush), so a cut right after a cluster was allocated can leave it off.
+    r"Free cluster summary wrong \(\d+ vs\. really \d+\)", r"Auto-correcting\.",
+)]
+
+
+def esp_fsck_problems(image: Path, tmp_path: Path) -> list[str]:
+    """fsck.fat -n on the image's ESP: every line that is not the dirty flag's."""
+    esp = next(p for p in gpt.read_partitions(str(image)) if p.is_esp)
+    part = tmp_path / "esp.img"
+    with image.open("rb") as f:
+        f.seek(esp.first_lba * 512)
+        part.write_bytes(f.read((esp.last_lba - esp.first_lba + 1) * 512))
+    r = subprocess.run(["fsck.fat", "-n", str(part)], capture_output=True, text=True)
+    lines = [line.strip() for line in (r.stdout + r.stderr).splitlines() if line.strip()]
+    return [line for line in lines if not any(p.match(line) for p in FSCK_HARMLESS)]
+
+
+def check_flood_log(data: bytes) -> int:
+    """Intact up to the cut: consecutive flood lines (numbering restarts after the cap's
+    marker), nothing else but the core's own lines, at most the last line cut short.
+    Returns the number of whole flood lines."""
+    assert b"\0" not in data, "NUL bytes in the runtime log: data lost at the power cut"
+    *whole, partial = data.split(b"\n")
+    assert partial == b"" or b"core: matrix core: flood line 00000000".startswith(partial[:30]), partial
+    previous, count = None, 0
+    for line in whole:
+        if line.startswith(b"init: [... ") or line == b"":
+            previous = None  # the cap's marker: the middle of the log was cut here
+            continue
+        m = FLOOD_LINE.fullmatch(line)
+        if m is None:
+            assert line in (b"core: matrix core: action flood",), line
+            continue
+        n = int(m.group(1))
+        assert previous is None or n == previous + 1, f"line {n} follows {previous}"
+        previous, count = n, count + 1
+    return count
+
+
+def test_power_cut_while_the_core_floods_stderr(test_raw: Path, qemu_ready: None, tmp_path: Path,
+                                               log_dir: Path) -> None:
+    repeats = int(os.environ.get("POWER_CUT_REPEATS", "20"))
+    m = Machine(test_raw, tmp_path, name="bad-power-cut", log_dir=log_dir)
+    m.esp_write("/appliance-test/always", b"flood")
+    for i in range(repeats):
+        with m:
+            m.wait_boot(timeout=120)
+            m.expect(r"matrix core: flood line 00020000", 120)  # well past several flushes
+            m.power_cut()
+        problems = esp_fsck_problems(m.disk, tmp_path)
+        assert problems == [], f"cut {i + 1}: fsck.fat -n found more than the dirty flag: {problems}"
+        assert check_flood_log(m.esp_read("/appliance/runtime.log")) > 0, f"cut {i + 1}: nothing was kept"
