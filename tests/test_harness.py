@@ -39,6 +39,8 @@ def test_command_line_usb_readonly_second_disk_watchdog_kvm() -> None:
     assert "i6300esb" in cmd and "watchdog=reset" in cmd and "-cpu host" in cmd
     with pytest.raises(ValueError):
         command(spec(drives=(Drive("/x", "floppy"),)))
+    cmd = " ".join(command(spec(drives=(Drive("/d/other.raw", bootindex=1), Drive("/d/ours.raw", bootindex=0)))))
+    assert "virtio-blk-pci,drive=disk0,bootindex=1" in cmd and "virtio-blk-pci,drive=disk1,bootindex=0" in cmd
 
 
 def test_find_ovmf_reads_descriptors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

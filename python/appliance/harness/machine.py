@@ -64,7 +64,7 @@ class _Tail:
 class Machine:
     def __init__(self, image: str | Path, workdir: str | Path, *, name: str = "machine",
                  interface: str = "virtio", readonly: bool = False,
-                 extra_drives: tuple[Drive, ...] = (), memory_mib: int = 1024,
+                 extra_drives: tuple[Drive, ...] = (), extra_drives_first: bool = False, memory_mib: int = 1024,
                  watchdog: bool = False, log_dir: str | Path | None = None) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -75,8 +75,13 @@ class Machine:
         self.vars = self.workdir / "OVMF_VARS.fd"
         shutil.copyfile(fw.vars_template, self.vars)
         accel = "kvm" if kvm_works() else "tcg"
+        # The image is always what the firmware boots (boot index 0); extra drives can
+        # come first on the bus, so the firmware and the kernel see them first.
+        ours = Drive(str(self.disk), interface, readonly, bootindex=0)
+        others = tuple(Drive(d.path, d.interface, d.readonly, d.bootindex if d.bootindex is not None else i + 1)
+                       for i, d in enumerate(extra_drives))
         self.spec = MachineSpec(
-            drives=(Drive(str(self.disk), interface, readonly), *extra_drives),
+            drives=(*others, ours) if extra_drives_first else (ours, *others),
             firmware=fw, vars_path=str(self.vars), accel=accel,
             memory_mib=memory_mib, watchdog=watchdog,
         )

@@ -110,6 +110,7 @@ class Drive:
     path: str
     interface: str = "virtio"  # virtio | usb | ahci | nvme
     readonly: bool = False
+    bootindex: int | None = None  # the firmware's boot order; None: its place in the list
 
 
 @dataclass(frozen=True)
@@ -150,15 +151,16 @@ def command(spec: MachineSpec, qemu: str = "qemu-system-x86_64") -> list[str]:
     for i, d in enumerate(spec.drives):
         ro = ",readonly=on" if d.readonly else ""
         drive_id = f"disk{i}"
+        boot = i if d.bootindex is None else d.bootindex
         cmd += ["-drive", f"if=none,id={drive_id},format=raw,file={d.path}{ro}"]
         if d.interface == "virtio":
-            cmd += ["-device", f"virtio-blk-pci,drive={drive_id},bootindex={i}"]
+            cmd += ["-device", f"virtio-blk-pci,drive={drive_id},bootindex={boot}"]
         elif d.interface == "usb":
-            cmd += ["-device", f"usb-storage,bus=xhci.0,drive={drive_id},removable=on,bootindex={i}"]
+            cmd += ["-device", f"usb-storage,bus=xhci.0,drive={drive_id},removable=on,bootindex={boot}"]
         elif d.interface == "ahci":
-            cmd += ["-device", f"ide-hd,drive={drive_id},bootindex={i}"]
+            cmd += ["-device", f"ide-hd,drive={drive_id},bootindex={boot}"]
         elif d.interface == "nvme":
-            cmd += ["-device", f"nvme,drive={drive_id},serial=appliance{i},bootindex={i}"]
+            cmd += ["-device", f"nvme,drive={drive_id},serial=appliance{i},bootindex={boot}"]
         else:
             raise ValueError(f"unknown drive interface {d.interface!r}")
     return cmd + list(spec.extra)
