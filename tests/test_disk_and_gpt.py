@@ -7,6 +7,7 @@ import pytest
 from appliance.build import disk
 from appliance.harness.esp import EspImage
 from appliance.init import gpt
+from appliance.init.esp import ESP_NAME
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def test_gpt_has_one_named_esp_with_our_guid(image: tuple[Path, bytes, uuid.UUID
     raw, _, part = image
     parts = gpt.read_partitions(str(raw))
     assert len(parts) == 1
-    assert parts[0].is_esp and parts[0].name == disk.ESP_NAME and parts[0].unique_guid == part
+    assert parts[0].is_esp and parts[0].name == ESP_NAME and parts[0].unique_guid == part
     assert parts[0].first_lba * 512 == disk.ALIGN
     out = subprocess.run(["sfdisk", "--verify", str(raw)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr

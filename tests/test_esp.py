@@ -29,23 +29,26 @@ def test_loader_partuuid_from_efivarfs(tmp_path: Path) -> None:
 def test_the_booted_partition_wins_over_a_laptops_own_esp() -> None:
     booted, laptop = uuid.uuid4(), uuid.uuid4()
     disks = {"nvme0n1": [part(1, laptop, name="EFI system partition")], "sda": [part(1, booted)]}
-    found, _ = esp.choose(disks, booted)
+    found, _, final = esp.choose(disks, booted)
+    assert final
     assert found is not None and found.disk == "sda"
 
 
 def test_booted_partition_must_be_an_esp_and_must_appear() -> None:
     g = uuid.uuid4()
-    assert "not an ESP" in esp.choose({"vda": [part(1, g, type_=DATA)]}, g)[1]
-    assert "has not appeared" in esp.choose({"vda": [part(1, uuid.uuid4())]}, g)[1]
+    _, why, final = esp.choose({"vda": [part(1, g, type_=DATA)]}, g)
+    assert "not an ESP" in why and final  # waiting cannot change that
+    _, why, final = esp.choose({"vda": [part(1, uuid.uuid4())]}, g)
+    assert "has not appeared" in why and not final  # it may yet (a USB disk)
 
 
 def test_without_the_efivar_only_one_esp_named_ours_is_used() -> None:
     ours, laptop = uuid.uuid4(), uuid.uuid4()
-    found, _ = esp.choose({"nvme0n1": [part(1, laptop, name="EFI")], "sda": [part(1, ours)]}, None)
+    found, _, _ = esp.choose({"nvme0n1": [part(1, laptop, name="EFI")], "sda": [part(1, ours)]}, None)
     assert found is not None and found.partition.unique_guid == ours
     assert esp.choose({"nvme0n1": [part(1, laptop, name="EFI")]}, None)[0] is None
-    found, why = esp.choose({"sda": [part(1, uuid.uuid4())], "sdb": [part(1, uuid.uuid4())]}, None)
-    assert found is None and "refusing to guess" in why
+    found, why, final = esp.choose({"sda": [part(1, uuid.uuid4())], "sdb": [part(1, uuid.uuid4())]}, None)
+    assert found is None and "refusing to guess" in why and final
 
 
 def test_wait_polls_until_a_late_usb_disk_appears() -> None:

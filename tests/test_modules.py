@@ -1,7 +1,7 @@
 import errno
 from pathlib import Path
 
-from appliance.init.modules import Coldplug, ModuleIndex, load_modules, module_name
+from appliance.init.modules import Coldplug, ModuleIndex, module_name
 
 USB = "kernel/drivers/usb"
 DEP = "\n".join([
@@ -42,7 +42,7 @@ def test_load_reports_every_outcome(tmp_path: Path) -> None:
     (tmp_path / "modules.dep").write_text(DEP)
     (tmp_path / "modules.builtin").write_text("")
     k = FakeKernel({"fat": errno.EEXIST, "iTCO_wdt": errno.ENODEV, "usbcore": errno.ENOEXEC})
-    report = load_modules(["vfat", "iTCO_wdt", "usb_storage", "ghost"], str(tmp_path), k)
+    report = Coldplug(str(tmp_path), k).load_named(["vfat", "iTCO_wdt", "usb_storage", "ghost"])
     assert report.already == ["fat"] and report.no_device == ["iTCO_wdt"]
     assert [n for n, _ in report.failed] == ["usbcore"] and report.unknown == ["ghost"]
     assert str(tmp_path / "kernel/fs/fat/vfat.ko") in k.loaded
@@ -52,7 +52,7 @@ def test_load_reports_every_outcome(tmp_path: Path) -> None:
 
 
 def test_missing_index_is_reported_not_raised(tmp_path: Path) -> None:
-    report = load_modules(["vfat"], str(tmp_path / "nowhere"), FakeKernel({}))
+    report = Coldplug(str(tmp_path / "nowhere"), FakeKernel({})).load_named(["vfat"])
     assert report.failed and report.failed[0][0] == "(all)"
 
 

@@ -12,11 +12,13 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance.init import gpt
+from appliance.init.esp import ESP_NAME
+
 MIB = 1024 * 1024
-ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 # The partition name marks the ESP as ours: the init's fallback (no
-# LoaderDevicePartUUID) only ever uses an ESP that carries it.
-ESP_NAME = "APPLIANCE-ESP"
+# LoaderDevicePartUUID) only ever uses an ESP that carries it. Both come from the init.
+ESP_TYPE = str(gpt.ESP_TYPE).upper()
 FAT_LABEL = "APPLIANCE"
 ALIGN = MIB  # first partition at 1 MiB, as every partitioning tool does
 FAT32_OVERHEAD = 4 * MIB  # FATs, reserved sectors and slack for a disk this size

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 LOADER_VENDOR = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
 EFIVARS = "/sys/firmware/efi/efivars"
-ESP_NAME = "APPLIANCE-ESP"  # set by appliance.build.disk
+ESP_NAME = "APPLIANCE-ESP"  # the GPT name appliance.build.disk gives our ESP
 SYS_BLOCK = "/sys/class/block"
 FSCK = "/usr/sbin/fsck.fat"  # PID 1 gets no PATH from the kernel
 SKIP_DISKS = ("loop", "ram", "zram", "sr", "fd", "dm-", "md")
@@ -70,23 +70,25 @@ def scan_disks(sys_block: str = SYS_BLOCK, dev: str = "/dev") -> dict[str, list[
     return found
 
 
-def choose(disks: dict[str, list[gpt.Partition]], booted: uuid.UUID | None) -> tuple[Candidate | None, str]:
-    """The ESP to use, or None and why not (yet)."""
+def choose(disks: dict[str, list[gpt.Partition]],
+           booted: uuid.UUID | None) -> tuple[Candidate | None, str, bool]:
+    """(the ESP to use or None, why not, whether waiting longer could change the answer:
+    False once found, or when what is there already rules it out)."""
     if booted is not None:
         for disk, parts in disks.items():
             for p in parts:
                 if p.unique_guid == booted:
                     if not p.is_esp:
-                        return None, f"partition {booted} we booted from is not an ESP"
-                    return Candidate(disk, p), ""
-        return None, f"the ESP we booted from (partition {booted}) has not appeared"
+                        return None, f"partition {booted} we booted from is not an ESP", True
+                    return Candidate(disk, p), "", True
+        return None, f"the ESP we booted from (partition {booted}) has not appeared", False
     ours = [Candidate(d, p) for d, parts in disks.items() for p in parts if p.is_esp and p.name == ESP_NAME]
     if len(ours) == 1:
-        return ours[0], ""
+        return ours[0], "", True
     if len(ours) > 1:
         where = ", ".join(f"{c.disk} partition {c.partition.number}" for c in ours)
-        return None, f"several ESPs named {ESP_NAME} ({where}) and no LoaderDevicePartUUID: refusing to guess"
-    return None, f"no LoaderDevicePartUUID and no ESP named {ESP_NAME}"
+        return None, f"several ESPs named {ESP_NAME} ({where}) and no LoaderDevicePartUUID: refusing to guess", True
+    return None, f"no LoaderDevicePartUUID and no ESP named {ESP_NAME}", False
 
 
 def partition_node(disk: str, number: int, sys_block: str = SYS_BLOCK) -> str:
@@ -112,9 +114,9 @@ def wait_for_esp(booted: uuid.UUID | None, timeout: float,
     """Scan until the ESP appears (USB disks come late) or ``timeout`` passes."""
     start = clock()
     while True:
-        found, why = choose(scan(), booted)
+        found, why, final = choose(scan(), booted)
         waited = clock() - start
-        if found is not None or "refusing" in why or "not an ESP" in why or waited >= timeout:
+        if final or waited >= timeout:
             return found, why, waited
         sleep(0.05 if waited < 1 else 0.2)
 

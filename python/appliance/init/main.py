@@ -46,7 +46,7 @@ class Init:
         self.failures = 0
         self.started = 0.0
         self._log_error_said = False
-        self.coldplug = modules.Coldplug("/nonexistent", kernel)  # type: ignore[arg-type]  # replaced at boot
+        self.coldplug: modules.Coldplug | None = None  # made by load_modules
         self.steps: list[tuple[str, float]] = []  # (step, seconds since boot when it ended)
 
     def step_done(self, name: str) -> None:
@@ -104,11 +104,8 @@ class Init:
     def load_modules(self) -> None:
         """The image's list (file systems, firmware interfaces), then the drivers of the
         hardware present; ``setup_esp`` scans again for devices that appear later."""
-        moddir = f"/usr/lib/modules/{os.uname().release}"
-        self.coldplug = modules.Coldplug(moddir, self.kernel)  # type: ignore[arg-type]
-        if self.coldplug.index is not None:
-            modules.load(self.coldplug.index, list(self.config.modules), moddir,
-                         self.kernel, report=self.coldplug.report)  # type: ignore[arg-type]
+        self.coldplug = modules.Coldplug(f"/usr/lib/modules/{os.uname().release}", self.kernel)  # type: ignore[arg-type]
+        self.coldplug.load_named(list(self.config.modules))
         self.coldplug.scan()
 
     def setup_esp(self) -> None:
@@ -117,7 +114,7 @@ class Init:
         first = [True]
 
         def scan() -> dict[str, list[gpt.Partition]]:
-            if not first[0]:  # devices behind drivers loaded meanwhile (USB disks)
+            if not first[0] and self.coldplug is not None:  # devices behind new drivers (USB disks)
                 self.coldplug.scan()
             first[0] = False
             return esp.scan_disks()
@@ -264,6 +261,8 @@ class Init:
                 self.console.say("the core has run healthy: crash-loop counter reset")
 
         def deferred_modules() -> None:
+            if self.coldplug is None:
+                return
             self.coldplug.load_deferred()
             report = self.coldplug.report
             for line in report.lines():

@@ -180,18 +180,6 @@ class LoadReport:
         return out
 
 
-def load_modules(wanted: list[str], moddir: str, kernel: ModuleLoader,
-                 clock: Callable[[], float] = time.monotonic) -> LoadReport:
-    """Load ``wanted`` and what they need. Never raises: every outcome is in the report."""
-    try:
-        index = ModuleIndex.read(moddir)
-    except OSError as e:
-        report = LoadReport()
-        report.failed.append(("(all)", e))
-        return report
-    return load(index, wanted, moddir, kernel, clock)
-
-
 def load(index: ModuleIndex, wanted: list[str], moddir: str, kernel: ModuleLoader,
          clock: Callable[[], float] = time.monotonic, report: LoadReport | None = None) -> LoadReport:
     report = report if report is not None else LoadReport()
@@ -245,6 +233,13 @@ class Coldplug:
             self.index = ModuleIndex.read(moddir)
         except OSError as e:
             self.report.failed.append(("(all)", e))
+
+    def load_named(self, wanted: list[str]) -> LoadReport:
+        """Load ``wanted`` (the image's list) and what they need. Never raises: every
+        outcome is in the report."""
+        if self.index is not None:
+            load(self.index, wanted, self.moddir, self.kernel, self.clock, self.report)
+        return self.report
 
     def is_storage(self, module: str) -> bool:
         return self.index is not None and self.index.files.get(module, "").startswith(STORAGE_PATHS)
