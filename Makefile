@@ -21,7 +21,7 @@ export CORE MIRROR SECURITY_MIRROR
 HOST_STAMP := $(BUILD)/.host-ready
 VENV_STAMP := $(VENV)/.ready
 
-.PHONY: help deps image test-image qemu test lint unit qemu-test size bench-build clean distclean
+.PHONY: help deps image test-image qemu flash dumps test lint unit qemu-test size bench-build clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -51,6 +51,17 @@ size: deps ## print the UKI's size breakdown (kernel, initrd, largest directorie
 
 qemu: deps ## boot build/appliance.raw in QEMU/OVMF on this terminal (Ctrl-a x quits)
 	$(PY) -m appliance.harness.run $(BUILD)/appliance.raw
+
+IMAGE ?= $(BUILD)/appliance.raw
+flash: deps ## write the image to a USB stick: DEV=/dev/sdX [YES=1] [ALLOW_NON_REMOVABLE=sdX] [IMAGE=]
+	@test -n "$(DEV)" || { echo "make flash: name the stick: make flash DEV=/dev/sdX (lsblk lists disks)"; exit 2; }
+	$(PY) -m appliance.media.flash "$(DEV)" --image "$(IMAGE)" $(if $(filter 1 yes true,$(YES)),--yes) \
+		$(if $(ALLOW_NON_REMOVABLE),--allow-non-removable "$(ALLOW_NON_REMOVABLE)")
+
+dumps: deps ## crash dumps off a stick or image: DEV=/dev/sdX or IMG=path [SHOW=N|all|runtime] [SAVE=dir] [CLEAR=1]
+	@test -n "$(DEV)$(IMG)" || { echo "make dumps: say where from: make dumps DEV=/dev/sdX or IMG=path"; exit 2; }
+	$(PY) -m appliance.media.dumps "$(or $(DEV),$(IMG))" $(if $(SHOW),--show "$(SHOW)") $(if $(SAVE),--save "$(SAVE)") \
+		$(if $(filter 1 yes true,$(CLEAR)),--clear) $(if $(filter 1 yes true,$(YES)),--yes)
 
 lint: deps ## ruff and mypy
 	$(VENV)/bin/ruff check python tests initramfs/init initramfs/launch-core mkosi.finalize mkosi.prepare.chroot mkosi.postinst.chroot

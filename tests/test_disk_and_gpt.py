@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 
 from appliance.build import disk
-from appliance.harness.esp import EspImage
 from appliance.init import gpt
 from appliance.init.esp import ESP_NAME
+from appliance.media.espfs import EspImage
 
 
 @pytest.fixture(scope="module")

@@ -63,7 +63,7 @@ def test_listed_modules_are_in_the_image(repo: Path, initrd: dict[str, inspect.E
 
 
 def test_disk_image_boots_from_the_removable_media_path(built_raw: Path, built_efi: Path) -> None:
-    from appliance.harness.esp import EspImage
+    from appliance.media.espfs import EspImage
     parts = gpt.read_partitions(str(built_raw))
     assert [p.is_esp for p in parts] == [True]
     assert EspImage(built_raw).read("/EFI/BOOT/BOOTX64.EFI") == built_efi.read_bytes()

@@ -1,5 +1,6 @@
 """Bad ground: each case boots, says what is wrong, and loses nothing it could keep."""
 
+import io
 import os
 import re
 import subprocess
@@ -12,6 +13,7 @@ from appliance.build import disk
 from appliance.harness.machine import Machine
 from appliance.harness.qemu import Drive
 from appliance.init import gpt, records
+from appliance.media import dumps
 
 pytestmark = pytest.mark.qemu
 
@@ -119,6 +121,17 @@ def test_crash_loop_backs_off_and_history_stays_bounded(test_raw: Path, qemu_rea
     assert len(history) == HISTORY_RECORDS, history
     assert m.esp_read("/appliance/backoff.json").strip() == b'{"failures": 6}'
     assert free_before - m.esp_free() < 2 << 20  # bounded: far from the floor
+    # `make dumps` reads what the crash loop left, off the disk image, without booting it.
+    out = io.StringIO()
+    assert dumps.run(str(m.disk), out=out) == 0, out.getvalue()
+    listing = out.getvalue()
+    assert f"crash history (/appliance/history): {HISTORY_RECORDS} records" in listing, listing
+    assert listing.count("runtime-log") == HISTORY_RECORDS and listing.count("exited with status 1") == HISTORY_RECORDS
+    assert "crash-loop counter: 6 failure(s) in a row" in listing
+    out = io.StringIO()
+    assert dumps.run(str(m.disk), show_what="all", out=out) == 0
+    raised = "core: RuntimeError: matrix core: raised on purpose in the main thread"
+    assert out.getvalue().count(raised) == HISTORY_RECORDS, out.getvalue()
 
 
 def test_usb_stick(test_raw: Path, qemu_ready: None, tmp_path: Path, log_dir: Path) -> None:

@@ -21,8 +21,8 @@ from types import TracebackType
 
 import pexpect
 
-from appliance.harness import esp as espfs
 from appliance.harness.qemu import Drive, MachineSpec, command, find_ovmf, kvm_works
+from appliance.media import espfs
 
 BANNER = re.compile(r"init: appliance init \S+ started at ([0-9.]+) s since boot")
 

@@ -1,0 +1,206 @@
+"""Read an appliance's crash dumps off its stick or disk image, on another machine.
+
+    python -m appliance.media.dumps SOURCE                 list the history and the last runtime log
+    python -m appliance.media.dumps SOURCE --show N|all|runtime
+    python -m appliance.media.dumps SOURCE --save DIR      copy them, byte for byte
+    python -m appliance.media.dumps SOURCE --clear [--yes] delete them (asks first)
+
+SOURCE is a block device (/dev/sdX) or an image file. Nothing is mounted and nothing
+is booted: the ESP is read with mtools. Each history record's length and checksum are
+checked; a torn or corrupt record is shown as such, with whatever of it is there.
+Exit status: 0 done, 1 a record is torn or corrupt (after showing everything), 2 the
+source or the request is unusable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import stat
+import sys
+from collections.abc import Callable
+from typing import NamedTuple, TextIO
+
+from appliance.init import history, records
+from appliance.media import blockdev, espfs
+
+APP_DIR = "/appliance"  # the init's directory on the ESP (appliance.init.main.APP_DIR)
+HISTORY_DIR = f"{APP_DIR}/history"
+RUNTIME_LOG = f"{APP_DIR}/runtime.log"
+BACKOFF = f"{APP_DIR}/backoff.json"
+
+
+class Dump(NamedTuple):
+    sequence: int
+    name: str  # the file name on the ESP
+    data: bytes
+    record: records.Record
+
+
+def load_history(esp: espfs.EspImage) -> list[Dump]:
+    out = []
+    for name in esp.list(HISTORY_DIR):
+        parsed = history.parse_name(name)
+        if parsed is None:
+            continue
+        data = esp.read(f"{HISTORY_DIR}/{name}")
+        out.append(Dump(parsed[0], name, data, records.decode(data)))
+    return sorted(out, key=lambda d: d.sequence)
+
+
+def _size(n: int) -> str:
+    return f"{n} B" if n < 1024 else f"{n / 1024:.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.1f} MiB"
+
+
+def _status(record: records.Record) -> str:
+    return "ok" if record.ok else f"!! {record.problem}"
+
+
+def list_dumps(esp: espfs.EspImage, dumps: list[Dump], out: TextIO) -> None:
+    part = esp.partition
+    out.write(f"ESP of {esp.disk}: partition {part.number} \"{part.name}\" ({str(part.unique_guid).upper()}), "
+              f"{_size(esp.free())} free\n")
+    out.write(f"crash history ({HISTORY_DIR}): {len(dumps) or 'no'} record{'s' if len(dumps) != 1 else ''}\n")
+    if dumps:
+        out.write(f"  {'#':>6}  {'kind':<14} {'size':>10}  {'how that boot ended':<40} check\n")
+    for d in dumps:
+        ended = d.record.meta.get("ended", "-")
+        out.write(f"  {d.sequence:>6}  {d.record.kind:<14} {_size(len(d.data)):>10}  {ended[:40]:<40} "
+                  f"{_status(d.record)}\n")
+    if esp.exists(RUNTIME_LOG):
+        log = esp.read(RUNTIME_LOG)
+        out.write(f"last runtime log ({RUNTIME_LOG}): {_size(len(log))}, not archived yet (the appliance has "
+                  "not booted since it was written); --show runtime prints it\n")
+    else:
+        out.write(f"last runtime log ({RUNTIME_LOG}): none\n")
+    if esp.exists(BACKOFF):
+        try:
+            failures = json.loads(esp.read(BACKOFF))["failures"]
+            out.write(f"crash-loop counter: {failures} failure(s) in a row\n")
+        except (ValueError, KeyError, TypeError, espfs.EspError):
+            out.write(f"crash-loop counter: {BACKOFF} unreadable\n")
+
+
+def show(d: Dump, out: TextIO) -> None:
+    rule = "=" * 20
+    out.write(f"{rule} record {d.sequence} ({d.name}): {_status(d.record)} {rule}\n")
+    for key, value in d.record.meta.items():
+        out.write(f"{key}: {value}\n")
+    out.write("\n")
+    out.write(d.record.payload.decode("utf-8", "replace"))
+    if d.record.payload and not d.record.payload.endswith(b"\n"):
+        out.write("\n")
+    out.write(f"{rule} end of record {d.sequence} {rule}\n")
+
+
+def save(esp: espfs.EspImage, dumps: list[Dump], folder: str, out: TextIO) -> int:
+    """Copy the records and the runtime log into ``folder`` as they are; never overwrite."""
+    os.makedirs(folder, exist_ok=True)
+    files = [(d.name, d.data) for d in dumps]
+    if esp.exists(RUNTIME_LOG):
+        files.append(("runtime.log", esp.read(RUNTIME_LOG)))
+    clashes = [name for name, _ in files if os.path.exists(os.path.join(folder, name))]
+    if clashes:
+        out.write(f"dumps: {folder} already has {', '.join(clashes)}; nothing saved (choose an empty folder)\n")
+        return 2
+    for name, data in files:
+        with open(os.path.join(folder, name), "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    out.write(f"dumps: saved {len(files)} file(s) to {folder}\n")
+    return 0
+
+
+def clear(esp: espfs.EspImage, dumps: list[Dump], yes: bool, ask: Callable[[str], str] | None,
+          out: TextIO) -> int:
+    if stat.S_ISBLK(os.stat(esp.disk).st_mode):
+        _, why = blockdev.refusals(esp.disk, 0, allow_non_removable=os.path.basename(os.path.realpath(esp.disk)))
+        if why:
+            out.write(f"dumps: not clearing {esp.disk}:\n" + "".join(f"  - {w}\n" for w in why))
+            return 2
+    targets = [f"{HISTORY_DIR}/{d.name}" for d in dumps]
+    if esp.exists(RUNTIME_LOG):
+        targets.append(RUNTIME_LOG)
+    if not targets:
+        out.write("dumps: nothing to clear\n")
+        return 0
+    if not yes:
+        if ask is None:
+            if not sys.stdin.isatty():
+                out.write("dumps: no terminal to confirm on and --yes not given; nothing deleted\n")
+                return 2
+            ask = input
+        if ask(f"Delete {len(targets)} file(s) from {esp.disk}? Type 'clear' to delete: ").strip() != "clear":
+            out.write("dumps: not confirmed; nothing deleted\n")
+            return 2
+    for path in targets:
+        esp.delete(path)
+    out.write(f"dumps: deleted {len(targets)} file(s) ({', '.join(p.rsplit('/', 1)[-1] for p in targets)})\n")
+    return 0
+
+
+def run(source: str, show_what: str = "", save_to: str = "", do_clear: bool = False, yes: bool = False,
+        ask: Callable[[str], str] | None = None, out: TextIO = sys.stdout) -> int:
+    if not os.path.exists(source):
+        out.write(f"dumps: {source} does not exist\n")
+        return 2
+    try:
+        esp = espfs.EspImage(source)
+        dumps = load_history(esp)
+    except espfs.EspError as e:
+        out.write(f"dumps: {e}\n")
+        return 2
+    status = 0
+    if show_what:
+        if show_what == "runtime":
+            if not esp.exists(RUNTIME_LOG):
+                out.write(f"dumps: {source} has no runtime log\n")
+                return 2
+            out.write(esp.read(RUNTIME_LOG).decode("utf-8", "replace"))
+            return 0
+        else:
+            chosen = dumps if show_what == "all" else [d for d in dumps if str(d.sequence) == show_what.lstrip("0")
+                                                         or d.name == show_what]
+            if not chosen:
+                have = ", ".join(str(d.sequence) for d in dumps) or "none"
+                out.write(f"dumps: no record {show_what!r} (records: {have}; or all, runtime)\n")
+                return 2
+            for d in chosen:
+                show(d, out)
+    elif not save_to and not do_clear:
+        list_dumps(esp, dumps, out)
+    if save_to:
+        status = save(esp, dumps, save_to, out)
+    if do_clear and status == 0:
+        status = clear(esp, dumps, yes, ask, out)
+    if status == 0 and any(not d.record.ok for d in dumps):
+        bad = [f"{d.sequence} ({d.record.problem})" for d in dumps if not d.record.ok]
+        out.write(f"dumps: {len(bad)} record(s) torn or corrupt: {'; '.join(bad)}\n")
+        status = 1
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m appliance.media.dumps", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", help="a block device (/dev/sdX) or a disk image file")
+    p.add_argument("--show", default="", metavar="N|all|runtime",
+                   help="print record N, all of them, or the runtime log")
+    p.add_argument("--save", default="", metavar="DIR", help="copy the records and the runtime log into DIR")
+    p.add_argument("--clear", action="store_true", help="delete the records and the runtime log (asks first)")
+    p.add_argument("--yes", action="store_true", help="with --clear: do not ask")
+    args = p.parse_args(argv)
+    try:
+        return run(args.source, args.show, args.save, args.clear, args.yes)
+    except espfs.EspError as e:
+        print(f"dumps: {e}")
+        return 2
+    except KeyboardInterrupt:
+        print("\ndumps: interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

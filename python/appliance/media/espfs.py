@@ -1,0 +1,88 @@
+"""Read and write files on a disk's ESP with mtools: no mounting, no kernel FAT driver.
+
+Works on image files and on block devices alike (mtools' ``image@@offset``). The
+harness uses it between boots; ``appliance.media.dumps`` reads sticks with it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from pathlib import Path
+
+from appliance.init import gpt
+from appliance.init.esp import ESP_NAME
+
+MTOOLS_ENV = {"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"}
+
+
+class EspError(Exception):
+    pass
+
+
+def find_esp(disk: str) -> gpt.Partition:
+    """The appliance's ESP on ``disk``: the one named APPLIANCE-ESP, else the only ESP."""
+    try:
+        esps = [p for p in gpt.read_partitions(disk) if p.is_esp]
+    except gpt.GPTError as e:
+        raise EspError(f"{disk} has no readable GPT partition table ({e})") from e
+    except OSError as e:
+        raise EspError(f"cannot read {disk}: {e.strerror}") from e
+    ours = [p for p in esps if p.name == ESP_NAME]
+    if len(ours) == 1:
+        return ours[0]
+    if not esps:
+        raise EspError(f"{disk} has no EFI System Partition")
+    if len(esps) > 1 or ours:
+        raise EspError(f"{disk} has {len(esps)} EFI System Partitions and not exactly one named {ESP_NAME}")
+    return esps[0]
+
+
+class EspImage:
+    def __init__(self, disk: str | Path) -> None:
+        self.disk = str(disk)
+        self.partition = find_esp(self.disk)
+        self.offset = self.partition.first_lba * 512
+        self.image = f"{self.disk}@@{self.offset}"
+
+    def _run(self, *args: str) -> bytes:
+        r = subprocess.run(list(args), capture_output=True, env=MTOOLS_ENV)
+        if r.returncode != 0:
+            raise EspError(f"{args[0]} failed: {r.stderr.decode(errors='replace').strip()}")
+        return r.stdout
+
+    def read(self, path: str) -> bytes:
+        return self._run("mtype", "-i", self.image, f"::{path}")
+
+    def write(self, path: str, data: bytes) -> None:
+        parts = path.strip("/").split("/")[:-1]
+        for depth in range(1, len(parts) + 1):  # mmd makes one level at a time
+            parent = "/" + "/".join(parts[:depth])
+            if not self.exists(parent):
+                self._run("mmd", "-D", "s", "-i", self.image, f"::{parent}")
+        with tempfile.NamedTemporaryFile() as f:
+            f.write(data)
+            f.flush()
+            self._run("mcopy", "-o", "-i", self.image, f.name, f"::{path}")
+
+    def exists(self, path: str) -> bool:
+        r = subprocess.run(["mdir", "-b", "-i", self.image, f"::{path}"], capture_output=True, env=MTOOLS_ENV)
+        return r.returncode == 0
+
+    def list(self, directory: str) -> list[str]:
+        if not self.exists(directory):
+            return []
+        out = self._run("mdir", "-b", "-i", self.image, f"::{directory}").decode(errors="replace")
+        return sorted(line.rstrip("/").rsplit("/", 1)[-1] for line in out.splitlines() if line.strip())
+
+    def free(self) -> int:
+        """Free bytes on the ESP, as mtools reports them."""
+        out = self._run("mdir", "-i", self.image, "::/").decode(errors="replace")
+        for line in reversed(out.splitlines()):
+            words = line.replace("\u202f", " ").split()
+            if line.strip().endswith("bytes free"):
+                return int("".join(w for w in words[:-2]))
+        raise EspError(f"mdir did not report the free space of {self.disk}")
+
+    def delete(self, path: str) -> None:
+        self._run("mdel", "-i", self.image, f"::{path}")
