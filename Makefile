@@ -21,7 +21,7 @@ export CORE MIRROR SECURITY_MIRROR
 HOST_STAMP := $(BUILD)/.host-ready
 VENV_STAMP := $(VENV)/.ready
 
-.PHONY: help deps image test-image qemu flash dumps test lint unit qemu-test size bench-build clean distclean
+.PHONY: help deps image test-image qemu flash dumps test lint unit qemu-test size bench bench-build clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -44,7 +44,7 @@ image: deps ## build build/appliance.raw (and .efi, .bmap); CORE=, PROFILE=debug
 
 test-image: deps ## build build/test/appliance.raw with the crash-matrix test core
 	$(PY) -m appliance.build image --build-dir $(BUILD)/test --cache-dir $(CACHE_DIR) \
-		--core tests/cores/matrix --core-memory-max 256M --history-records 4
+		--core tests/cores/matrix --core-memory-max 256M --history-records 4 --hw-watchdog-seconds 15
 
 size: deps ## print the UKI's size breakdown (kernel, initrd, largest directories)
 	$(PY) -m appliance.build size $(BUILD)/appliance.efi
@@ -75,6 +75,9 @@ qemu-test: deps image test-image ## the QEMU tests (boot the image, crash it, ch
 
 test: deps lint image test-image ## everything: lint, unit tests, image tests, QEMU tests
 	$(PY) -m pytest -n 2 tests
+
+bench: deps ## ours vs a systemd image: sizes, builds, boots, crash turnaround [BENCH_BOOTS=5] [BENCH_COLD=1]
+	$(PY) -m appliance.bench --build-dir $(BUILD) --cache-dir $(CACHE_DIR) $(if $(filter 1 yes true,$(BENCH_COLD)),--cold)
 
 bench-build: deps ## time a rebuild after a change to one file under python/ (prints seconds)
 	$(PY) -m appliance.build bench-rebuild --build-dir $(BUILD) --cache-dir $(CACHE_DIR)

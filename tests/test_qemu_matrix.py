@@ -74,6 +74,9 @@ def test_crash_is_dumped_and_survives_the_reboot(case: Case, test_raw: Path, qem
 
     with m:  # boots again from the same disk and firmware variables
         m.wait_boot(timeout=120)
+        why = "core crash" if case.failure else "requested restart"
+        m.expect(rf"init: previous boot ended: {why} \({case.ended}\)" if case.failure
+                 else r"init: previous boot ended: requested restart \(shutdown requested\)", 60)
         m.expect(rf"init: ===== previous boot's runtime log: begin \({len(log)} bytes; core ended: {case.ended}\)", 60)
         for pattern in case.dump:
             m.expect(rf"init: \| {pattern}", 10)
@@ -95,6 +98,7 @@ def test_exit_zero_reboots_without_a_report(test_raw: Path, qemu_ready: None, tm
         m.expect(r"init: core ended: exited with status 0 \(requested restart\) at", 60)
         m.expect(r"init: rebooting at", 30)
         m.wait_boot(timeout=120)
+        m.expect(r"init: previous boot ended: requested restart \(exited with status 0 \(requested restart\)\)", 60)
         m.expect(r"matrix core: ready", 60)
         m.power_cut()
     console = m.log_path.read_text(errors="replace")

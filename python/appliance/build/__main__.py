@@ -35,7 +35,7 @@ def cmd_image(args: argparse.Namespace) -> int:
     settings = render.Settings(
         repo=repo, core=core.resolve(), mirrors=mirrors, profile=args.profile,
         runtime_log_cap=args.runtime_log_cap, core_memory_max=args.core_memory_max or None,
-        history_records=args.history_records,
+        history_records=args.history_records, hw_watchdog_seconds=args.hw_watchdog_seconds,
     )
     render_dir = build / "render"
     render.render(settings, render_dir)
@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     img.add_argument("--runtime-log-cap", type=int, default=render.INIT_DEFAULTS.runtime_log_cap)
     img.add_argument("--core-memory-max", default="")
     img.add_argument("--history-records", type=int, default=render.INIT_DEFAULTS.history_records)
+    img.add_argument("--hw-watchdog-seconds", type=int, default=render.INIT_DEFAULTS.hw_watchdog_seconds)
     img.set_defaults(func=cmd_image)
     br = sub.add_parser("bench-rebuild", help="time a rebuild after changing one file under python/")
     br.add_argument("--repo", default=".")

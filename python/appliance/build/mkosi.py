@@ -8,15 +8,16 @@ from pathlib import Path
 
 
 def mkosi_command(repo: Path, render_dir: Path, output_dir: Path, cache_dir: Path,
-                  profile: str) -> list[str]:
-    """The mkosi command line for one build (pure, so it is tested)."""
+                  profile: str, *, extra_tree: Path | None = None, incremental: str = "incremental") -> list[str]:
+    """The mkosi command line for one build (pure, so it is tested). ``repo`` is the
+    directory with mkosi.conf; ``extra_tree`` defaults to the rendered ``extra``."""
     cmd = [
         "mkosi",
         f"--directory={repo}",
         f"--package-manager-tree={render_dir / 'pkgmngr'}:/",
-        f"--extra-tree={render_dir / 'extra'}:/",
+        f"--extra-tree={extra_tree or render_dir / 'extra'}:/",
         f"--output-dir={output_dir}",
-        f"--cache-dir={cache_dir / 'incremental'}",
+        f"--cache-dir={cache_dir / incremental}",
         f"--package-cache-dir={cache_dir / 'packages'}",
         # Keep the tree as it is after the packages and the prepare script, outside the
         # clone: a rebuild after a change to python/ or the core starts from there.

@@ -46,6 +46,8 @@ class Settings:
     esp_wait_seconds: float = INIT_DEFAULTS.esp_wait_seconds
     shutdown_grace_seconds: float = INIT_DEFAULTS.shutdown_grace_seconds
     core_memory_max: str | None = INIT_DEFAULTS.core_memory_max
+    core_watchdog_seconds: float = INIT_DEFAULTS.core_watchdog_seconds
+    hw_watchdog_seconds: int = INIT_DEFAULTS.hw_watchdog_seconds
 
 
 def check_core(core: Path) -> Path:
@@ -147,5 +149,7 @@ def render(settings: Settings, out: Path) -> None:
         esp_wait_seconds=settings.esp_wait_seconds,
         shutdown_grace_seconds=settings.shutdown_grace_seconds,
         core_memory_max=settings.core_memory_max,
+        core_watchdog_seconds=settings.core_watchdog_seconds,
+        hw_watchdog_seconds=settings.hw_watchdog_seconds,
         profile=settings.profile,
     ))

@@ -23,6 +23,8 @@ class Config(NamedTuple):
     healthy_after_seconds: float = 600.0
     backoff_first_seconds: float = 1.0
     backoff_max_seconds: float = 300.0
+    core_watchdog_seconds: float = 30.0  # the core's software watchdog, once it pings (it may set its own)
+    hw_watchdog_seconds: int = 60  # the timeout given to every hardware watchdog the init pets
     switches: Mapping[str, str] = {}  # appliance.* from the kernel command line (never mutated)
 
     @property

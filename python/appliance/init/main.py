@@ -11,21 +11,24 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import NoReturn
 
 from appliance import __version__
-from appliance.init import backoff, config, esp, exitstatus, fsutil, gpt, modules, mounts
+from appliance.init import backoff, config, esp, exitstatus, fsutil, gpt, lastboot, modules, mounts, pstore
 from appliance.init.cgroup import CoreCgroup
 from appliance.init.console import Console, uptime
 from appliance.init.history import History
 from appliance.init.runtimelog import RuntimeLog, how_it_ended, printable_lines, read_previous
-from appliance.init.supervise import SpawnError, Supervisor, spawn
+from appliance.init.supervise import WATCHDOG_FD, SpawnError, Supervisor, spawn
+from appliance.init.watchdog import HardwareWatchdog, SoftWatchdog, devices
 
 ESP_MOUNT = "/esp"
 APP_DIR = "appliance"  # our directory on the ESP
 LAUNCH_CORE = "/usr/lib/appliance/launch-core"
 DEBUG_SHELL = ("/usr/bin/busybox", "sh")
 DEFERRED_MODULES_AFTER = 2.0  # seconds after the core started
+TEST_HANG_INIT = "test-hang-init"  # test-only: this file in /esp/appliance makes the init hang once
 
 
 class BootError(Exception):
@@ -48,6 +51,8 @@ class Init:
         self._log_error_said = False
         self.coldplug: modules.Coldplug | None = None  # made by load_modules
         self.steps: list[tuple[str, float]] = []  # (step, seconds since boot when it ended)
+        self.watchdogs: list[HardwareWatchdog] = []
+        self.previous_end = ""  # why the previous boot ended, as said on the console
 
     def step_done(self, name: str) -> None:
         self.steps.append((name, uptime()))
@@ -76,7 +81,7 @@ class Init:
         except OSError as e:
             self.console.say(f"could not route Ctrl-Alt-Del to the init: {e} (continuing: best-effort)")
         self.setup_esp()
-        self.show_previous_log()
+        self.account_for_previous_boot()
         self.start_runtime_log()
         self.step_done("previous log")
         self.run_core()
@@ -166,33 +171,97 @@ class Init:
             self.console.say(problem)
 
     # -- the previous boot ----------------------------------------------------------------
-    def show_previous_log(self) -> None:
+    def account_for_previous_boot(self) -> None:
+        """Say why the previous boot ended; show and archive what it left (kernel panics
+        from pstore, the runtime log); then mark this boot as running."""
         if self.esp is None:
+            self.previous_end = lastboot.UNKNOWN.split(":")[0] + ": persistence is off"
+            self.console.say(f"previous boot ended: {self.previous_end}")
             return
+        state_path = os.path.join(self.esp_mount, APP_DIR, lastboot.STATE_FILE)
+        state, problem = lastboot.load(state_path)
+        if problem:
+            self.console.say(problem)
+        dumps, problems = pstore.collect()
+        for p in problems:
+            self.console.say(f"pstore: {p}")
+        panic = next((f"{d.reason}, kept by pstore" for d in dumps if d.kind.startswith("kernel-")), "")
+        reset_by = ""
+        if state is not None and state.running and not panic:
+            # Cut short with no panic: a hang the hardware watchdog ended shows in its
+            # driver's boot status, so its drivers are loaded now rather than later.
+            self.load_deferred_modules()
+            self.open_watchdogs()
+            reset_by = ", ".join(f"{w.name}: {w.identity}" for w in self.watchdogs if w.reset_the_machine)
+        self.previous_end, unplanned = lastboot.reason(state, panic, reset_by)
+        self.console.say(f"previous boot ended: {self.previous_end}")
+        meta = {"boot-ended": self.previous_end}
+        archived = False
+        for dump in dumps:
+            archived |= self.show_pstore_dump(dump, meta)
+        archived |= self.show_previous_log(meta)
+        if unplanned and not archived and self.history is not None:
+            try:
+                self.history.add("reset", f"previous boot ended: {self.previous_end}\n".encode(), meta)
+            except OSError as e:
+                self.console.say(f"could not archive the reset: {e}")
+        if self.app_dir is not None:
+            try:
+                lastboot.save_running(state_path)
+            except OSError as e:
+                self.console.say(f"could not write {state_path}: {e}")
+
+    def _archive(self, kind: str, content: bytes, meta: dict[str, str]) -> tuple[bool, str]:
+        """(archived, where or why not): the crash history, bounded."""
+        if self.history is None:
+            return False, "not archived: the ESP is read-only"
+        try:
+            entry, why = self.history.add(kind, content, meta)
+        except OSError as e:
+            return False, f"not archived: {e}"
+        return (True, f"archived as {entry.path}") if entry else (False, why)
+
+    def show_pstore_dump(self, dump: pstore.Dump, meta: dict[str, str]) -> bool:
+        what = dump.kind.replace("-", " ")
+        self.console.say(f"===== {what} from the previous boot (pstore): begin ({len(dump.payload)} bytes) =====")
+        for line in printable_lines(dump.payload):
+            self.console.say(f"| kernel: {line}")
+        archived, where = self._archive(dump.kind, dump.payload, {**meta, "reason": dump.reason})
+        if archived:  # erased only once kept: the firmware's variable store must not fill
+            for p in pstore.erase(dump):
+                self.console.say(f"pstore: {p}")
+        else:
+            where += "; left in pstore"
+        self.console.say(f"===== {what} from the previous boot: end ({where}) =====")
+        return archived
+
+    def show_previous_log(self, meta: dict[str, str]) -> bool:
+        if self.esp is None:
+            return False
         path = os.path.join(self.esp_mount, APP_DIR, "runtime.log")
         try:
             content, size = read_previous(path, self.config.runtime_log_cap)
         except FileNotFoundError:
-            return
+            return False
         except OSError as e:
             self.console.say(f"could not read the previous runtime log {path}: {e}")
-            return
+            return False
         if size == 0:
-            return
+            return False
         ended = how_it_ended(content)
         self.console.say(f"===== previous boot's runtime log: begin ({size} bytes; core ended: {ended}) =====")
         for line in printable_lines(content):
             self.console.say(f"| {line}")
-        where = "not archived: the ESP is read-only; the log stays on the ESP"
-        if self.history is not None:
+        archived, where = self._archive("runtime-log", content, {"ended": ended, "size": str(size), **meta})
+        if archived:
             try:
-                entry, why = self.history.add("runtime-log", content, {"ended": ended, "size": str(size)})
-                where = f"archived as {entry.path}" if entry else why
-                if entry:
-                    fsutil.remove(path)
+                fsutil.remove(path)
             except OSError as e:
-                where = f"not archived: {e}"
+                where += f" (could not remove {path}: {e})"
+        elif self.history is None:
+            where += "; the log stays on the ESP"
         self.console.say(f"===== previous boot's runtime log: end ({where}) =====")
+        return archived
 
     def start_runtime_log(self) -> None:
         if self.app_dir is None:
@@ -213,6 +282,9 @@ class Init:
             "PYTHONUNBUFFERED": "1",
             "APPLIANCE_ESP": self.esp_mount if self.esp else "",  # mounted: perhaps read-only or full
             "APPLIANCE_RUNTIME_LOG": self.log.path if self.log else "",
+            # The software watchdog: write to this fd to ping (the first write arms it).
+            "APPLIANCE_WATCHDOG_FD": str(WATCHDOG_FD),
+            "APPLIANCE_WATCHDOG_SEC": f"{self.config.core_watchdog_seconds:g}",
         }
 
     def _flush(self) -> None:
@@ -242,12 +314,14 @@ class Init:
                 self.log.core_output(data)
 
         argv = [LAUNCH_CORE, self.config.core]
+        dog_r, dog_w = os.pipe2(os.O_CLOEXEC)
         try:
-            pid = spawn(argv, self.core_env(), write_fd, cgroup.procs)
+            pid = spawn(argv, self.core_env(), write_fd, cgroup.procs, watchdog_fd=dog_w)
         except (SpawnError, OSError) as e:
             os.close(write_fd)
-            self.end(f"could not start the core: {e}", failed=True)
+            self.end(f"could not start the core: {e}", failed=True, category="init")
         os.close(write_fd)
+        os.close(dog_w)
         self.step_done("starting the core")
         exec_at = kernel_ran_init()
         python = f"/init exec at {exec_at:.3f} s, Python start {self.started - exec_at:.2f} s, " if exec_at else ""
@@ -260,21 +334,24 @@ class Init:
                 self._save_failures()
                 self.console.say("the core has run healthy: crash-loop counter reset")
 
-        def deferred_modules() -> None:
-            if self.coldplug is None:
-                return
-            self.coldplug.load_deferred()
-            report = self.coldplug.report
-            for line in report.lines():
-                self.console.say(line)
-            self.console.say(f"kernel modules: slowest {report.slowest()}")
+        def pet_from_the_loop() -> None:
+            if self.watchdogs:
+                sup.tick = (max(1.0, min(w.timeout for w in self.watchdogs) / 3), self.pet_watchdogs)
+
+        def deferred_work() -> None:
+            self.load_deferred_modules()
+            self.open_watchdogs()
+            pet_from_the_loop()
+            self.test_hang_if_asked()
 
         # The drivers no boot disk needs (entropy, watchdogs, chipset) wait until the
         # core has had its start: on one CPU they would otherwise delay it.
         sup = Supervisor(pid, read_fd, on_stderr=on_stderr, on_flush=self._flush, say=self.console.say,
                          grace=self.config.shutdown_grace_seconds,
                          healthy_after=self.config.healthy_after_seconds, on_healthy=healthy,
-                         kill_rest=cgroup.kill_all, later=(DEFERRED_MODULES_AFTER, deferred_modules))
+                         kill_rest=cgroup.kill_all, later=(DEFERRED_MODULES_AFTER, deferred_work),
+                         watchdog=(dog_r, SoftWatchdog(self.config.core_watchdog_seconds)))
+        pet_from_the_loop()  # watchdogs opened at boot (after an unplanned end) need it already
         sup.install_signals()
         outcome = sup.run()
         cause = exitstatus.decode(outcome.status, oom=cgroup.oom_kills() > 0, note=outcome.note)
@@ -285,8 +362,65 @@ class Init:
             else:
                 self.log.init_line(f"core ended: {cause.describe()}")
         if outcome.shutdown_requested:
-            self.end("shutdown requested", failed=False)
-        self.end(cause.describe(), failed=not cause.clean)
+            self.end("shutdown requested", failed=False, category="requested")
+        self.end(cause.describe(), failed=not cause.clean, category="requested" if cause.clean else "core")
+
+    # -- hardware: drivers no boot disk needs, watchdogs ---------------------------------------
+    def load_deferred_modules(self) -> None:
+        if self.coldplug is None or not self.coldplug.deferred:
+            return
+        self.coldplug.load_deferred()
+        report = self.coldplug.report
+        for line in report.lines():
+            self.console.say(line)
+        self.console.say(f"kernel modules: slowest {report.slowest()}")
+
+    def open_watchdogs(self) -> None:
+        opened = {w.name for w in self.watchdogs}
+        for name in devices():
+            if name in opened:
+                continue
+            try:
+                dog = HardwareWatchdog.open(name, self.config.hw_watchdog_seconds)
+            except OSError as e:
+                self.console.say(f"hardware watchdog {name}: cannot use it: {e}")
+                continue
+            self.watchdogs.append(dog)
+            reset = "; it reset the machine last time" if dog.reset_the_machine else ""
+            self.console.say(f"hardware watchdog {name} ({dog.identity}): {dog.timeout} s, petted by the init{reset}")
+
+    def pet_watchdogs(self) -> None:
+        for dog in self.watchdogs:
+            try:
+                dog.pet()
+            except OSError as e:
+                self.console.say(f"hardware watchdog {dog.name}: could not pet it: {e}")
+
+    def close_watchdogs(self) -> None:
+        """A planned reboot or a hold: stop every watchdog so it does not reset the machine."""
+        while self.watchdogs:
+            dog = self.watchdogs.pop()
+            try:
+                dog.close()
+            except OSError as e:
+                self.console.say(f"hardware watchdog {dog.name}: could not stop it: {e}")
+
+    def test_hang_if_asked(self) -> None:
+        """Test-only (documented): /appliance/test-hang-init on the ESP makes the init hang
+        here, once, with the watchdogs armed and no longer petted."""
+        if self.app_dir is None:
+            return
+        path = os.path.join(self.app_dir, TEST_HANG_INIT)
+        if not os.path.exists(path):
+            return
+        try:
+            fsutil.remove(path)
+        except OSError:
+            return  # cannot make it a one-off: do not hang
+        os.sync()
+        self.console.say(f"TEST: hanging the init on purpose ({path}); the watchdogs are no longer petted")
+        while True:
+            time.sleep(3600)
 
     def start_debug_shell(self) -> None:
         if not os.path.exists(DEBUG_SHELL[0]):
@@ -314,8 +448,8 @@ class Init:
             return f"the file {self.esp_mount}/{APP_DIR}/hold"
         return ""
 
-    def end(self, reason: str, failed: bool) -> NoReturn:
-        """Persist, say why, sync, reboot. Never returns."""
+    def end(self, reason: str, failed: bool, category: str = "init") -> NoReturn:
+        """Persist, say why, sync, reboot. Never returns. ``category``: requested | core | init."""
         if failed:
             self.console.say("the appliance encountered an uncorrectable error and must be restarted")
             self.console.say(f"cause: {reason}")
@@ -328,6 +462,11 @@ class Init:
         elif self.failures:
             self.failures = 0
             self._save_failures()
+        if self.app_dir is not None:
+            try:
+                lastboot.save_ended(os.path.join(self.app_dir, lastboot.STATE_FILE), category, reason)
+            except OSError as e:
+                self.console.say(f"could not record how this boot ended: {e}")
         os.sync()
         hold = self.hold_requested()
         if hold:
@@ -337,10 +476,15 @@ class Init:
         if wait:
             self.console.say(f"crash loop back-off: waiting {wait:g} s before rebooting "
                              f"(failure {self.failures} in a row)")
-            time.sleep(wait)
-        reboot(self.kernel, self.console, self.esp.device if self.esp else None)
+            until = time.monotonic() + wait
+            while (left := until - time.monotonic()) > 0:
+                self.pet_watchdogs()
+                time.sleep(min(left, 5.0))
+        self.pet_watchdogs()
+        reboot(self.kernel, self.console, self.esp.device if self.esp else None, self.close_watchdogs)
 
     def hold(self, why: str) -> NoReturn:
+        self.close_watchdogs()
         self.console.say(f"holding, not rebooting ({why}); reset or power off the machine")
         while True:
             time.sleep(1)
@@ -381,7 +525,8 @@ def reap_all() -> None:
             return
 
 
-def reboot(kernel: object, console: Console, esp_device: str | None) -> NoReturn:
+def reboot(kernel: object, console: Console, esp_device: str | None,
+           stop_watchdogs: Callable[[], None] = lambda: None) -> NoReturn:
     """The last steps, each on its own: nothing here may stop the next one."""
     from appliance.init.kernel import MS_RDONLY, MS_REMOUNT, RB_AUTOBOOT
     if os.getpid() == 1:
@@ -401,6 +546,10 @@ def reboot(kernel: object, console: Console, esp_device: str | None) -> NoReturn
             kernel.mount(esp_device, ESP_MOUNT, "vfat", MS_REMOUNT | MS_RDONLY, "")  # type: ignore[attr-defined]
         except OSError as e:
             console.say(f"could not remount the ESP read-only: {e}")
+    try:  # a planned reboot: the watchdogs must not fire while the firmware starts
+        stop_watchdogs()
+    except Exception as e:  # noqa: BLE001
+        console.say(f"could not stop the watchdogs: {e}")
     console.at("rebooting")
     try:
         kernel.reboot(RB_AUTOBOOT)  # type: ignore[attr-defined]

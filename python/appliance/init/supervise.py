@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
+from appliance.init.watchdog import SoftWatchdog
+
 # Signals PID 1 passes on to the core. TERM, INT (Ctrl-Alt-Del) and PWR also start the
 # shutdown grace period, after which the core is killed.
 FORWARDED = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
@@ -25,14 +27,18 @@ HANDLED = (*FORWARDED, signal.SIGCHLD)
 FLUSH_INTERVAL = 0.2
 READ_CHUNK = 256 * 1024  # at most this much of the core's stderr per turn of the loop
 FINAL_READ = 16 * 1024 * 1024
+WATCHDOG_FD = 3  # where the core finds its software watchdog's pipe
+DUMP_GRACE = 3.0  # seconds a hung core gets to write its threads' tracebacks before SIGKILL
 
 
 class SpawnError(Exception):
     pass
 
 
-def spawn(argv: list[str], env: dict[str, str], stderr_fd: int, cgroup_procs: str | None = None) -> int:
-    """fork + exec ``argv`` in a new session with fd 2 = ``stderr_fd``; exec errors raise here."""
+def spawn(argv: list[str], env: dict[str, str], stderr_fd: int, cgroup_procs: str | None = None,
+          watchdog_fd: int | None = None) -> int:
+    """fork + exec ``argv`` in a new session with fd 2 = ``stderr_fd`` (and fd 3 =
+    ``watchdog_fd``, when given); exec errors raise here."""
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:  # the child: only async-signal-safe-ish work, then exec
@@ -50,6 +56,8 @@ def spawn(argv: list[str], env: dict[str, str], stderr_fd: int, cgroup_procs: st
                 except OSError:
                     pass
             os.dup2(stderr_fd, 2)
+            if watchdog_fd is not None:
+                os.dup2(watchdog_fd, WATCHDOG_FD)
             os.execve(argv[0], argv, env)
         except BaseException as e:  # noqa: BLE001 - anything here must reach the parent
             try:
@@ -91,6 +99,7 @@ class Supervisor:
                  on_healthy: Callable[[], None] = lambda: None,
                  kill_rest: Callable[[], None] = lambda: None,
                  later: tuple[float, Callable[[], None]] | None = None,
+                 watchdog: tuple[int, SoftWatchdog] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.core_pid = core_pid
         self.stderr_fd = stderr_fd
@@ -102,6 +111,8 @@ class Supervisor:
         self.on_healthy = on_healthy
         self.kill_rest = kill_rest
         self.later = later  # (seconds after the start, work): done once, if the core still runs
+        self.tick: tuple[float, Callable[[], None]] | None = None  # (interval, work): set any time
+        self.watchdog = watchdog  # (the read end of the core's pipe, its state)
         self.clock = clock
         self.status: int | None = None
         self.reaped_others = 0
@@ -167,12 +178,17 @@ class Supervisor:
         sel.register(self._wake_r, selectors.EVENT_READ, "wake")
         started = self.clock()
         kill_at: float | None = None
+        kill_note = kill_say = ""
         shutdown = False
         killed_note = ""
         forwarded = 0
         healthy_pending = self.healthy_after is not None
         next_flush = started + FLUSH_INTERVAL
         stderr_open = True
+        next_tick = started
+        if self.watchdog is not None:
+            os.set_blocking(self.watchdog[0], False)
+            sel.register(self.watchdog[0], selectors.EVENT_READ, "watchdog")
         try:
             while True:
                 self.reap()
@@ -186,12 +202,18 @@ class Supervisor:
                     deadlines.append(started + self.healthy_after)
                 if self.later is not None:
                     deadlines.append(started + self.later[0])
+                if self.tick is not None:
+                    deadlines.append(next_tick)
+                if self.watchdog is not None and (deadline := self.watchdog[1].deadline()) is not None:
+                    deadlines.append(deadline)
                 timeout = max(0.0, min(deadlines) - now)
                 for key, _ in sel.select(timeout):
                     if key.data == "stderr":
                         if not self._read_stderr():
                             sel.unregister(self.stderr_fd)
                             stderr_open = False
+                    elif key.data == "watchdog":
+                        self._read_watchdog(sel)
                     else:
                         for signum in self._read_signals():
                             if signum == signal.SIGCHLD:
@@ -201,13 +223,26 @@ class Supervisor:
                             if signum in SHUTDOWN and not shutdown:
                                 shutdown = True
                                 kill_at = self.clock() + self.grace
+                                kill_note = f"killed by the init after the {self.grace:g} s shutdown grace period"
+                                kill_say = (f"the core did not exit within {self.grace:g} s of the shutdown "
+                                            "request: killing it")
                                 self.say(f"shutdown requested ({signal.Signals(signum).name}): the core has "
                                          f"{self.grace:g} s to exit")
                 now = self.clock()
+                if self.watchdog is not None and self.watchdog[1].expired(now) and self.status is None:
+                    dog = self.watchdog[1]
+                    dog.fired = True
+                    self.say(f"software watchdog: no ping from the core for {dog.timeout:g} s: dumping its "
+                             f"threads (SIGABRT), then killing it")
+                    killed_note = f"the software watchdog fired: no ping for {dog.timeout:g} s"
+                    self._signal(signal.SIGABRT)
+                    if kill_at is None or kill_at > now + DUMP_GRACE:
+                        kill_at, kill_note = now + DUMP_GRACE, killed_note
+                        kill_say = f"the core did not end within {DUMP_GRACE:g} s of SIGABRT: killing it"
                 if kill_at is not None and now >= kill_at and self.status is None:
-                    self.say(f"the core did not exit within {self.grace:g} s of the shutdown request: killing it")
+                    self.say(kill_say)
                     self._kill(signal.SIGKILL)
-                    killed_note = f"killed by the init after the {self.grace:g} s shutdown grace period"
+                    killed_note = kill_note
                     kill_at = None
                 if healthy_pending and self.healthy_after is not None and now - started >= self.healthy_after:
                     healthy_pending = False
@@ -215,6 +250,9 @@ class Supervisor:
                 if self.later is not None and now - started >= self.later[0]:
                     work, self.later = self.later[1], None
                     work()
+                if self.tick is not None and now >= next_tick:
+                    next_tick = now + self.tick[0]
+                    self.tick[1]()
                 if now >= next_flush:
                     self.on_flush()
                     next_flush = now + FLUSH_INTERVAL
@@ -233,6 +271,28 @@ class Supervisor:
             return os.read(self._wake_r, 1024)
         except (BlockingIOError, InterruptedError):
             return b""
+
+    def _read_watchdog(self, sel: selectors.BaseSelector) -> None:
+        assert self.watchdog is not None
+        fd, dog = self.watchdog
+        try:
+            data = os.read(fd, 4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # the core closed it: no more pings can come; the watchdog stays armed
+            sel.unregister(fd)
+            return
+        note = dog.feed(data, self.clock())
+        if note:
+            self.say(note)
+
+    def _signal(self, signum: int) -> None:
+        try:
+            os.kill(self.core_pid, signum)
+        except OSError:
+            pass
 
     def _forward(self, signum: int) -> None:
         try:

@@ -65,7 +65,7 @@ def list_dumps(esp: espfs.EspImage, dumps: list[Dump], out: TextIO) -> None:
     if dumps:
         out.write(f"  {'#':>6}  {'kind':<14} {'size':>10}  {'how that boot ended':<40} check\n")
     for d in dumps:
-        ended = d.record.meta.get("ended", "-")
+        ended = d.record.meta.get("ended") or d.record.meta.get("boot-ended", "-")
         out.write(f"  {d.sequence:>6}  {d.record.kind:<14} {_size(len(d.data)):>10}  {ended[:40]:<40} "
                   f"{_status(d.record)}\n")
     if esp.exists(RUNTIME_LOG):

@@ -39,6 +39,35 @@ def idle() -> None:
         time.sleep(1)
 
 
+def deadlock() -> None:
+    """Opt in to the software watchdog, ping it a while, then deadlock two threads."""
+    dog = int(os.environ["APPLIANCE_WATCHDOG_FD"])
+    os.write(dog, b"timeout=4\n")
+    for _ in range(3):
+        time.sleep(1)
+        os.write(dog, b"1")
+    first, second = threading.Lock(), threading.Lock()
+
+    def lock_first_then_second() -> None:
+        with first:
+            time.sleep(0.5)
+            with second:
+                pass
+
+    def lock_second_then_first() -> None:
+        with second:
+            time.sleep(0.5)
+            with first:
+                pass
+    threads = [threading.Thread(target=lock_first_then_second, name="deadlock-a"),
+               threading.Thread(target=lock_second_then_first, name="deadlock-b")]
+    for t in threads:
+        t.start()
+    print("matrix core: deadlocked", flush=True)
+    for t in threads:
+        t.join()
+
+
 def main() -> None:
     action = take_action()
     print(f"matrix core: action {action or '(none)'}", flush=True)
@@ -88,6 +117,16 @@ def main() -> None:
         while True:
             n += 1
             sys.stderr.write(f"matrix core: flood line {n:08d}\n")
+    elif action.startswith("panic "):
+        # A kernel panic with a line of ours just before it in the kernel's log.
+        token = action.split(" ", 1)[1]
+        with open("/dev/kmsg", "w") as kmsg:
+            kmsg.write(f"matrix core: about to panic the kernel, token {token}\n")
+        with open("/proc/sysrq-trigger", "w") as trigger:
+            trigger.write("c")
+        idle()
+    elif action == "deadlock":
+        deadlock()
     else:
         print(f"matrix core: unknown action {action!r}", flush=True)
         idle()

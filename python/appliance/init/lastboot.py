@@ -1,0 +1,68 @@
+"""Why the previous boot ended: a state file the init keeps on the ESP.
+
+At boot, once the previous boot is accounted for, the init writes ``running``; at
+its way out it writes how the boot ended. So the next boot finds either a planned end
+(a requested restart, a core crash, a failure of the init) or ``running``: the boot
+was cut short, and the kernel's panic store or a watchdog's boot status may say why.
+If neither does, nothing was recorded: a power loss or a reset.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import NamedTuple
+
+from appliance.init.fsutil import atomic_write
+
+STATE_FILE = "last-boot.json"
+
+REQUESTED = "requested restart"
+NOT_RECORDED = "power loss or reset: nothing was recorded"
+UNKNOWN = "unknown: no record of it (the first boot with this ESP, or its ESP was read-only)"
+
+
+class State(NamedTuple):
+    running: bool
+    category: str = ""  # requested | core | init
+    cause: str = ""
+
+
+def load(path: str) -> tuple[State | None, str]:
+    """(the previous boot's state or None, a problem to report or "")."""
+    try:
+        with open(path, "rb") as f:
+            raw = json.loads(f.read(4096))
+        if raw.get("state") == "running":
+            return State(running=True), ""
+        if raw.get("state") == "ended":
+            return State(False, str(raw.get("category", "")), str(raw.get("cause", ""))), ""
+        raise ValueError(f"unknown state {raw.get('state')!r}")
+    except FileNotFoundError:
+        return None, ""
+    except (OSError, ValueError, AttributeError) as e:
+        return None, f"the state file {path} is unreadable ({e})"
+
+
+def save_running(path: str) -> None:
+    atomic_write(path, b'{"state": "running"}\n')
+
+
+def save_ended(path: str, category: str, cause: str) -> None:
+    atomic_write(path, json.dumps({"state": "ended", "category": category, "cause": cause}).encode() + b"\n")
+
+
+def reason(state: State | None, panic: str = "", watchdog_reset: str = "") -> tuple[str, bool]:
+    """(why the previous boot ended, whether that end was unplanned)."""
+    if panic:
+        return f"kernel panic ({panic})", True
+    if state is None:
+        return UNKNOWN, False
+    if not state.running:
+        if state.category == REQUESTED.split()[0]:
+            return f"{REQUESTED} ({state.cause})" if state.cause else REQUESTED, False
+        if state.category == "init":
+            return f"failure of the init ({state.cause})", False
+        return f"core crash ({state.cause})", False
+    if watchdog_reset:
+        return f"watchdog reset ({watchdog_reset}): the machine hung", True
+    return NOT_RECORDED, True
