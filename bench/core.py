@@ -1,0 +1,66 @@
+"""The bench core: the same program in our image and in the systemd comparator.
+
+It prints one line with the boot milestones it can read from inside the machine,
+all in seconds since the kernel started (CLOCK_BOOTTIME):
+
+    bench core: ready uptime=<now> init-exec=<kernel ran /init> core-fork=<this process began>
+                init-rss-kib=<PID 1's resident memory>
+
+With the file bench-crash on the ESP (ours only: the comparator has no persistent
+storage), it removes it and crashes instead, for the crash-turnaround figure.
+"""
+
+import os
+import sys
+import time
+
+now = time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def init_exec() -> float:
+    """When the kernel ran /init, from its "Run /init as init process" record in /dev/kmsg."""
+    try:
+        fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return -1.0
+    try:
+        for _ in range(20000):
+            try:
+                record = os.read(fd, 8192)
+            except BlockingIOError:
+                break
+            except OSError:
+                continue
+            head, _, text = record.partition(b";")
+            if text.startswith(b"Run /init as init process"):
+                return int(head.split(b",")[2]) / 1e6
+    finally:
+        os.close(fd)
+    return -1.0
+
+
+def core_fork() -> float:
+    with open("/proc/self/stat") as f:
+        start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: starttime
+    return start_ticks / os.sysconf("SC_CLK_TCK")
+
+
+def init_rss_kib() -> int:
+    with open("/proc/1/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return -1
+
+
+esp = os.environ.get("APPLIANCE_ESP", "")
+crash = os.path.join(esp, "bench-crash") if esp else ""
+if crash and os.path.exists(crash):
+    os.unlink(crash)
+    os.sync()
+    print("bench core: crashing now", flush=True)
+    raise RuntimeError("bench core: crash for the turnaround figure")
+print(f"bench core: ready uptime={now:.3f} init-exec={init_exec():.3f} core-fork={core_fork():.3f} "
+      f"init-rss-kib={init_rss_kib()}", flush=True)
+while True:
+    time.sleep(60)

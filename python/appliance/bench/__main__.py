@@ -1,0 +1,198 @@
+"""``python -m appliance.bench`` (``make bench``): ours against systemd, in one run.
+
+Builds (when missing) our image and the comparator (bench/systemd/, systemd as PID 1),
+both with bench/core.py as the core, then measures on this machine's QEMU and OVMF:
+sizes, the warm rebuild after a change to the core (and, with --cold, builds from
+empty caches), N boots of each (interleaved, so both see the same load), and our crash
+turnaround. Prints a table and writes it as JSON (build/bench/bench.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from appliance.bench import figures
+from appliance.build import disk, inspect, mirror, mkosi, render
+from appliance.build.__main__ import main as build_main
+from appliance.harness.machine import HarnessTimeout, Machine
+from appliance.harness.qemu import kvm_works
+
+CORE = "bench/core.py"
+COMPARATOR = "bench/systemd"
+
+
+def say(text: str) -> None:
+    print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+# -- builds -------------------------------------------------------------------------------
+
+def build_ours(repo: Path, out: Path, cache: Path) -> float:
+    started = time.monotonic()
+    if build_main(["image", "--repo", str(repo), "--build-dir", str(out), "--cache-dir", str(cache),
+                   "--core", str(repo / CORE)]) != 0:
+        raise RuntimeError("building our image failed (its output is above)")
+    return time.monotonic() - started
+
+
+def build_comparator(repo: Path, out: Path, cache: Path) -> float:
+    started = time.monotonic()
+    mirrors = mirror.host_mirrors(os.environ.get("MIRROR") or None, os.environ.get("SECURITY_MIRROR") or None)
+    render_dir = out / "render"
+    render.render(render.Settings(repo=repo, core=repo / CORE, mirrors=mirrors), render_dir)
+    core_tree = out / "core-tree"
+    shutil.rmtree(core_tree, ignore_errors=True)
+    (core_tree / "usr/lib/bench").mkdir(parents=True)
+    shutil.copy2(repo / CORE, core_tree / "usr/lib/bench/core.py")
+    (out / "mkosi").mkdir(parents=True, exist_ok=True)
+    mkosi.run_mkosi(mkosi.mkosi_command(repo / COMPARATOR, render_dir, out / "mkosi", cache, "default",
+                                        extra_tree=core_tree, incremental="bench-incremental"))
+    efi = out / "comparator.efi"
+    shutil.copy2(out / "mkosi/comparator.efi", efi)
+    disk.make_disk(efi, out / "comparator.raw", free=disk.MIB)
+    return time.monotonic() - started
+
+
+def rebuild_after_touching(repo: Path, build: Any, *args: Path) -> float:
+    (repo / CORE).touch()
+    return float(build(repo, *args))
+
+
+# -- boots --------------------------------------------------------------------------------
+
+def boot_once(image: Path, work: Path, name: str, log_dir: Path) -> figures.Boot:
+    m = Machine(image, work, name=name, log_dir=log_dir)
+    with m:
+        match = m.expect(figures.READY, 300)
+        seen = time.monotonic() - m.started_at
+        m.power_cut()
+    shutil.rmtree(work, ignore_errors=True)
+    return figures.boot_from_line(match.group(0), seen)
+
+
+def crash_turnaround(image: Path, work: Path, log_dir: Path) -> float:
+    """Seconds from the core's crash to the next boot printing its traceback."""
+    m = Machine(image, work, name="bench-crash", log_dir=log_dir)
+    m.esp_write("/bench-crash", b"")
+    with m:
+        m.expect(r"bench core: crashing now", 300)
+        crashed = time.monotonic()
+        m.expect(r"init: \| core: RuntimeError: bench core: crash for the turnaround figure", 300)
+        shown = time.monotonic()
+        m.power_cut()
+    shutil.rmtree(work, ignore_errors=True)
+    return shown - crashed
+
+
+# -- the report ---------------------------------------------------------------------------
+
+def sizes(efi: Path, raw: Path) -> dict[str, int]:
+    report = inspect.size_report(efi)
+    return {"uki": efi.stat().st_size, "kernel": report.kernel, "initrd": report.initrd_compressed,
+            "initrd_uncompressed": report.initrd_uncompressed, "disk_image": raw.stat().st_size,
+            "disk_image_allocated": raw.stat().st_blocks * 512}
+
+
+def report(result: dict[str, Any]) -> str:
+    ours, theirs = result["ours"], result["systemd"]
+    rows: list[tuple[str, str, str, str]] = [("", "ours", "systemd", "ours/systemd")]
+    for key, label in (("uki", "UKI"), ("kernel", "  kernel"), ("initrd", "  initrd (compressed)"),
+                       ("initrd_uncompressed", "  initrd (uncompressed)"), ("disk_image", "disk image"),
+                       ("disk_image_allocated", "  blocks used (what bmaptool writes)")):
+        a, b = ours["size"][key], theirs["size"][key]
+        rows.append((label, figures.mib(a), figures.mib(b), f"{a / b:.2f}" if b else "n/a"))
+    for key, label in (("cold", "build from empty caches"), ("warm", "rebuild after a change to the core")):
+        a, b = ours["build"].get(key), theirs["build"].get(key)
+        rows.append((label, f"{a:.1f} s" if a is not None else "skipped", f"{b:.1f} s" if b is not None else "skipped",
+                     f"{a / b:.2f}" if a and b else "n/a"))
+    boots_a = [figures.Boot(*b) for b in ours["boots"]]
+    boots_b = [figures.Boot(*b) for b in theirs["boots"]]
+    rows += figures.boot_rows(boots_a, boots_b)
+    turn = figures.spread(ours["crash_turnaround"])
+    rows.append(("crash -> dump printed by the next boot", turn.text(), "n/a: nothing kept", ""))
+    text = figures.table(rows)
+    ready = figures.spread([b.core_ready for b in boots_a])
+    notes = [
+        f"{len(boots_a)} boots of each, interleaved, under {result['accel']} on {result['cpus']} CPUs; "
+        "figures are median (min-max), seconds since QEMU started.",
+        "kernel start = the firmware handing over (OVMF's time, and the UKI stub's few ms).",
+        f"targets: core ready <= 8 s (ours {ready.median:.2f} s); ours/systemd <= 0.6 for core ready; "
+        f"crash turnaround <= 2 x boot + 2 s (= {2 * ready.median + 2:.1f} s); init start -> core started <= 1 s.",
+    ]
+    if ours["build"].get("cold") is None:
+        notes.append("cold builds skipped: `make bench BENCH_COLD=1` measures them (downloads every package twice).")
+    return text + "\n\n" + "\n".join(notes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m appliance.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repo", default=".")
+    p.add_argument("--build-dir", default="build")
+    p.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/appliance-image"))
+    p.add_argument("--boots", type=int, default=int(os.environ.get("BENCH_BOOTS") or 5))
+    p.add_argument("--crash-runs", type=int, default=3)
+    p.add_argument("--cold", action="store_true", help="also build both from empty caches (slow)")
+    p.add_argument("--no-rebuild", action="store_true", help="skip the warm rebuilds (measure boots only)")
+    args = p.parse_args(argv)
+    repo = Path(args.repo).resolve()
+    bench = Path(args.build_dir).resolve() / "bench"
+    cache = Path(args.cache_dir).resolve()
+    ours_dir, theirs_dir = bench / "ours", bench / "systemd"
+    bench.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {"accel": "", "cpus": os.cpu_count(), "ours": {"build": {}}, "systemd": {"build": {}}}
+    try:
+        if args.cold:
+            with tempfile.TemporaryDirectory(dir=bench.parent) as empty:
+                say("cold builds: both images from empty caches")
+                result["ours"]["build"]["cold"] = build_ours(repo, ours_dir, Path(empty) / "ours")
+                result["systemd"]["build"]["cold"] = build_comparator(repo, theirs_dir, Path(empty) / "systemd")
+        for name, out, build in (("ours", ours_dir, build_ours), ("systemd", theirs_dir, build_comparator)):
+            image = out / ("appliance.raw" if name == "ours" else "comparator.raw")
+            if not image.exists():
+                say(f"building {name} (missing)")
+                build(repo, out, cache)
+            if not args.no_rebuild:
+                say(f"timing {name}'s rebuild after touching {CORE}")
+                result[name]["build"]["warm"] = rebuild_after_touching(repo, build, out, cache)
+        ours_raw, theirs_raw = ours_dir / "appliance.raw", theirs_dir / "comparator.raw"
+        result["ours"]["size"] = sizes(ours_dir / "appliance.efi", ours_raw)
+        result["systemd"]["size"] = sizes(theirs_dir / "comparator.efi", theirs_raw)
+        logs = bench / "logs"
+        boots: dict[str, list[list[float]]] = {"ours": [], "systemd": []}
+        with tempfile.TemporaryDirectory(dir=bench) as work:
+            for i in range(args.boots):
+                for name, image in (("ours", ours_raw), ("systemd", theirs_raw)):
+                    b = boot_once(image, Path(work) / f"{name}{i}", f"bench-{name}-{i + 1}", logs)
+                    say(f"{name} boot {i + 1}/{args.boots}: core ready at {b.core_ready:.2f} s "
+                        f"(kernel {b.kernel_start:.2f}, init {b.init_start:.2f}, core {b.core_started:.2f})")
+                    boots[name].append(list(b))
+            turnaround = []
+            for i in range(args.crash_runs):
+                turnaround.append(crash_turnaround(ours_raw, Path(work) / f"crash{i}", logs))
+                say(f"crash turnaround {i + 1}/{args.crash_runs}: {turnaround[-1]:.2f} s")
+        result["ours"]["boots"], result["systemd"]["boots"] = boots["ours"], boots["systemd"]
+        result["ours"]["crash_turnaround"] = turnaround
+        result["accel"] = "kvm" if kvm_works() else "tcg"
+    except (RuntimeError, HarnessTimeout, OSError) as e:
+        say(f"failed: {e}")
+        return 1
+    text = report(result)
+    out_json = bench / "bench.json"
+    out_json.write_text(json.dumps(result, indent=2) + "\n")
+    (bench / "bench.txt").write_text(text + "\n")
+    print(text)
+    print(f"\n(also {out_json} and {bench / 'bench.txt'}; console logs in {bench / 'logs'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""`make bench`'s arithmetic: milestones from the bench core's line, spreads, the table."""
+
+import pytest
+
+from appliance.bench import figures
+
+LINE = "bench core: ready uptime=4.500 init-exec=1.250 core-fork=2.000 init-rss-kib=10240"
+
+
+def test_milestones_are_placed_on_the_hosts_time_line() -> None:
+    boot = figures.boot_from_line("noise " + LINE + "\r", seen_after_start=10.0)
+    # The line came 10 s after QEMU started and says 4.5 s since the kernel started.
+    assert boot == figures.Boot(kernel_start=5.5, init_start=6.75, core_started=7.5, core_ready=10.0,
+                                init_rss_kib=10240)
+    assert boot.init_overhead == 0.75
+    assert [boot.milestone(n) for n in figures.MILESTONES] == [5.5, 6.75, 7.5, 10.0]
+
+
+def test_a_line_without_the_kernels_record_is_refused() -> None:
+    with pytest.raises(ValueError, match="Run /init"):
+        figures.boot_from_line(LINE.replace("init-exec=1.250", "init-exec=-1.000"), 10.0)
+    with pytest.raises(ValueError, match="not a bench core ready line"):
+        figures.boot_from_line("systemd[1]: Started something", 10.0)
+
+
+def test_spread_and_ratio() -> None:
+    s = figures.spread([3.0, 1.0, 2.0, 10.0])
+    assert (s.median, s.low, s.high, s.n) == (2.5, 1.0, 10.0, 4)
+    assert s.text() == "2.50 s (1.00-10.00)"
+    assert figures.spread([]).text() == "n/a"
+    assert figures.ratio(figures.spread([3.0]), figures.spread([6.0])) == "0.50"
+    assert figures.ratio(figures.spread([3.0]), figures.spread([])) == "n/a"
+
+
+def test_the_table_compares_ours_with_the_comparator() -> None:
+    ours = [figures.boot_from_line(LINE, 10.0), figures.boot_from_line(LINE, 12.0)]
+    theirs = [figures.boot_from_line(LINE.replace("core-fork=2.000", "core-fork=4.000"), 20.0)]
+    rows = figures.boot_rows(ours, theirs)
+    assert rows[3] == ("QEMU start -> core ready", "11.00 s (10.00-12.00)", "20.00 s (20.00-20.00)", "0.55")
+    assert rows[4] == ("init start -> core started", "0.75 s (0.75-0.75)", "2.75 s (2.75-2.75)", "0.27")
+    assert rows[5][0] == "init's resident memory" and rows[5][1] == "10.0 MiB (10.0-10.0)"
+    text = figures.table([("", "ours", "systemd", "ratio"), *rows])
+    lines = text.splitlines()
+    assert lines[0].split() == ["ours", "systemd", "ratio"] and set(lines[1]) <= {"-", " "}
+    assert len({len(line) for line in lines}) == 1  # numbers right-aligned in their columns
