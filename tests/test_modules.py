@@ -131,3 +131,27 @@ def test_coldplug_defers_what_no_boot_disk_needs(tmp_path: Path) -> None:
     assert cp.scan() == 1 and cp.deferred == ["iTCO_wdt"]
     assert cp.load_deferred() == 1 and cp.deferred == []
     assert [module_name(p) for p in k.loaded] == ["ahci", "iTCO_wdt"]
+
+
+def test_coldplug_loads_the_boot_controllers_drivers_first(tmp_path: Path) -> None:
+    moddir = module_dir(tmp_path, "kernel/drivers/block/virtio_blk.ko:\nkernel/drivers/ata/ahci.ko:\n")
+    sysfs = tmp_path / "sys"
+    for bus, name, alias in (("virtio", "virtio1", "virtio:d00000002v00001AF4"),
+                             ("pci", "0000:00:1f.2", "pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01"),
+                             ("platform", "iTCO_wdt", "platform:iTCO_wdt")):
+        d = sysfs / "bus" / bus / "devices" / name
+        d.mkdir(parents=True)
+        (d / "modalias").write_text(alias + "\n")
+    k = FakeKernel({})
+    cp = Coldplug(str(moddir), k, str(sysfs))
+    # Booted from the virtio disk: AHCI, also storage, waits like the watchdog.
+    assert cp.scan(boot_aliases={"virtio:d00000002v00001AF4"}) == 1
+    assert cp.other_storage == ["ahci"] and cp.deferred == ["iTCO_wdt"]
+    assert cp.load_other_storage() == 1 and cp.other_storage == []
+    assert [module_name(p) for p in k.loaded] == ["virtio_blk", "ahci"]
+    # Held-back storage also goes with the deferred drivers, if the fallback never ran.
+    k2 = FakeKernel({})
+    cp2 = Coldplug(str(moddir), k2, str(sysfs))
+    cp2.scan(boot_aliases=set())
+    assert sorted(cp2.other_storage) == ["ahci", "virtio_blk"]
+    assert cp2.load_deferred() == 3 and [module_name(p) for p in k2.loaded][-1] == "iTCO_wdt"

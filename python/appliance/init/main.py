@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from appliance import __version__
-from appliance.init import backoff, config, esp, exitstatus, fsutil, gpt, lastboot, modules, mounts, pstore
+from appliance.init import backoff, bootdev, config, esp, exitstatus, fsutil, gpt, lastboot, modules, mounts, pstore
 from appliance.init.cgroup import CoreCgroup
 from appliance.init.console import Console, uptime
 from appliance.init.history import History
@@ -28,6 +28,9 @@ APP_DIR = "appliance"  # our directory on the ESP
 LAUNCH_CORE = "/usr/lib/appliance/launch-core"
 DEBUG_SHELL = ("/usr/bin/busybox", "sh")
 DEFERRED_MODULES_AFTER = 2.0  # seconds after the core started
+# Seconds of looking for the ESP behind the boot controller alone before loading the
+# other storage drivers too (USB sticks take about 2 s to enumerate under TCG).
+OTHER_STORAGE_AFTER = 3.0
 TEST_HANG_INIT = "test-hang-init"  # test-only: this file in /esp/appliance makes the init hang once
 
 
@@ -73,9 +76,6 @@ class Init:
         self.step_done("mounts")
         self.load_modules()
         self.step_done("modules")
-        for r in mounts.apply(mounts.FIRMWARE, self.kernel, self.root):  # type: ignore[arg-type]
-            if not r.ok:
-                self.console.say(r.message())
         try:
             self.kernel.reboot(0)  # type: ignore[attr-defined]  # Ctrl-Alt-Del: SIGINT to us, not a reset
         except OSError as e:
@@ -111,15 +111,28 @@ class Init:
         hardware present; ``setup_esp`` scans again for devices that appear later."""
         self.coldplug = modules.Coldplug(f"/usr/lib/modules/{os.uname().release}", self.kernel)  # type: ignore[arg-type]
         self.coldplug.load_named(list(self.config.modules))
-        self.coldplug.scan()
+        for r in mounts.apply(mounts.FIRMWARE, self.kernel, self.root):  # type: ignore[arg-type]
+            if not r.ok:
+                self.console.say(r.message())
+        # The firmware's boot entry names the boot disk's controller: its drivers first.
+        controller = bootdev.boot_controller()
+        self.coldplug.scan(boot_aliases=bootdev.modaliases_under(controller) if controller else None)
+        if self.coldplug.other_storage:
+            self.console.say(f"booted from {os.path.basename(controller or '?')}: its drivers first; other storage "
+                             f"drivers wait ({' '.join(self.coldplug.other_storage)})")
 
     def setup_esp(self) -> None:
         booted = esp.loader_partuuid()
 
         first = [True]
+        started = time.monotonic()
 
         def scan() -> dict[str, list[gpt.Partition]]:
             if not first[0] and self.coldplug is not None:  # devices behind new drivers (USB disks)
+                if self.coldplug.other_storage and time.monotonic() - started >= OTHER_STORAGE_AFTER:
+                    self.console.say(f"no ESP behind the boot controller after {OTHER_STORAGE_AFTER:g} s: "
+                                     "loading the other storage drivers")
+                    self.coldplug.load_other_storage()
                 self.coldplug.scan()
             first[0] = False
             return esp.scan_disks()

@@ -217,7 +217,10 @@ class Coldplug:
     """Loads the drivers for the devices present; ``scan`` again to catch new devices.
 
     Storage drivers load at once; others are queued in ``deferred`` for
-    ``load_deferred`` (called once the core runs), unless ``defer`` is off."""
+    ``load_deferred`` (called once the core runs), unless ``defer`` is off. Given the
+    boot controller's modaliases, only its storage drivers load at once; the other
+    storage drivers wait in ``other_storage`` (``load_other_storage`` is the fallback
+    when the ESP does not show up behind that controller)."""
 
     def __init__(self, moddir: str, kernel: ModuleLoader, sys_root: str = "/sys",
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -229,6 +232,7 @@ class Coldplug:
         self.report = LoadReport()
         self.index: ModuleIndex | None = None
         self.deferred: list[str] = []
+        self.other_storage: list[str] = []
         try:
             self.index = ModuleIndex.read(moddir)
         except OSError as e:
@@ -244,7 +248,7 @@ class Coldplug:
     def is_storage(self, module: str) -> bool:
         return self.index is not None and self.index.files.get(module, "").startswith(STORAGE_PATHS)
 
-    def scan(self, defer: bool = True) -> int:
+    def scan(self, defer: bool = True, boot_aliases: set[str] | None = None) -> int:
         """Load drivers for devices not seen before; the number of modules loaded."""
         if self.index is None:
             return 0
@@ -253,13 +257,27 @@ class Coldplug:
             return 0
         self.seen |= new
         before = len(self.report.loaded)
-        wanted = [m for m in self.index.modules_for(new) if m not in self.report.seconds and m not in self.deferred]
+        queued = set(self.deferred) | set(self.other_storage)
+        wanted = [m for m in self.index.modules_for(new) if m not in self.report.seconds and m not in queued]
         now = [m for m in wanted if not defer or self.is_storage(m)]
         self.deferred += [m for m in wanted if m not in now]
+        if defer and boot_aliases is not None:
+            for_boot = set(self.index.modules_for(boot_aliases))
+            self.other_storage += [m for m in now if m not in for_boot]
+            now = [m for m in now if m in for_boot]
 
         def rank(m: str) -> int:
             return next((i for i, p in enumerate(STORAGE_FIRST) if m.startswith(p)), len(STORAGE_FIRST))
         load(self.index, sorted(now, key=rank), self.moddir, self.kernel, self.clock, self.report)
+        return len(self.report.loaded) - before
+
+    def load_other_storage(self) -> int:
+        """Load the storage drivers ``scan`` held back for a boot controller."""
+        if self.index is None or not self.other_storage:
+            return 0
+        before = len(self.report.loaded)
+        queued, self.other_storage = self.other_storage, []
+        load(self.index, queued, self.moddir, self.kernel, self.clock, self.report)
         return len(self.report.loaded) - before
 
     def load_deferred(self) -> int:
@@ -267,7 +285,8 @@ class Coldplug:
         if self.index is None:
             return 0
         before = len(self.report.loaded)
-        queued, self.deferred = self.deferred, []
+        queued, self.deferred = self.other_storage + self.deferred, []
+        self.other_storage = []
         load(self.index, queued, self.moddir, self.kernel, self.clock, self.report)
         self.scan(defer=False)
         return len(self.report.loaded) - before
