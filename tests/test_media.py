@@ -406,3 +406,12 @@ def test_dumps_says_what_is_wrong_with_the_source(tmp_path: Path) -> None:
     junk.write_bytes(os.urandom(64 * 1024))
     rc, out = run_dumps(junk)
     assert rc == 2 and "has no readable GPT partition table" in out, out
+
+
+@needs_loop
+def test_refuses_without_permission_to_write(small_image, loop, monkeypatch: pytest.MonkeyPatch) -> None:
+    dev, backing = loop(128 * MIB)
+    monkeypatch.setattr(blockdev.os, "access", lambda path, mode: False)  # as a user without sudo would be
+    rc, out = run_flash(dev, small_image, yes=True, allow_non_removable=os.path.basename(dev))
+    assert rc == 2 and f"no permission to write {dev}: run as root (sudo)" in out, out
+    assert untouched(backing)

@@ -254,6 +254,8 @@ def refusals(path: str, image_size: int, allow_non_removable: str = "", sys_bloc
                        "RAID/LVM, or another flashing tool)")
     if disk.read_only:
         why.append(f"{path} is read-only (a write-protect switch, or the kernel marked it so)")
+    elif not os.access(path, os.W_OK):
+        why.append(f"no permission to write {path}: run as root (sudo)")
     if disk.size < image_size:
         why.append(f"{path} holds {disk.size} bytes; the image needs {image_size}")
     if not disk.removable and allow_non_removable != name:
