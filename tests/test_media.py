@@ -411,7 +411,7 @@ def test_dumps_says_what_is_wrong_with_the_source(tmp_path: Path) -> None:
 @needs_loop
 def test_refuses_without_permission_to_write(small_image, loop, monkeypatch: pytest.MonkeyPatch) -> None:
     dev, backing = loop(128 * MIB)
-    monkeypatch.setattr(blockdev.os, "access", lambda path, mode: False)  # as a user without sudo would be
+    monkeypatch.setattr("appliance.media.blockdev.os.access", lambda path, mode: False)  # a user without sudo
     rc, out = run_flash(dev, small_image, yes=True, allow_non_removable=os.path.basename(dev))
     assert rc == 2 and f"no permission to write {dev}: run as root (sudo)" in out, out
     assert untouched(backing)
