@@ -75,10 +75,12 @@ def test_read_only_boot_disk(test_raw: Path, qemu_ready: None, tmp_path: Path, l
     m = Machine(test_raw, tmp_path, name="bad-read-only", readonly=True, log_dir=log_dir)
     old = b"core: an old crash\ninit: core ended: exited with status 5\n"
     m.esp_write("/appliance/runtime.log", old)
+    m.esp_write("/appliance/last-boot.json", b'{"state": "ended", "category": "core", "cause": "exited with status 5"}')
     with m:
         m.wait_boot(timeout=120)
         m.expect(r"init: read-write mount refused .*; mounted read-only", 60)
         m.expect(r"init: persistence OFF: the ESP is read-only", 10)
+        m.expect(r"init: previous boot ended: core crash \(exited with status 5\)", 30)
         m.expect(r"init: ===== previous boot's runtime log: begin \(\d+ bytes; core ended: exited with status 5\)", 30)
         m.expect(r"init: \| core: an old crash", 10)
         m.expect(r"init: ===== previous boot's runtime log: end \(not archived: the ESP is read-only", 10)

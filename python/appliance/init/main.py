@@ -187,18 +187,16 @@ class Init:
     def account_for_previous_boot(self) -> None:
         """Say why the previous boot ended; show and archive what it left (kernel panics
         from pstore, the runtime log); then mark this boot as running."""
-        if self.esp is None:
-            self.previous_end = lastboot.UNKNOWN.split(":")[0] + ": persistence is off"
-            self.console.say(f"previous boot ended: {self.previous_end}")
-            return
-        state_path = os.path.join(self.esp_mount, APP_DIR, lastboot.STATE_FILE)
-        state, problem = lastboot.load(state_path)
-        if problem:
-            self.console.say(problem)
-        dumps, problems = pstore.collect()
+        dumps, problems = pstore.collect()  # shown even without an ESP, and then left in pstore
         for p in problems:
             self.console.say(f"pstore: {p}")
         panic = next((f"{d.reason}, kept by pstore" for d in dumps if d.kind.startswith("kernel-")), "")
+        state: lastboot.State | None = None
+        state_path = os.path.join(self.esp_mount, APP_DIR, lastboot.STATE_FILE)
+        if self.esp is not None:
+            state, problem = lastboot.load(state_path)
+            if problem:
+                self.console.say(problem)
         reset_by = ""
         if state is not None and state.running and not panic:
             # Cut short with no panic: a hang the hardware watchdog ended shows in its
@@ -206,7 +204,10 @@ class Init:
             self.load_deferred_modules()
             self.open_watchdogs()
             reset_by = ", ".join(f"{w.name}: {w.identity}" for w in self.watchdogs if w.reset_the_machine)
-        self.previous_end, unplanned = lastboot.reason(state, panic, reset_by)
+        if self.esp is None and not panic:
+            self.previous_end, unplanned = "unknown: persistence is off", False
+        else:
+            self.previous_end, unplanned = lastboot.reason(state, panic, reset_by)
         self.console.say(f"previous boot ended: {self.previous_end}")
         meta = {"boot-ended": self.previous_end}
         archived = False
@@ -227,7 +228,7 @@ class Init:
     def _archive(self, kind: str, content: bytes, meta: dict[str, str]) -> tuple[bool, str]:
         """(archived, where or why not): the crash history, bounded."""
         if self.history is None:
-            return False, "not archived: the ESP is read-only"
+            return False, "not archived: " + ("the ESP is read-only" if self.esp is not None else "no ESP")
         try:
             entry, why = self.history.add(kind, content, meta)
         except OSError as e:
