@@ -53,6 +53,7 @@ class Init:
         self.started = 0.0
         self._log_error_said = False
         self.coldplug: modules.Coldplug | None = None  # made by load_modules
+        self._modules_reported = False
         self.steps: list[tuple[str, float]] = []  # (step, seconds since boot when it ended)
         self.watchdogs: list[HardwareWatchdog] = []
         self.previous_end = ""  # why the previous boot ended, as said on the console
@@ -381,9 +382,14 @@ class Init:
 
     # -- hardware: drivers no boot disk needs, watchdogs ---------------------------------------
     def load_deferred_modules(self) -> None:
-        if self.coldplug is None or not self.coldplug.deferred:
+        """The deferred drivers and the held-back storage drivers, then a rescan. Called
+        early after an unplanned end and again 2 s after the core started; the report is
+        said the first time and again only when the call loaded something."""
+        if self.coldplug is None:
             return
-        self.coldplug.load_deferred()
+        if self.coldplug.load_deferred() == 0 and self._modules_reported:
+            return
+        self._modules_reported = True
         report = self.coldplug.report
         for line in report.lines():
             self.console.say(line)

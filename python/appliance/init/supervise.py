@@ -235,7 +235,7 @@ class Supervisor:
                     self.say(f"software watchdog: no ping from the core for {dog.timeout:g} s: dumping its "
                              f"threads (SIGABRT), then killing it")
                     killed_note = f"the software watchdog fired: no ping for {dog.timeout:g} s"
-                    self._signal(signal.SIGABRT)
+                    self._forward(signal.SIGABRT)
                     if kill_at is None or kill_at > now + DUMP_GRACE:
                         kill_at, kill_note = now + DUMP_GRACE, killed_note
                         kill_say = f"the core did not end within {DUMP_GRACE:g} s of SIGABRT: killing it"
@@ -287,12 +287,6 @@ class Supervisor:
         note = dog.feed(data, self.clock())
         if note:
             self.say(note)
-
-    def _signal(self, signum: int) -> None:
-        try:
-            os.kill(self.core_pid, signum)
-        except OSError:
-            pass
 
     def _forward(self, signum: int) -> None:
         try:
