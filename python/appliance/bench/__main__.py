@@ -16,6 +16,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +62,9 @@ def build_comparator(repo: Path, out: Path, cache: Path) -> float:
     return time.monotonic() - started
 
 
-def rebuild_after_touching(repo: Path, build: Any, *args: Path) -> float:
+def rebuild_after_touching(repo: Path, build: Callable[[Path, Path, Path], float], out: Path, cache: Path) -> float:
     (repo / CORE).touch()
-    return float(build(repo, *args))
+    return build(repo, out, cache)
 
 
 # -- boots --------------------------------------------------------------------------------

@@ -49,6 +49,11 @@ def load_history(esp: espfs.EspImage) -> list[Dump]:
     return sorted(out, key=lambda d: d.sequence)
 
 
+def load_runtime_log(esp: espfs.EspImage) -> bytes | None:
+    """The runtime log the last boot left, not yet archived; None when there is none."""
+    return esp.read(RUNTIME_LOG) if esp.exists(RUNTIME_LOG) else None
+
+
 def _size(n: int) -> str:
     return f"{n} B" if n < 1024 else f"{n / 1024:.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.1f} MiB"
 
@@ -57,7 +62,7 @@ def _status(record: records.Record) -> str:
     return "ok" if record.ok else f"!! {record.problem}"
 
 
-def list_dumps(esp: espfs.EspImage, dumps: list[Dump], out: TextIO) -> None:
+def list_dumps(esp: espfs.EspImage, dumps: list[Dump], log: bytes | None, out: TextIO) -> None:
     part = esp.partition
     out.write(f"ESP of {esp.disk}: partition {part.number} \"{part.name}\" ({str(part.unique_guid).upper()}), "
               f"{_size(esp.free())} free\n")
@@ -68,8 +73,7 @@ def list_dumps(esp: espfs.EspImage, dumps: list[Dump], out: TextIO) -> None:
         ended = d.record.meta.get("ended") or d.record.meta.get("boot-ended", "-")
         out.write(f"  {d.sequence:>6}  {d.record.kind:<14} {_size(len(d.data)):>10}  {ended[:40]:<40} "
                   f"{_status(d.record)}\n")
-    if esp.exists(RUNTIME_LOG):
-        log = esp.read(RUNTIME_LOG)
+    if log is not None:
         out.write(f"last runtime log ({RUNTIME_LOG}): {_size(len(log))}, not archived yet (the appliance has "
                   "not booted since it was written); --show runtime prints it\n")
     else:
@@ -94,12 +98,12 @@ def show(d: Dump, out: TextIO) -> None:
     out.write(f"{rule} end of record {d.sequence} {rule}\n")
 
 
-def save(esp: espfs.EspImage, dumps: list[Dump], folder: str, out: TextIO) -> int:
+def save(dumps: list[Dump], log: bytes | None, folder: str, out: TextIO) -> int:
     """Copy the records and the runtime log into ``folder`` as they are; never overwrite."""
     os.makedirs(folder, exist_ok=True)
     files = [(d.name, d.data) for d in dumps]
-    if esp.exists(RUNTIME_LOG):
-        files.append(("runtime.log", esp.read(RUNTIME_LOG)))
+    if log is not None:
+        files.append(("runtime.log", log))
     clashes = [name for name, _ in files if os.path.exists(os.path.join(folder, name))]
     if clashes:
         out.write(f"dumps: {folder} already has {', '.join(clashes)}; nothing saved (choose an empty folder)\n")
@@ -113,15 +117,15 @@ def save(esp: espfs.EspImage, dumps: list[Dump], folder: str, out: TextIO) -> in
     return 0
 
 
-def clear(esp: espfs.EspImage, dumps: list[Dump], yes: bool, ask: Callable[[str], str] | None,
-          out: TextIO) -> int:
+def clear(esp: espfs.EspImage, dumps: list[Dump], log: bytes | None, yes: bool,
+          ask: Callable[[str], str] | None, out: TextIO) -> int:
     if stat.S_ISBLK(os.stat(esp.disk).st_mode):
         _, why = blockdev.refusals(esp.disk, 0, allow_non_removable=os.path.basename(os.path.realpath(esp.disk)))
         if why:
             out.write(f"dumps: not clearing {esp.disk}:\n" + "".join(f"  - {w}\n" for w in why))
             return 2
     targets = [f"{HISTORY_DIR}/{d.name}" for d in dumps]
-    if esp.exists(RUNTIME_LOG):
+    if log is not None:
         targets.append(RUNTIME_LOG)
     if not targets:
         out.write("dumps: nothing to clear\n")
@@ -149,16 +153,17 @@ def run(source: str, show_what: str = "", save_to: str = "", do_clear: bool = Fa
     try:
         esp = espfs.EspImage(source)
         dumps = load_history(esp)
+        log = load_runtime_log(esp)
     except espfs.EspError as e:
         out.write(f"dumps: {e}\n")
         return 2
     status = 0
     if show_what:
         if show_what == "runtime":
-            if not esp.exists(RUNTIME_LOG):
+            if log is None:
                 out.write(f"dumps: {source} has no runtime log\n")
                 return 2
-            out.write(esp.read(RUNTIME_LOG).decode("utf-8", "replace"))
+            out.write(log.decode("utf-8", "replace"))
             return 0
         else:
             chosen = dumps if show_what == "all" else [d for d in dumps if str(d.sequence) == show_what.lstrip("0")
@@ -170,11 +175,11 @@ def run(source: str, show_what: str = "", save_to: str = "", do_clear: bool = Fa
             for d in chosen:
                 show(d, out)
     elif not save_to and not do_clear:
-        list_dumps(esp, dumps, out)
+        list_dumps(esp, dumps, log, out)
     if save_to:
-        status = save(esp, dumps, save_to, out)
+        status = save(dumps, log, save_to, out)
     if do_clear and status == 0:
-        status = clear(esp, dumps, yes, ask, out)
+        status = clear(esp, dumps, log, yes, ask, out)
     if status == 0 and any(not d.record.ok for d in dumps):
         bad = [f"{d.sequence} ({d.record.problem})" for d in dumps if not d.record.ok]
         out.write(f"dumps: {len(bad)} record(s) torn or corrupt: {'; '.join(bad)}\n")
