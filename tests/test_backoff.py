@@ -11,16 +11,17 @@ def test_delays_double_from_one_second_to_the_cap() -> None:
 
 
 def test_state_round_trip(tmp_path: Path) -> None:
-    p = tmp_path / "backoff.json"
+    p = tmp_path / backoff.STATE_FILE
     assert backoff.load(str(p)) == (0, "")
     backoff.save(str(p), 5)
     assert backoff.load(str(p)) == (5, "")
-    assert not (tmp_path / "backoff.json.tmp").exists()
+    assert p.read_bytes() == b"failures = 5\n"
+    assert not (tmp_path / "backoff.txt.tmp").exists()
 
 
 def test_garbage_state_counts_as_zero_and_is_reported(tmp_path: Path) -> None:
-    p = tmp_path / "backoff.json"
-    for junk in (b"\x00\xff garbage", b"[]", b'{"failures": -3}', b'{"failures": "x"}', b""):
+    p = tmp_path / backoff.STATE_FILE
+    for junk in (b"\x00\xff garbage", b"[]", b"failures = -3\n", b"failures = x\n", b"failures = \xc2\xb2\n", b""):
         p.write_bytes(junk)
         n, problem = backoff.load(str(p))
         assert n == 0 and "unreadable" in problem

@@ -1,4 +1,3 @@
-import json
 import re
 import subprocess
 from pathlib import Path
@@ -7,6 +6,7 @@ import pytest
 
 from appliance.build import mkosi, render
 from appliance.build.mirror import MirrorError, Mirrors, parse_indextargets
+from appliance.init import kvfile
 
 INDEXTARGETS = """bookworm-security http://mirror.example/debian-security/
 bookworm http://mirror.example/debian/
@@ -54,9 +54,9 @@ def test_render_writes_sources_config_and_core(repo: Path, tmp_path: Path) -> No
     sources = (out / "pkgmngr/etc/apt/sources.list.d/mkosi.sources").read_text()
     assert "URIs: http://m.example/debian" in sources and "Suites: trixie trixie-updates" in sources
     assert "security" not in sources and "debug" not in sources
-    cfg = json.loads((out / "extra/etc/appliance/init.json").read_text())
+    cfg = kvfile.parse((out / "extra/etc/appliance/init.conf").read_bytes())
     assert cfg["core"] == "/usr/lib/appliance/core/mycore.py"
-    assert "vfat" in cfg["modules"] and "efivarfs" in cfg["modules"]
+    assert {"vfat", "efivarfs"} <= set(cfg["modules"].split()) and cfg["core_memory_max"] == ""
     assert (out / "extra/usr/lib/appliance/core/mycore.py").read_text() == "print('hi')\n"
     assert (out / "extra/init").stat().st_mode & 0o111
     assert (out / "extra/usr/lib/appliance/python/appliance/init/main.py").exists()
@@ -68,7 +68,7 @@ def test_rendered_config_loads_in_the_init(repo: Path, tmp_path: Path) -> None:
     settings = render.Settings(repo=repo, core=repo / "examples/demo-core.py", mirrors=Mirrors("http://m", None),
                                core_memory_max="200M")
     render.render(settings, tmp_path / "r")
-    cfg, problems = config.load(str(tmp_path / "r/extra/etc/appliance/init.json"))
+    cfg, problems = config.load(str(tmp_path / "r/extra/etc/appliance/init.conf"))
     assert problems == [] and cfg.core_memory_max == "200M" and {"vfat", "efivarfs"} <= set(cfg.modules)
 
 

@@ -11,14 +11,14 @@ from appliance.media.espfs import EspImage
 
 
 @pytest.fixture(scope="module")
-def image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes, uuid.UUID]:
+def image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes, str]:
     d = tmp_path_factory.mktemp("disk")
     uki = d / "fake.efi"
     payload = b"MZ" + bytes(range(256)) * 4000
     uki.write_bytes(payload)
     part = uuid.uuid4()
     disk.make_disk(uki, d / "disk.raw", free=8 * disk.MIB, part_id=part)
-    return d / "disk.raw", payload, part
+    return d / "disk.raw", payload, str(part)
 
 
 def test_plan_leaves_the_wanted_free_space() -> None:
@@ -28,7 +28,7 @@ def test_plan_leaves_the_wanted_free_space() -> None:
     assert disk.plan(1, 0).esp_size == disk.MIN_ESP
 
 
-def test_gpt_has_one_named_esp_with_our_guid(image: tuple[Path, bytes, uuid.UUID]) -> None:
+def test_gpt_has_one_named_esp_with_our_guid(image: tuple[Path, bytes, str]) -> None:
     raw, _, part = image
     parts = gpt.read_partitions(str(raw))
     assert len(parts) == 1
@@ -38,7 +38,7 @@ def test_gpt_has_one_named_esp_with_our_guid(image: tuple[Path, bytes, uuid.UUID
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def test_uki_is_at_the_removable_media_path_and_fat_is_clean(image: tuple[Path, bytes, uuid.UUID]) -> None:
+def test_uki_is_at_the_removable_media_path_and_fat_is_clean(image: tuple[Path, bytes, str]) -> None:
     raw, payload, _ = image
     assert EspImage(raw).read("/EFI/BOOT/BOOTX64.EFI") == payload
     esp = gpt.read_partitions(str(raw))[0]
@@ -52,7 +52,7 @@ def test_uki_is_at_the_removable_media_path_and_fat_is_clean(image: tuple[Path, 
     assert boot[82:90] == b"FAT32   " and boot[71:82] == disk.FAT_LABEL.ljust(11).encode()
 
 
-def test_corrupt_gpt_header_is_refused(image: tuple[Path, bytes, uuid.UUID], tmp_path: Path) -> None:
+def test_corrupt_gpt_header_is_refused(image: tuple[Path, bytes, str], tmp_path: Path) -> None:
     raw, _, _ = image
     data = bytearray(raw.read_bytes()[: 34 * 512])
     data[512 + 80] ^= 0xFF  # inside the header: the CRC no longer matches
@@ -65,7 +65,7 @@ def test_corrupt_gpt_header_is_refused(image: tuple[Path, bytes, uuid.UUID], tmp
         gpt.read_partitions(str(bad))
 
 
-def test_dirty_flag_decides_whether_fsck_runs(image: tuple[Path, bytes, uuid.UUID], tmp_path: Path) -> None:
+def test_dirty_flag_decides_whether_fsck_runs(image: tuple[Path, bytes, str], tmp_path: Path) -> None:
     from appliance.init.esp import FAT32_STATE_OFFSET, fat_dirty
     raw, _, _ = image
     esp = gpt.read_partitions(str(raw))[0]
@@ -81,3 +81,14 @@ def test_dirty_flag_decides_whether_fsck_runs(image: tuple[Path, bytes, uuid.UUI
     part.write_bytes(b"garbage" * 100)
     assert fat_dirty(str(part)) is True
     assert fat_dirty(str(tmp_path / "missing")) is True
+
+
+def test_guids_read_as_uuid_writes_them() -> None:
+    for _ in range(50):
+        g = uuid.uuid4()
+        assert gpt.guid_from_bytes(g.bytes_le) == str(g)
+        assert gpt.parse_guid(f" {str(g).upper()} ") == str(g)
+    assert gpt.guid_from_bytes(bytes.fromhex("2873 2ac1 1ff8 d211 ba4b 00a0c93ec93b")) == gpt.ESP_TYPE
+    for bad in ("", "garbage", "c12a7328f81f11d2ba4b00a0c93ec93b", "{c12a7328-f81f-11d2-ba4b-00a0c93ec93b}",
+                "g12a7328-f81f-11d2-ba4b-00a0c93ec93b", "c12a7328-f81f-11d2-ba4b-00a0c93ec93"):
+        assert gpt.parse_guid(bad) is None, bad

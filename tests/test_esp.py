@@ -9,25 +9,29 @@ from appliance.init import esp, gpt
 from appliance.init.kernel import MS_RDONLY
 
 ESP = gpt.ESP_TYPE
-DATA = uuid.UUID("0FC63DAF-8483-4772-8E79-3D69D8477DE4")
+DATA = "0fc63daf-8483-4772-8e79-3d69d8477de4"
 
 
-def part(n: int, guid: uuid.UUID, type_: uuid.UUID = ESP, name: str = esp.ESP_NAME) -> gpt.Partition:
+def new_guid() -> str:
+    return str(uuid.uuid4())
+
+
+def part(n: int, guid: str, type_: str = ESP, name: str = esp.ESP_NAME) -> gpt.Partition:
     return gpt.Partition(n, type_, guid, 2048, 4096, name)
 
 
 def test_loader_partuuid_from_efivarfs(tmp_path: Path) -> None:
-    g = uuid.uuid4()
+    g = new_guid()
     f = tmp_path / f"LoaderDevicePartUUID-{esp.LOADER_VENDOR}"
     f.write_bytes(b"\x06\x00\x00\x00" + str(g).upper().encode("utf-16-le") + b"\x00\x00")
-    assert esp.loader_partuuid(str(tmp_path)) == g
+    assert esp.loader_partuuid(str(tmp_path)) == g  # read in any case, kept in the canonical one
     f.write_bytes(b"\x06\x00\x00\x00garbage")
     assert esp.loader_partuuid(str(tmp_path)) is None
     assert esp.loader_partuuid(str(tmp_path / "absent")) is None
 
 
 def test_the_booted_partition_wins_over_a_laptops_own_esp() -> None:
-    booted, laptop = uuid.uuid4(), uuid.uuid4()
+    booted, laptop = new_guid(), new_guid()
     disks = {"nvme0n1": [part(1, laptop, name="EFI system partition")], "sda": [part(1, booted)]}
     found, _, final = esp.choose(disks, booted)
     assert final
@@ -35,24 +39,24 @@ def test_the_booted_partition_wins_over_a_laptops_own_esp() -> None:
 
 
 def test_booted_partition_must_be_an_esp_and_must_appear() -> None:
-    g = uuid.uuid4()
+    g = new_guid()
     _, why, final = esp.choose({"vda": [part(1, g, type_=DATA)]}, g)
     assert "not an ESP" in why and final  # waiting cannot change that
-    _, why, final = esp.choose({"vda": [part(1, uuid.uuid4())]}, g)
+    _, why, final = esp.choose({"vda": [part(1, new_guid())]}, g)
     assert "has not appeared" in why and not final  # it may yet (a USB disk)
 
 
 def test_without_the_efivar_only_one_esp_named_ours_is_used() -> None:
-    ours, laptop = uuid.uuid4(), uuid.uuid4()
+    ours, laptop = new_guid(), new_guid()
     found, _, _ = esp.choose({"nvme0n1": [part(1, laptop, name="EFI")], "sda": [part(1, ours)]}, None)
     assert found is not None and found.partition.unique_guid == ours
     assert esp.choose({"nvme0n1": [part(1, laptop, name="EFI")]}, None)[0] is None
-    found, why, final = esp.choose({"sda": [part(1, uuid.uuid4())], "sdb": [part(1, uuid.uuid4())]}, None)
+    found, why, final = esp.choose({"sda": [part(1, new_guid())], "sdb": [part(1, new_guid())]}, None)
     assert found is None and "refusing to guess" in why and final
 
 
 def test_wait_polls_until_a_late_usb_disk_appears() -> None:
-    g = uuid.uuid4()
+    g = new_guid()
     t = {"now": 0.0}
     scans = iter([{}, {}, {"sda": [part(1, g)]}])
     found, _, waited = esp.wait_for_esp(g, 10, scan=lambda: next(scans),
@@ -62,7 +66,7 @@ def test_wait_polls_until_a_late_usb_disk_appears() -> None:
 
 def test_wait_gives_up_at_the_timeout() -> None:
     t = {"now": 0.0}
-    found, why, waited = esp.wait_for_esp(uuid.uuid4(), 3, scan=dict,
+    found, why, waited = esp.wait_for_esp(new_guid(), 3, scan=dict,
                                           sleep=lambda s: t.__setitem__("now", t["now"] + s), clock=lambda: t["now"])
     assert found is None and waited >= 3 and "not appeared" in why
 
@@ -79,10 +83,10 @@ def test_scan_reads_gpt_from_device_nodes(tmp_path: Path) -> None:
     from appliance.build import disk
     uki = tmp_path / "u.efi"
     uki.write_bytes(b"MZ" * 100)
-    g = uuid.uuid4()
+    g = new_guid()
     dev = tmp_path / "dev"
     dev.mkdir()
-    disk.make_disk(uki, dev / "vda", free=0, part_id=g)
+    disk.make_disk(uki, dev / "vda", free=0, part_id=uuid.UUID(g))
     sysblock = tmp_path / "sys"
     (sysblock / "vda/queue").mkdir(parents=True)
     (sysblock / "vda/queue/logical_block_size").write_text("512\n")

@@ -2,7 +2,8 @@ import signal
 
 import pytest
 
-from appliance.init.exitstatus import decode, signal_name
+from appliance.init.exitstatus import decode
+from appliance.init.sigs import name as signal_name
 
 
 @pytest.mark.parametrize("code", range(256))
@@ -40,3 +41,12 @@ def test_oom_only_for_sigkill() -> None:
 def test_clean_exit_says_requested_restart_and_note_is_kept() -> None:
     assert decode(0).describe() == "exited with status 0 (requested restart)"
     assert decode(signal.SIGKILL, note="killed after grace").describe().endswith("; killed after grace")
+
+
+def test_signal_names_are_the_signal_modules() -> None:
+    for n in range(1, signal.NSIG):
+        try:
+            want = signal.Signals(n).name
+        except ValueError:
+            want = f"SIG{n}"
+        assert signal_name(n) == want

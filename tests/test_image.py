@@ -40,7 +40,7 @@ def test_init_is_python(initrd: dict[str, inspect.Entry]) -> None:
     python = initrd["usr/bin/python3"]
     target = python.link_target if python.is_symlink else "python3"
     assert initrd[f"usr/bin/{target}"].data[:4] == b"\x7fELF"
-    assert "etc/appliance/init.json" in initrd
+    assert "etc/appliance/init.conf" in initrd
     assert any(p.startswith("usr/lib/appliance/python/appliance/init/__pycache__/main.") for p in initrd)
 
 

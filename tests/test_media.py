@@ -340,7 +340,7 @@ def crashed_image(small_image, tmp_path: Path) -> Path:
     whole = records.encode("runtime-log", b"core: cut by a power loss" * 10, {"ended": "exited with status 1"})
     esp.write("/appliance/history/000003-runtime-log.rec", whole[:-40])
     esp.write("/appliance/runtime.log", b"core: the last boot's words\n")
-    esp.write("/appliance/backoff.json", b'{"failures": 2}\n')
+    esp.write("/appliance/backoff.txt", b"failures = 2\n")
     return raw
 
 
@@ -394,7 +394,7 @@ def test_dumps_clear_asks_first(crashed_image: Path) -> None:
     assert "deleted 4 file(s)" in out, out
     esp = espfs.EspImage(crashed_image)
     assert esp.list("/appliance/history") == [] and not esp.exists("/appliance/runtime.log")
-    assert esp.exists("/EFI/BOOT/BOOTX64.EFI") and esp.exists("/appliance/backoff.json")
+    assert esp.exists("/EFI/BOOT/BOOTX64.EFI") and esp.exists("/appliance/backoff.txt")
     rc, out = run_dumps(crashed_image)
     assert rc == 0 and "no records" in out and "last runtime log (/appliance/runtime.log): none" in out
 

@@ -44,6 +44,13 @@ def test_a_missing_part_is_said_and_oopses_are_their_own_kind(tmp_path: Path) ->
     assert dumps[0].payload.endswith(b"older\nnewest\n")
 
 
+def test_only_a_whole_header_line_counts_as_one() -> None:
+    assert pstore._part_header(b"Panic_x#12 Part3\ntext\n") == ("Panic_x", 12, 3, b"text\n")
+    for bad in (b"Panic#1 Part1", b"#1 Part1\n", b"Panic#x Part1\n", b"Panic#1 Part\n", b"Pa nic#1 Part1\n",
+                b"Panic#1 Part1 \n", b""):
+        assert pstore._part_header(bad) is None, bad
+
+
 def test_no_pstore_is_nothing(tmp_path: Path) -> None:
     assert pstore.collect(str(tmp_path / "absent")) == ([], [])
 
@@ -68,6 +75,8 @@ def test_state_round_trip_and_each_reason(tmp_path: Path) -> None:
     assert lastboot.reason(lastboot.load(path)[0]) == ("core crash (killed by signal 11 (SIGSEGV))", False)
     lastboot.save_ended(path, "init", "a failure of the init")
     assert lastboot.reason(lastboot.load(path)[0]) == ("failure of the init (a failure of the init)", False)
+    lastboot.save_ended(path, "core", "a cause\nover two lines")  # one line in the file, nothing else lost
+    assert lastboot.load(path) == (lastboot.State(False, "core", "a cause over two lines"), "")
     Path(path).write_bytes(b"\x00garbage")
     state, problem = lastboot.load(path)
     assert state is None and "unreadable" in problem
@@ -83,7 +92,7 @@ def test_ioctl_numbers_are_linux_watchdog_h() -> None:
 
 
 def test_devices_are_listed_in_number_order(tmp_path: Path) -> None:
-    for name in ("watchdog10", "watchdog2", "watchdog0", "other"):
+    for name in ("watchdog10", "watchdog2", "watchdog0", "other", "watchdog", "watchdogx"):
         (tmp_path / name).mkdir()
     assert watchdog.devices(str(tmp_path)) == ["watchdog0", "watchdog2", "watchdog10"]
     assert watchdog.devices(str(tmp_path / "none")) == []
@@ -98,6 +107,9 @@ def test_soft_watchdog_arms_at_the_first_ping_and_takes_a_timeout() -> None:
     assert dog.deadline() == 112.5
     assert dog.feed(b"timeout=0\n", now=111.0) == ""  # nonsense is ignored; still a ping
     assert dog.deadline() == 113.5
+    for nonsense in (b"timeout=-3", b"timeout=inf", b"timeout=nan", b"timeout=1.5.2", b"timeout=", b"xtimeout=9"):
+        assert watchdog.timeout_setting(nonsense) is None, nonsense
+    assert watchdog.timeout_setting(b"timeout=7 timeout=x timeout=.5\n") == 0.5
 
 
 DEADLOCKED_CORE = """

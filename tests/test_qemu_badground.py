@@ -75,7 +75,7 @@ def test_read_only_boot_disk(test_raw: Path, qemu_ready: None, tmp_path: Path, l
     m = Machine(test_raw, tmp_path, name="bad-read-only", readonly=True, log_dir=log_dir)
     old = b"core: an old crash\ninit: core ended: exited with status 5\n"
     m.esp_write("/appliance/runtime.log", old)
-    m.esp_write("/appliance/last-boot.json", b'{"state": "ended", "category": "core", "cause": "exited with status 5"}')
+    m.esp_write("/appliance/last-boot.txt", b"state = ended\ncategory = core\ncause = exited with status 5\n")
     with m:
         m.wait_boot(timeout=120)
         m.expect(r"init: read-write mount refused .*; mounted read-only", 60)
@@ -121,7 +121,7 @@ def test_crash_loop_backs_off_and_history_stays_bounded(test_raw: Path, qemu_rea
         m.power_cut()
     history = m.esp_list("/appliance/history")
     assert len(history) == HISTORY_RECORDS, history
-    assert m.esp_read("/appliance/backoff.json").strip() == b'{"failures": 6}'
+    assert m.esp_read("/appliance/backoff.txt") == b"failures = 6\n"
     assert free_before - m.esp_free() < 2 << 20  # bounded: far from the floor
     # `make dumps` reads what the crash loop left, off the disk image, without booting it.
     out = io.StringIO()

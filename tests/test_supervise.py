@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from appliance.init.kernel import Kernel
+from appliance.init.sigs import name as signal_name
 from appliance.init.supervise import FORWARDED, Outcome, SpawnError, Supervisor, spawn
 
 
@@ -109,7 +110,7 @@ def test_signal_death_is_exact(tmp_path: Path) -> None:
 
 
 def test_every_ordinary_signal_reaches_the_core(tmp_path: Path) -> None:
-    names = [s.name for s in FORWARDED]
+    names = [signal_name(s) for s in FORWARDED]
     run = Run(tmp_path, f"""
         import signal, sys, time
         want = {names!r}

@@ -22,7 +22,7 @@ INIT_DEFAULTS = Config()
 # Where things live inside the image.
 IMAGE_PYTHON_DIR = "usr/lib/appliance/python"
 IMAGE_CORE_DIR = "usr/lib/appliance/core"
-IMAGE_CONFIG = "etc/appliance/init.json"
+IMAGE_CONFIG = "etc/appliance/init.conf"
 # Subpackages that run inside the image; the host-side ones stay out of it.
 IN_IMAGE_PACKAGES = ("init",)
 
@@ -139,7 +139,7 @@ def render(settings: Settings, out: Path) -> None:
 
     config = extra / IMAGE_CONFIG
     config.parent.mkdir(parents=True)
-    config.write_text(env.get_template("appliance.json.j2").render(
+    config.write_text(env.get_template("appliance.conf.j2").render(
         core_path=core_path,
         modules=read_module_list(repo / "initramfs/modules.txt"),
         runtime_log_cap=settings.runtime_log_cap,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
+from appliance.init import kvfile
 from appliance.init.fsutil import atomic_write
+
+STATE_FILE = "backoff.txt"  # in the init's directory on the ESP: "failures = N"
 
 
 def delay(failures: int, first: float = 1.0, cap: float = 300.0) -> float:
@@ -14,20 +15,26 @@ def delay(failures: int, first: float = 1.0, cap: float = 300.0) -> float:
     return min(cap, first * 2.0 ** min(failures - 1, 64))
 
 
+def parse(data: bytes) -> int:
+    """The failure count in a state file's bytes; ValueError for anything else."""
+    text = kvfile.parse(data).get("failures")
+    if text is None:
+        raise ValueError("no failure count in it")
+    if not text.isdigit():
+        raise ValueError(f"bad failure count {text!r}")
+    return int(text)
+
+
 def load(path: str) -> tuple[int, str]:
     """(failures in a row, a problem to report or ""). Garbage counts as no failures."""
     try:
         with open(path, "rb") as f:
-            data = json.loads(f.read(4096))
-        n = data["failures"]
-        if not isinstance(n, int) or n < 0:
-            raise ValueError(f"bad failure count {n!r}")
-        return n, ""
+            return parse(f.read(4096)), ""
     except FileNotFoundError:
         return 0, ""
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError) as e:
         return 0, f"back-off state {path} unreadable ({e}); starting from zero"
 
 
 def save(path: str, failures: int) -> None:
-    atomic_write(path, json.dumps({"failures": failures}).encode() + b"\n")
+    atomic_write(path, kvfile.render({"failures": str(failures)}))

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
-CONFIG_PATH = "/etc/appliance/init.json"
+from appliance.init import kvfile
+
+CONFIG_PATH = "/etc/appliance/init.conf"
 
 
 class Config(NamedTuple):
@@ -43,6 +44,17 @@ def parse_cmdline(text: str) -> dict[str, str]:
     return out
 
 
+def _converter(default: object) -> Callable[[str], object]:
+    """How a setting's text becomes its value: by the type of its default."""
+    if isinstance(default, tuple):
+        return lambda text: tuple(text.split())  # a list of words
+    if default is None:
+        return lambda text: text or None  # an optional text: empty means none
+    if isinstance(default, (int, float)):
+        return type(default)
+    return str
+
+
 def load(path: str = CONFIG_PATH, cmdline: str = "") -> tuple[Config, list[str]]:
     """The configuration, and the problems met reading it (the init says them, then goes on
     with the defaults: a broken configuration must not stop the core or the reboot)."""
@@ -50,17 +62,16 @@ def load(path: str = CONFIG_PATH, cmdline: str = "") -> tuple[Config, list[str]]
     values: dict[str, object] = {}
     try:
         with open(path, "rb") as f:
-            raw = json.loads(f.read())
-        if not isinstance(raw, dict):
-            raise ValueError("not a JSON object")
-        known = Config._fields
-        for key, value in raw.items():
-            if key not in known or key == "switches":
+            raw = kvfile.parse(f.read())
+        for key, text in raw.items():
+            if key not in Config._fields or key == "switches":
                 problems.append(f"unknown setting {key!r} in {path} (ignored)")
                 continue
-            if key == "modules":
-                value = tuple(str(m) for m in value)
-            values[key] = value
-    except (OSError, ValueError, TypeError) as e:  # (json's errors are ValueErrors)
+            try:
+                values[key] = _converter(Config._field_defaults[key])(text)
+            except ValueError:
+                raise ValueError(f"{key} = {text!r} is not a valid value") from None
+    except (OSError, ValueError) as e:  # (UnicodeDecodeError is a ValueError)
         problems.append(f"could not read {path}: {e} (using defaults)")
+        values = {}
     return Config(**values, switches=parse_cmdline(cmdline)), problems  # type: ignore[arg-type]

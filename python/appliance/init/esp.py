@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import os
 import time
-import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -29,18 +28,15 @@ FSCK = "/usr/sbin/fsck.fat"  # PID 1 gets no PATH from the kernel
 SKIP_DISKS = ("loop", "ram", "zram", "sr", "fd", "dm-", "md")
 
 
-def loader_partuuid(efivars: str = EFIVARS) -> uuid.UUID | None:
+def loader_partuuid(efivars: str = EFIVARS) -> str | None:
     """The partition GUID the boot loader (the UKI's stub) says it booted from."""
     try:
         with open(os.path.join(efivars, f"LoaderDevicePartUUID-{LOADER_VENDOR}"), "rb") as f:
             raw = f.read()
     except OSError:
         return None
-    text = raw[4:].decode("utf-16-le", "replace").split("\0", 1)[0].strip()  # 4 bytes: attributes
-    try:
-        return uuid.UUID(text)
-    except ValueError:
-        return None
+    text = raw[4:].decode("utf-16-le", "replace").split("\0", 1)[0]  # 4 bytes: attributes
+    return gpt.parse_guid(text)
 
 
 class Candidate(NamedTuple):
@@ -71,7 +67,7 @@ def scan_disks(sys_block: str = SYS_BLOCK, dev: str = "/dev") -> dict[str, list[
 
 
 def choose(disks: dict[str, list[gpt.Partition]],
-           booted: uuid.UUID | None) -> tuple[Candidate | None, str, bool]:
+           booted: str | None) -> tuple[Candidate | None, str, bool]:
     """(the ESP to use or None, why not, whether waiting longer could change the answer:
     False once found, or when what is there already rules it out)."""
     if booted is not None:
@@ -107,7 +103,7 @@ def partition_node(disk: str, number: int, sys_block: str = SYS_BLOCK) -> str:
     return f"{disk}{sep}{number}"
 
 
-def wait_for_esp(booted: uuid.UUID | None, timeout: float,
+def wait_for_esp(booted: str | None, timeout: float,
                  scan: Callable[[], dict[str, list[gpt.Partition]]] = scan_disks,
                  sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.monotonic) -> tuple[Candidate | None, str, float]:
@@ -160,7 +156,7 @@ def fsck(device: str, run: Callable[..., subprocess.CompletedProcess[str]] | Non
 
 class Esp(NamedTuple):
     device: str
-    partuuid: uuid.UUID
+    partuuid: str  # canonical text
     mountpoint: str
     writable: bool
 

@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import os
-import signal
 from typing import NamedTuple
 
-
-def signal_name(n: int) -> str:
-    try:
-        return signal.Signals(n).name
-    except ValueError:
-        return f"SIG{n}"
+from appliance.init.sigs import name as signal_name
+from appliance.init.sigs import signal
 
 
 class ExitCause(NamedTuple):

@@ -3,12 +3,30 @@
 from __future__ import annotations
 
 import struct
-import uuid
 import zlib
 from typing import NamedTuple
 
-ESP_TYPE = uuid.UUID("C12A7328-F81F-11D2-BA4B-00A0C93EC93B")
+# GUIDs are kept as text in the canonical form (lowercase, str(uuid.UUID(...)) gives the
+# same): the init runs without importing uuid, which brings enum with it.
+ESP_TYPE = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
 SIGNATURE = b"EFI PART"
+HEX_DIGITS = frozenset("0123456789abcdef")
+
+
+def guid_from_bytes(raw: bytes) -> str:
+    """A GUID as GPT and EFI store it (its first three fields little-endian), as text."""
+    a, b, c = struct.unpack_from("<IHH", raw)
+    rest = raw[8:16].hex()
+    return f"{a:08x}-{b:04x}-{c:04x}-{rest[:4]}-{rest[4:]}"
+
+
+def parse_guid(text: str) -> str | None:
+    """``text`` in the canonical form if it is a GUID (any case, no braces), else None."""
+    text = text.strip().lower()
+    groups = text.split("-")
+    if [len(g) for g in groups] != [8, 4, 4, 4, 12] or not set("".join(groups)) <= HEX_DIGITS:
+        return None
+    return text
 
 
 class GPTError(ValueError):
@@ -17,8 +35,8 @@ class GPTError(ValueError):
 
 class Partition(NamedTuple):
     number: int  # 1-based, as the kernel names partitions
-    type_guid: uuid.UUID
-    unique_guid: uuid.UUID
+    type_guid: str  # canonical text, see ESP_TYPE
+    unique_guid: str
     first_lba: int
     last_lba: int
     name: str
@@ -51,12 +69,11 @@ def parse_entries(table: bytes, count: int, size: int) -> list[Partition]:
         raw = table[i * size:(i + 1) * size]
         if len(raw) < 128:
             break
-        type_guid = uuid.UUID(bytes_le=raw[0:16])
-        if type_guid.int == 0:
+        if not any(raw[0:16]):  # an unused entry
             continue
         first, last = struct.unpack_from("<QQ", raw, 32)
         name = raw[56:128].decode("utf-16-le", "replace").split("\0", 1)[0]
-        parts.append(Partition(i + 1, type_guid, uuid.UUID(bytes_le=raw[16:32]), first, last, name))
+        parts.append(Partition(i + 1, guid_from_bytes(raw[0:16]), guid_from_bytes(raw[16:32]), first, last, name))
     return parts
 
 

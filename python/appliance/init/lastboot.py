@@ -9,12 +9,12 @@ If neither does, nothing was recorded: a power loss or a reset.
 
 from __future__ import annotations
 
-import json
 from typing import NamedTuple
 
+from appliance.init import kvfile
 from appliance.init.fsutil import atomic_write
 
-STATE_FILE = "last-boot.json"
+STATE_FILE = "last-boot.txt"  # in the init's directory on the ESP: state, category, cause
 
 REQUESTED = "requested restart"
 NOT_RECORDED = "power loss or reset: nothing was recorded"
@@ -31,24 +31,24 @@ def load(path: str) -> tuple[State | None, str]:
     """(the previous boot's state or None, a problem to report or "")."""
     try:
         with open(path, "rb") as f:
-            raw = json.loads(f.read(4096))
+            raw = kvfile.parse(f.read(4096))
         if raw.get("state") == "running":
             return State(running=True), ""
         if raw.get("state") == "ended":
-            return State(False, str(raw.get("category", "")), str(raw.get("cause", ""))), ""
+            return State(False, raw.get("category", ""), raw.get("cause", "")), ""
         raise ValueError(f"unknown state {raw.get('state')!r}")
     except FileNotFoundError:
         return None, ""
-    except (OSError, ValueError, AttributeError) as e:
+    except (OSError, ValueError) as e:
         return None, f"the state file {path} is unreadable ({e})"
 
 
 def save_running(path: str) -> None:
-    atomic_write(path, b'{"state": "running"}\n')
+    atomic_write(path, b"state = running\n")
 
 
 def save_ended(path: str, category: str, cause: str) -> None:
-    atomic_write(path, json.dumps({"state": "ended", "category": category, "cause": cause}).encode() + b"\n")
+    atomic_write(path, kvfile.render({"state": "ended", "category": category, "cause": cause}))
 
 
 def reason(state: State | None, panic: str = "", watchdog_reset: str = "") -> tuple[str, bool]:

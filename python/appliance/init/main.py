@@ -8,7 +8,6 @@ would panic, and whatever the init knew would be lost.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from appliance.init.cgroup import CoreCgroup
 from appliance.init.console import Console, uptime
 from appliance.init.history import History
 from appliance.init.runtimelog import RuntimeLog, how_it_ended, printable_lines, read_previous
+from appliance.init.sigs import signal
 from appliance.init.supervise import WATCHDOG_FD, SpawnError, Supervisor, spawn
 from appliance.init.watchdog import HardwareWatchdog, SoftWatchdog, devices
 
@@ -179,7 +179,7 @@ class Init:
                 self.console.say(f"persistence OFF: cannot create {app}: {e}")
         else:
             self.console.say("persistence OFF: the ESP is read-only (crashes are shown, not kept)")
-        n, problem = backoff.load(os.path.join(app, "backoff.json"))
+        n, problem = backoff.load(os.path.join(app, backoff.STATE_FILE))
         self.failures = n
         if problem:
             self.console.say(problem)
@@ -457,7 +457,7 @@ class Init:
         if self.app_dir is None:
             return
         try:
-            backoff.save(os.path.join(self.app_dir, "backoff.json"), self.failures)
+            backoff.save(os.path.join(self.app_dir, backoff.STATE_FILE), self.failures)
         except OSError as e:
             self.console.say(f"could not save the crash-loop counter: {e}")
 

@@ -10,11 +10,9 @@ ftrace, where a backend offers them) become one record each.
 from __future__ import annotations
 
 import os
-import re
 from typing import NamedTuple
 
 PSTORE_DIR = "/sys/fs/pstore"
-HEADER = re.compile(rb"^(\w+)#(\d+) Part(\d+)\n")
 
 
 class Dump(NamedTuple):
@@ -27,6 +25,18 @@ class Dump(NamedTuple):
 def _kind(word: str) -> str:
     clean = "".join(c if c.isalnum() else "-" for c in word.lower()).strip("-")
     return clean or "unknown"
+
+
+def _part_header(data: bytes) -> tuple[str, int, int, bytes] | None:
+    """A dump's first line ``Panic#2 Part1`` (efi-pstore's): (reason, count, part, the text
+    after that line), or None when it has no such line."""
+    line, newline, body = data.partition(b"\n")
+    head, sep, part = line.partition(b" Part")
+    reason, hash_sign, count = head.partition(b"#")
+    if (newline and sep and hash_sign and reason.replace(b"_", b"").isalnum() and count.isdigit()
+            and part.isdigit()):
+        return reason.decode(), int(count), int(part), body
+    return None
 
 
 def collect(directory: str = PSTORE_DIR) -> tuple[list[Dump], list[str]]:
@@ -49,10 +59,10 @@ def collect(directory: str = PSTORE_DIR) -> tuple[list[Dump], list[str]]:
             problems.append(f"cannot read {path}: {e}")
             continue
         if name.startswith("dmesg-"):
-            m = HEADER.match(data)
-            if m:
-                reason, count, part = m.group(1).decode(), int(m.group(2)), int(m.group(3))
-                parts.setdefault((reason, count), []).append((part, data[m.end():], path))
+            parsed = _part_header(data)
+            if parsed:
+                reason, count, part, body = parsed
+                parts.setdefault((reason, count), []).append((part, body, path))
                 continue
             dumps.append(Dump("kernel-dump", "dump", data, (path,)))
             continue

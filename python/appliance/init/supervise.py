@@ -11,11 +11,12 @@ from __future__ import annotations
 import errno
 import os
 import selectors
-import signal
 import time
 from collections.abc import Callable
 from typing import NamedTuple
 
+from appliance.init import sigs
+from appliance.init.sigs import signal
 from appliance.init.watchdog import SoftWatchdog
 
 # Signals PID 1 passes on to the core. TERM, INT (Ctrl-Alt-Del) and PWR also start the
@@ -226,7 +227,7 @@ class Supervisor:
                                 kill_note = f"killed by the init after the {self.grace:g} s shutdown grace period"
                                 kill_say = (f"the core did not exit within {self.grace:g} s of the shutdown "
                                             "request: killing it")
-                                self.say(f"shutdown requested ({signal.Signals(signum).name}): the core has "
+                                self.say(f"shutdown requested ({sigs.name(signum)}): the core has "
                                          f"{self.grace:g} s to exit")
                 now = self.clock()
                 if self.watchdog is not None and self.watchdog[1].expired(now) and self.status is None:

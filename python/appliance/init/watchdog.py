@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import re
 import struct
 
 SYS_CLASS = "/sys/class/watchdog"
@@ -38,7 +37,7 @@ WDIOF_MAGICCLOSE = 0x0100
 def devices(sys_class: str = SYS_CLASS) -> list[str]:
     """The kernel's watchdog devices (watchdog0, watchdog1, ...)."""
     try:
-        return sorted((n for n in os.listdir(sys_class) if re.fullmatch(r"watchdog\d+", n)),
+        return sorted((n for n in os.listdir(sys_class) if n.startswith("watchdog") and n[8:].isdigit()),
                       key=lambda n: int(n[8:]))
     except OSError:
         return []
@@ -101,7 +100,15 @@ class HardwareWatchdog:
             self.fd = -1
 
 
-TIMEOUT_SETTING = re.compile(rb"timeout=([0-9]+(?:\.[0-9]*)?)")
+def timeout_setting(data: bytes) -> float | None:
+    """The last ``timeout=SECONDS`` word in what the core wrote (SECONDS: digits, maybe a
+    decimal point), or None."""
+    value = None
+    for word in data.split():
+        number = word[8:]
+        if word.startswith(b"timeout=") and number.replace(b".", b"", 1).isdigit():
+            value = float(number)
+    return value
 
 
 class SoftWatchdog:
@@ -116,12 +123,10 @@ class SoftWatchdog:
     def feed(self, data: bytes, now: float) -> str:
         """Take what the core wrote; a note to say when the timeout changed, else ""."""
         note = ""
-        settings = TIMEOUT_SETTING.findall(data)
-        if settings:
-            value = float(settings[-1])
-            if value > 0 and value != self.timeout:
-                self.timeout = value
-                note = f"software watchdog: timeout set to {value:g} s by the core"
+        value = timeout_setting(data)
+        if value is not None and value > 0 and value != self.timeout:
+            self.timeout = value
+            note = f"software watchdog: timeout set to {value:g} s by the core"
         if not self.armed:
             self.armed = True
             note = note or f"software watchdog: armed by the core ({self.timeout:g} s)"

@@ -15,20 +15,19 @@ source or the request is unusable.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import stat
 import sys
 from collections.abc import Callable
 from typing import NamedTuple, TextIO
 
-from appliance.init import history, records
+from appliance.init import backoff, history, records
 from appliance.media import blockdev, espfs
 
 APP_DIR = "/appliance"  # the init's directory on the ESP (appliance.init.main.APP_DIR)
 HISTORY_DIR = f"{APP_DIR}/history"
 RUNTIME_LOG = f"{APP_DIR}/runtime.log"
-BACKOFF = f"{APP_DIR}/backoff.json"
+BACKOFF = f"{APP_DIR}/{backoff.STATE_FILE}"
 
 
 class Dump(NamedTuple):
@@ -80,10 +79,10 @@ def list_dumps(esp: espfs.EspImage, dumps: list[Dump], log: bytes | None, out: T
         out.write(f"last runtime log ({RUNTIME_LOG}): none\n")
     if esp.exists(BACKOFF):
         try:
-            failures = json.loads(esp.read(BACKOFF))["failures"]
+            failures = backoff.parse(esp.read(BACKOFF))
             out.write(f"crash-loop counter: {failures} failure(s) in a row\n")
-        except (ValueError, KeyError, TypeError, espfs.EspError):
-            out.write(f"crash-loop counter: {BACKOFF} unreadable\n")
+        except (ValueError, espfs.EspError) as e:
+            out.write(f"crash-loop counter: {BACKOFF} unreadable ({e})\n")
 
 
 def show(d: Dump, out: TextIO) -> None:
