@@ -87,3 +87,54 @@ def test_a_qemu_that_prints_nothing_times_out(tmp_path: Path, monkeypatch: pytes
     assert "timed out after 1 s" in text and "reproduce:" in text and "qemu-system-x86_64" in text
     log = m.log_path.read_text()
     assert log.startswith("### fake:") and "### qemu: qemu-system-x86_64" in log and "timeout multiplier 0.5" in log
+
+
+FAKE_GUEST = """#!/bin/sh
+# A guest that boots, and on its first two boots resets: QEMU under -no-reboot then exits 0.
+n=$(cat "{count}" 2>/dev/null || echo 0); n=$((n + 1)); echo $n > "{count}"
+echo "init: appliance init 0.1 started at $n.0 s since boot"
+if [ $n -le 2 ]; then echo "reboot: Restarting system"; exit {status}; fi
+echo "ready after $n boots"
+exec sleep 60
+"""
+
+
+def fake_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, status: int = 0,
+                 warm_reset: bool = False) -> machine_mod.Machine:
+    fake = tmp_path / "qemu-system-x86_64"
+    fake.write_text(FAKE_GUEST.format(count=tmp_path / "count", status=status))
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setenv("OVMF_CODE", str(tmp_path / "c.fd"))
+    monkeypatch.setenv("OVMF_VARS", str(tmp_path / "v.fd"))
+    monkeypatch.setenv("QEMU_ACCEL", "tcg")
+    (tmp_path / "v.fd").write_bytes(b"")
+    (tmp_path / "disk.raw").write_bytes(b"")
+    return machine_mod.Machine(tmp_path / "disk.raw", tmp_path / "work", name="fake", warm_reset=warm_reset)
+
+
+def test_a_guest_reset_is_a_power_cycle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    m = fake_machine(tmp_path, monkeypatch)
+    assert "-no-reboot" in m.command
+    with m:
+        assert [m.wait_boot(5) for _ in range(3)] == [1.0, 2.0, 3.0]
+        m.expect(r"ready after 3 boots", 5)
+    assert m.power_cycles == 2
+    log = m.log_path.read_text()
+    assert log.count("### qemu: ") == 3 and "the guest reset; power cycle 2 (QEMU -no-reboot" in log
+
+
+def test_a_failing_qemu_is_not_restarted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    m = fake_machine(tmp_path, monkeypatch, status=3)
+    with m, pytest.raises(machine_mod.HarnessTimeout, match=r"QEMU exited \(status 3\) while waiting for"):
+        m.wait_boot(5)
+        m.wait_boot(5)
+    assert m.power_cycles == 0
+
+
+def test_warm_reset_leaves_the_reset_to_qemu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    m = fake_machine(tmp_path, monkeypatch, warm_reset=True)
+    assert "-no-reboot" not in m.command
+    with m, pytest.raises(machine_mod.HarnessTimeout, match=r"QEMU exited \(the guest powered off\)"):
+        m.wait_boot(5)
+        m.wait_boot(5)

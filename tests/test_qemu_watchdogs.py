@@ -70,7 +70,8 @@ def test_a_deadlocked_core_is_dumped_by_the_software_watchdog(test_raw: Path, qe
 
 def test_a_hung_init_is_reset_by_the_hardware_watchdog(test_raw: Path, qemu_ready: None, tmp_path: Path,
                                                       log_dir: Path) -> None:
-    m = Machine(test_raw, tmp_path, name="watchdog-init-hang", watchdog=True, log_dir=log_dir)
+    # A warm reset, as the watchdog gives it: its boot status must survive into the next boot.
+    m = Machine(test_raw, tmp_path, name="watchdog-init-hang", watchdog=True, warm_reset=True, log_dir=log_dir)
     m.esp_write("/appliance/test-hang-init", b"")
     with m:
         m.wait_boot(timeout=120)

@@ -123,6 +123,7 @@ class MachineSpec:
     cpus: int = 1
     rng: bool = True
     watchdog: bool = False
+    no_reboot: bool = False  # QEMU exits when the guest resets (the harness starts it again)
     extra: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -141,6 +142,8 @@ def command(spec: MachineSpec, qemu: str = "qemu-system-x86_64") -> list[str]:
         "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={spec.firmware.code}",
         "-drive", f"if=pflash,format=raw,unit=1,file={spec.vars_path}",
     ]
+    if spec.no_reboot:
+        cmd += ["-no-reboot"]
     if spec.rng:
         cmd += ["-device", "virtio-rng-pci"]
     if spec.watchdog:
