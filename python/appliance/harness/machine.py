@@ -9,7 +9,7 @@ When the guest resets (the init reboots, the kernel panics), the machine is
 power-cycled: QEMU runs with ``-no-reboot``, exits, and ``expect`` starts it again on
 the same disk and variables. Under TCG a warm reset of QEMU sometimes left the next
 boot crawling before any of our code ran: the kernel's EFI stub decompressing itself
-took 40-146 s instead of about 1 s in 5 of 6 tries with two virtio disks, and up to
+took 27-125 s instead of about 1 s in 5 of 6 tries with two virtio disks, and up to
 14 s with one (QEMU 7.2; never after a fresh start, 11 tries). A test of what survives
 a warm reset (a watchdog's boot status) asks for one with ``warm_reset=True``.
 """

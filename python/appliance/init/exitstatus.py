@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import NamedTuple
 
-from appliance.init.sigs import name as signal_name
+from appliance.init import sigs
 from appliance.init.sigs import signal
 
 
@@ -29,9 +29,9 @@ class ExitCause(NamedTuple):
 
     def describe(self) -> str:
         if self.oom:
-            text = f"killed by the kernel's OOM killer (signal {self.signal}, {signal_name(self.signal or 9)})"
+            text = f"killed by the kernel's OOM killer (signal {self.signal}, {sigs.name(self.signal or 9)})"
         elif self.signal is not None:
-            text = f"killed by signal {self.signal} ({signal_name(self.signal)})"
+            text = f"killed by signal {self.signal} ({sigs.name(self.signal)})"
             if self.core_dumped:
                 text += ", core dumped"
         elif self.code == 0:
