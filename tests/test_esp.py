@@ -140,3 +140,55 @@ def test_unmountable_esp_raises_with_the_cause(tmp_path: Path) -> None:
             raise OSError(errno.EINVAL, "bad superblock")
     with pytest.raises(OSError, match="could not mount /dev/vda1"):
         esp.mount_esp("/dev/vda1", str(tmp_path / "esp"), Broken())
+
+
+def fake_sys_block(root: Path, *disks: str) -> tuple[str, str]:
+    sys_block, dev = root / "sys", root / "dev"
+    dev.mkdir()
+    for name in disks:
+        (sys_block / name / "queue").mkdir(parents=True)
+        (sys_block / name / "queue/logical_block_size").write_text("512\n")
+    return str(sys_block), str(dev)
+
+
+def test_scanner_skips_hostile_failing_and_hung_disks_and_says_so(tmp_path: Path) -> None:
+    """The second-disk MemoryError's class: no disk can stop the scan or the boot."""
+    import os
+    import time
+
+    from appliance.harness import baddisks
+    sys_block, dev = fake_sys_block(tmp_path, "sda", "sdb", "sdc", "sdd", "vda")
+    baddisks.absurd_entry_table(Path(dev) / "sda")
+    os.mkfifo(Path(dev) / "sdb")  # opening it for reading blocks: a disk that never answers
+    (Path(dev) / "sdc").write_bytes(bytes(4096))  # no GPT at all: nothing to say
+    # sdd has no node: reading it fails with an OSError
+    good = str(uuid.uuid4())
+    one = baddisks.table([baddisks.entry(gpt.ESP_TYPE, good, 2048, 4095, esp.ESP_NAME)])
+    baddisks.write(Path(dev) / "vda", 8 << 20, {1: baddisks.header(table=one, last_usable=16000), 2: one})
+    scanner = esp.DiskScanner(sys_block, dev, timeout=1.0)
+    started = time.monotonic()
+    found = scanner()
+    assert time.monotonic() - started < 5
+    assert list(found) == ["vda"] and found["vda"][0].unique_guid == good
+    problems = scanner.take_problems()
+    assert any(p.startswith("disk sda skipped: implausible GPT entry size") for p in problems), problems
+    assert any(p.startswith("disk sdb skipped: reading its partition table did not finish in 1 s") for p in problems)
+    assert any(p.startswith("disk sdd skipped: [Errno 2]") for p in problems), problems
+    assert not any("sdc" in p for p in problems)
+    # Said once: the next scans skip the hung disk at once and repeat nothing.
+    started = time.monotonic()
+    assert list(scanner()) == ["vda"] and scanner.take_problems() == []
+    assert time.monotonic() - started < 1 and scanner.given_up == {"sdb"}
+    with open(Path(dev) / "sdb", "wb"):  # let the blocked reader thread go
+        pass
+
+
+def test_a_bug_in_the_parser_skips_the_disk(tmp_path: Path) -> None:
+    sys_block, dev = fake_sys_block(tmp_path, "vda")
+
+    def broken(path: str, sector: int) -> list[gpt.Partition]:
+        raise MemoryError
+
+    scanner = esp.DiskScanner(sys_block, dev, read=broken)
+    assert scanner() == {}
+    assert scanner.take_problems() == ["disk vda skipped: reading its partition table failed: MemoryError()"]

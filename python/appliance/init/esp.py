@@ -44,26 +44,88 @@ class Candidate(NamedTuple):
     partition: gpt.Partition
 
 
-def scan_disks(sys_block: str = SYS_BLOCK, dev: str = "/dev") -> dict[str, list[gpt.Partition]]:
-    """Every whole disk with a readable GPT, by kernel name."""
-    found: dict[str, list[gpt.Partition]] = {}
-    try:
-        names = sorted(os.listdir(sys_block))
-    except OSError:
-        return found
-    for name in names:
-        if name.startswith(SKIP_DISKS) or os.path.exists(os.path.join(sys_block, name, "partition")):
-            continue
+DISK_READ_TIMEOUT = 5.0  # seconds a disk gets to hand over its partition table
+
+
+class DiskScanner:
+    """Reads the partition table of every whole disk, each in a thread of its own, and
+    waits at most ``timeout`` seconds for them all. A disk that fails is skipped; one
+    whose read does not return is given up for the rest of the boot (its thread stays
+    blocked in the kernel; the boot goes on). What went wrong, each thing once, is
+    kept for the caller to say (``take_problems``). A disk without a GPT is no problem."""
+
+    def __init__(self, sys_block: str = SYS_BLOCK, dev: str = "/dev", timeout: float = DISK_READ_TIMEOUT,
+                 read: Callable[[str, int], list[gpt.Partition]] = gpt.read_partitions) -> None:
+        self.sys_block = sys_block
+        self.dev = dev
+        self.timeout = timeout
+        self.read = read
+        self.given_up: set[str] = set()
+        self._said: set[str] = set()
+        self._problems: list[str] = []
+
+    def _problem(self, text: str) -> None:
+        if text not in self._said:
+            self._said.add(text)
+            self._problems.append(text)
+
+    def take_problems(self) -> list[str]:
+        out, self._problems = self._problems, []
+        return out
+
+    def disks(self) -> list[str]:
         try:
-            with open(os.path.join(sys_block, name, "queue/logical_block_size")) as f:
-                sector = int(f.read())
+            names = sorted(os.listdir(self.sys_block))
+        except OSError:
+            return []
+        return [n for n in names if not n.startswith(SKIP_DISKS) and n not in self.given_up
+                and not os.path.exists(os.path.join(self.sys_block, n, "partition"))]
+
+    def sector_size(self, name: str) -> int:
+        try:
+            with open(os.path.join(self.sys_block, name, "queue/logical_block_size"), "rb") as f:
+                return int(f.read(16))
         except (OSError, ValueError):
-            sector = 512
-        try:
-            found[name] = gpt.read_partitions(os.path.join(dev, name), sector)
-        except (OSError, gpt.GPTError):
-            continue
-    return found
+            return 512
+
+    def __call__(self) -> dict[str, list[gpt.Partition]]:
+        """Every whole disk with a readable, sane GPT, by kernel name."""
+        import threading  # only here: the rest of the init runs in one thread
+        results: dict[str, list[gpt.Partition] | BaseException] = {}
+        pending: dict[str, threading.Thread] = {}
+        for name in self.disks():
+            def work(name: str = name) -> None:
+                try:
+                    results[name] = self.read(os.path.join(self.dev, name), self.sector_size(name))
+                except BaseException as e:  # noqa: BLE001 - handed to the scanning thread
+                    results[name] = e
+            thread = threading.Thread(target=work, name=f"read {name}", daemon=True)
+            thread.start()
+            pending[name] = thread
+        deadline = time.monotonic() + self.timeout
+        for thread in pending.values():
+            thread.join(max(0.0, deadline - time.monotonic()))
+        found: dict[str, list[gpt.Partition]] = {}
+        for name in pending:
+            result = results.get(name)
+            if result is None:
+                self.given_up.add(name)
+                self._problem(f"disk {name} skipped: reading its partition table did not finish in "
+                              f"{self.timeout:g} s; not read again this boot")
+            elif isinstance(result, list):
+                found[name] = result
+            elif isinstance(result, gpt.GPTError) and str(result) == gpt.NO_SIGNATURE:
+                continue  # not partitioned with GPT: nothing to say
+            elif isinstance(result, (OSError, gpt.GPTError)):
+                self._problem(f"disk {name} skipped: {result}")
+            else:  # a bug in the parser: never the end of the boot
+                self._problem(f"disk {name} skipped: reading its partition table failed: {result!r}")
+        return found
+
+
+def scan_disks(sys_block: str = SYS_BLOCK, dev: str = "/dev") -> dict[str, list[gpt.Partition]]:
+    """Every whole disk with a readable GPT, by kernel name (one scan, problems unsaid)."""
+    return DiskScanner(sys_block, dev)()
 
 
 def choose(disks: dict[str, list[gpt.Partition]],

@@ -1,16 +1,31 @@
-"""Read GUID partition tables from raw bytes: no udev, no blkid, no libraries."""
+"""Read GUID partition tables from raw bytes: no udev, no blkid, no libraries.
+
+Every disk attached at boot is read here, and none of them is vouched for: a stick
+left in a port may carry any bytes. So the parser is total and bounded: whatever the
+bytes, it reads at most one header sector and an entry table of at most
+``MAX_TABLE_BYTES``, checks both checksums, and raises only ``GPTError`` (for what
+the bytes say) or ``OSError`` (for what the disk does).
+"""
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 # GUIDs are kept as text in the canonical form (lowercase, str(uuid.UUID(...)) gives the
 # same): the init runs without importing uuid, which brings enum with it.
 ESP_TYPE = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
 SIGNATURE = b"EFI PART"
 HEX_DIGITS = frozenset("0123456789abcdef")
+ENTRY_SIZE = 128  # the specification's entry size; larger ones are 128 * 2**n
+MAX_ENTRY_SIZE = 4096
+# The specification's minimum table is 16 KiB (128 entries of 128 bytes); partitioning
+# tools write exactly that. 1 MiB leaves room for any honest table and bounds a hostile one.
+MAX_TABLE_BYTES = 1 << 20
+SECTOR_SIZES = (512, 1024, 2048, 4096)
+NO_SIGNATURE = "no GPT signature"
 
 
 def guid_from_bytes(raw: bytes) -> str:
@@ -46,10 +61,21 @@ class Partition(NamedTuple):
         return self.type_guid == ESP_TYPE
 
 
-def parse_header(sector: bytes) -> tuple[int, int, int]:
-    """(entries LBA, number of entries, entry size) from the primary header at LBA 1."""
-    if sector[:8] != SIGNATURE:
-        raise GPTError("no GPT signature")
+class Header(NamedTuple):
+    first_usable: int
+    last_usable: int
+    entries_lba: int
+    entries: int
+    entry_size: int
+    entries_crc: int
+
+
+def parse_header(sector: bytes, disk_sectors: int | None = None) -> Header:
+    """The primary header at LBA 1, checked: signature, size, checksum, its own place,
+    and an entry table that the specification allows and that lies on the disk
+    (``disk_sectors``, when known)."""
+    if len(sector) < 92 or sector[:8] != SIGNATURE:
+        raise GPTError(NO_SIGNATURE)
     header_size = struct.unpack_from("<I", sector, 12)[0]
     if not 92 <= header_size <= len(sector):
         raise GPTError(f"bad GPT header size {header_size}")
@@ -57,30 +83,72 @@ def parse_header(sector: bytes) -> tuple[int, int, int]:
     blank = sector[:16] + b"\0\0\0\0" + sector[20:header_size]
     if zlib.crc32(blank) != crc:
         raise GPTError("GPT header checksum mismatch")
-    entries_lba, count, size = struct.unpack_from("<QII", sector, 72)
-    if size < 128 or count > 1024:
+    my_lba, _, first, last = struct.unpack_from("<QQQQ", sector, 24)
+    entries_lba, count, size, entries_crc = struct.unpack_from("<QIII", sector, 72)
+    if my_lba != 1:
+        raise GPTError(f"the primary GPT header says it is at LBA {my_lba}, not 1")
+    if size < ENTRY_SIZE or size > MAX_ENTRY_SIZE or size & (size - 1):
+        raise GPTError(f"implausible GPT entry size {size} (128 * 2**n, at most {MAX_ENTRY_SIZE})")
+    if count == 0 or count * size > MAX_TABLE_BYTES:
         raise GPTError(f"implausible GPT entry table ({count} entries of {size} bytes)")
-    return entries_lba, count, size
+    if entries_lba < 2:
+        raise GPTError(f"the GPT entry table at LBA {entries_lba} overlaps the header")
+    if first > last:
+        raise GPTError(f"first usable LBA {first} after the last {last}")
+    if disk_sectors is not None:
+        table_sectors = -(-count * size // len(sector))
+        if entries_lba + table_sectors > disk_sectors:
+            raise GPTError(f"the GPT entry table (LBA {entries_lba}, {table_sectors} sectors) runs past the "
+                           f"disk's end ({disk_sectors} sectors)")
+        if last >= disk_sectors:
+            raise GPTError(f"last usable LBA {last} is past the disk's end ({disk_sectors} sectors)")
+    return Header(first, last, entries_lba, count, size, entries_crc)
 
 
-def parse_entries(table: bytes, count: int, size: int) -> list[Partition]:
+def parse_entries(table: bytes, header: Header) -> list[Partition]:
+    """The used entries of a table whose checksum matches the header's. An entry whose
+    extent is backwards or outside the usable area is left out: nothing may use it."""
+    if len(table) != header.entries * header.entry_size:
+        raise GPTError(f"GPT entry table cut short ({len(table)} of {header.entries * header.entry_size} bytes)")
+    if zlib.crc32(table) != header.entries_crc:
+        raise GPTError("GPT entry table checksum mismatch")
     parts = []
-    for i in range(count):
-        raw = table[i * size:(i + 1) * size]
-        if len(raw) < 128:
-            break
+    for i in range(header.entries):
+        raw = table[i * header.entry_size:i * header.entry_size + ENTRY_SIZE]
         if not any(raw[0:16]):  # an unused entry
             continue
         first, last = struct.unpack_from("<QQ", raw, 32)
+        if not header.first_usable <= first <= last <= header.last_usable:
+            continue
         name = raw[56:128].decode("utf-16-le", "replace").split("\0", 1)[0]
         parts.append(Partition(i + 1, guid_from_bytes(raw[0:16]), guid_from_bytes(raw[16:32]), first, last, name))
     return parts
 
 
+def _read_at(f: BinaryIO, offset: int, size: int) -> bytes:
+    try:
+        f.seek(offset)
+    except OverflowError:
+        raise GPTError(f"offset {offset} is beyond any disk") from None
+    data = f.read(size)
+    if len(data) != size:
+        raise GPTError(f"the disk ends before byte {offset + size}")
+    return data
+
+
+def read_table(f: BinaryIO, sector_size: int = 512) -> list[Partition]:
+    """The partitions on the disk open as ``f``. Reads at most one sector and
+    ``MAX_TABLE_BYTES``; GPTError for what is not a sane GPT."""
+    if sector_size not in SECTOR_SIZES:
+        raise GPTError(f"unsupported sector size {sector_size}")
+    disk_sectors = f.seek(0, os.SEEK_END) // sector_size
+    if disk_sectors < 3:
+        raise GPTError(NO_SIGNATURE if disk_sectors == 0 else f"a disk of {disk_sectors} sectors holds no GPT")
+    header = parse_header(_read_at(f, sector_size, sector_size), disk_sectors)
+    return parse_entries(_read_at(f, header.entries_lba * sector_size, header.entries * header.entry_size), header)
+
+
 def read_partitions(dev: str, sector_size: int = 512) -> list[Partition]:
     """The partitions of the disk at ``dev`` (a device node or an image file)."""
-    with open(dev, "rb") as f:
-        f.seek(sector_size)
-        entries_lba, count, size = parse_header(f.read(sector_size))
-        f.seek(entries_lba * sector_size)
-        return parse_entries(f.read(count * size), count, size)
+    with open(dev, "rb", buffering=0) as f:
+        return read_table(f, sector_size)
