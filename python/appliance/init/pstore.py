@@ -13,6 +13,8 @@ import os
 from typing import NamedTuple
 
 PSTORE_DIR = "/sys/fs/pstore"
+MAX_PARTS = 1000  # efi-pstore splits a dump into parts of about 1 KiB: a few dozen at most
+MAX_FILES = 256  # a full variable store holds far fewer
 
 
 class Dump(NamedTuple):
@@ -34,7 +36,7 @@ def _part_header(data: bytes) -> tuple[str, int, int, bytes] | None:
     head, sep, part = line.partition(b" Part")
     reason, hash_sign, count = head.partition(b"#")
     if (newline and sep and hash_sign and reason.replace(b"_", b"").isalnum() and count.isdigit()
-            and part.isdigit()):
+            and part.isdigit() and len(count) <= 9 and len(part) <= 4 and 1 <= int(part) <= MAX_PARTS):
         return reason.decode(), int(count), int(part), body
     return None
 
@@ -43,7 +45,7 @@ def collect(directory: str = PSTORE_DIR) -> tuple[list[Dump], list[str]]:
     """(the dumps in pstore, problems reading it). No pstore mounted: nothing."""
     problems: list[str] = []
     try:
-        names = sorted(os.listdir(directory))
+        names = sorted(os.listdir(directory))[:MAX_FILES]
     except FileNotFoundError:
         return [], []
     except OSError as e:
@@ -74,7 +76,8 @@ def collect(directory: str = PSTORE_DIR) -> tuple[list[Dump], list[str]]:
         header = f"{reason}#{count}, parts {min(numbers)}-{max(numbers)} of the kernel log at the {reason.lower()}"
         missing = sorted(set(range(1, max(numbers) + 1)) - set(numbers))
         if missing:
-            header += f" (parts {', '.join(map(str, missing))} missing)"
+            listed = ", ".join(map(str, missing[:10])) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            header += f" (parts {listed} missing)"
         text = header.encode() + b"\n" + b"".join(p[1] for p in pieces)
         dumps.insert(0, Dump(f"kernel-{_kind(reason)}", reason, text, tuple(p[2] for p in pieces)))
     return dumps, problems
