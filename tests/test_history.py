@@ -55,3 +55,33 @@ def test_new_records_continue_the_sequence(tmp_path: Path) -> None:
     (tmp_path / "000041-runtime-log.rec").write_bytes(records.encode("runtime-log", b"old"))
     entry, _ = h.add("runtime-log", b"new")
     assert entry is not None and entry.sequence == 42
+
+
+def test_a_directory_stuffed_with_record_files_drains_in_bounded_steps(tmp_path: Path, monkeypatch: object) -> None:
+    import os
+
+    from appliance.init import history as history_mod
+    d = tmp_path / "h"
+    d.mkdir()
+    for i in range(1, 1001):
+        (d / f"{i:06d}-runtime-log.rec").write_bytes(records.encode("runtime-log", b"old"))
+    h = History(str(d), max_records=4, max_bytes=1 << 30, free_floor=0, free_bytes=big_disk)
+    stats = []
+    real_stat = os.stat
+
+    def counting_stat(path: str) -> os.stat_result:
+        stats.append(path)
+        return real_stat(path)
+
+    monkeypatch.setattr(history_mod.os, "stat", counting_stat)  # type: ignore[attr-defined]
+    entries = h.entries()
+    assert len(stats) == len(entries) == 4 * 4 + 64  # only the newest names are looked at
+    assert entries[-1].sequence == 1000 and h.overfull == 1000 - 80
+    assert len(os.listdir(d)) == 1000 - history_mod.MAX_REMOVALS  # the oldest, a bounded number a call
+    entry, _ = h.add("runtime-log", b"new")
+    assert entry is not None and entry.sequence == 1001
+    for _ in range(3):
+        h.entries()
+    assert len(os.listdir(d)) == 80 and h.overfull == 0  # drained to what is looked at
+    h.add("runtime-log", b"newer")
+    assert sorted(os.listdir(d))[-1] == "001002-runtime-log.rec" and len(os.listdir(d)) == 4

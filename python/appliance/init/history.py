@@ -40,6 +40,9 @@ def _free_bytes(path: str) -> int:
     return st.f_bavail * st.f_frsize
 
 
+MAX_REMOVALS = 256  # files removed per listing beyond the bound: bounded work per boot
+
+
 class History:
     def __init__(self, directory: str, max_records: int = 16, max_bytes: int = 8 << 20,
                  free_floor: int = 16 << 20, free_bytes: Callable[[str], int] = _free_bytes) -> None:
@@ -48,30 +51,50 @@ class History:
         self.max_bytes = max_bytes
         self.free_floor = free_floor
         self.free_bytes = free_bytes
+        self.overfull = 0  # record files beyond what is looked at, at the last listing
 
     def entries(self) -> list[Entry]:
-        """The records, oldest first. Temporary files of interrupted writes are removed."""
+        """The records, oldest first. Temporary files of interrupted writes are removed.
+
+        Bounded whatever the directory holds: only the newest ``4 * max_records + 64``
+        record names are looked at (each stat is a linear search of a FAT directory).
+        Older ones beyond that are removed, ``MAX_REMOVALS`` per call, so a directory
+        stuffed with thousands of files drains over a few boots and never stalls one."""
         out = []
         try:
             names = os.listdir(self.directory)
         except FileNotFoundError:
             return []
+        named: list[tuple[int, str, str]] = []
+        removals = 0
         for name in names:
             path = os.path.join(self.directory, name)
             if name.endswith(".tmp"):
-                try:
-                    os.unlink(path)
-                except OSError:
-                    pass
+                if removals < MAX_REMOVALS:
+                    removals += 1
+                    try:
+                        os.unlink(path)
+                    except OSError:
+                        pass
                 continue
             parsed = parse_name(name)
             if parsed:
-                try:
-                    size = os.stat(path).st_size
-                except OSError:
-                    continue
-                out.append(Entry(path, parsed[0], parsed[1], size))
-        return sorted(out, key=lambda e: e.sequence)
+                named.append((parsed[0], parsed[1], path))
+        named.sort()
+        keep = 4 * self.max_records + 64
+        self.overfull = max(0, len(named) - keep)
+        for _, _, path in named[:self.overfull][:max(0, MAX_REMOVALS - removals)]:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        for sequence, kind, path in named[self.overfull:]:
+            try:
+                size = os.stat(path).st_size
+            except OSError:
+                continue
+            out.append(Entry(path, sequence, kind, size))
+        return out
 
     def read(self, entry: Entry) -> records.Record:
         with open(entry.path, "rb") as f:

@@ -51,10 +51,14 @@ def save_ended(path: str, category: str, cause: str) -> None:
     atomic_write(path, kvfile.render({"state": "ended", "category": category, "cause": cause}))
 
 
-def reason(state: State | None, panic: str = "", watchdog_reset: str = "") -> tuple[str, bool]:
-    """(why the previous boot ended, whether that end was unplanned)."""
+def reason(state: State | None, panic: str = "", watchdog_reset: str = "", init_failure: str = "") -> tuple[str, bool]:
+    """(why the previous boot ended, whether that end was unplanned). ``init_failure``: the
+    exception the init kept in its EFI variable (it may have died before the ESP, so its
+    state file can be from an older boot)."""
     if panic:
         return f"kernel panic ({panic})", True
+    if init_failure:
+        return f"failure of the init ({init_failure})", False
     if state is None:
         return UNKNOWN, False
     if not state.running:

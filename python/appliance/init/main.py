@@ -14,10 +14,23 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from appliance import __version__
-from appliance.init import backoff, bootdev, config, esp, exitstatus, fsutil, gpt, lastboot, modules, mounts, pstore
+from appliance.init import (
+    backoff,
+    bootdev,
+    config,
+    esp,
+    exitstatus,
+    fsutil,
+    gpt,
+    initfailure,
+    lastboot,
+    modules,
+    mounts,
+    pstore,
+)
 from appliance.init.cgroup import CoreCgroup
 from appliance.init.console import Console, uptime
-from appliance.init.history import History
+from appliance.init.history import MAX_REMOVALS, History
 from appliance.init.runtimelog import RuntimeLog, how_it_ended, printable_lines, read_previous
 from appliance.init.sigs import signal
 from appliance.init.supervise import WATCHDOG_FD, SpawnError, Supervisor, spawn
@@ -32,6 +45,9 @@ DEFERRED_MODULES_AFTER = 2.0  # seconds after the core started
 # other storage drivers too (USB sticks take about 2 s to enumerate under TCG).
 OTHER_STORAGE_AFTER = 3.0
 TEST_HANG_INIT = "test-hang-init"  # test-only: this file in /esp/appliance makes the init hang once
+# Test-only: this file in /esp/appliance makes the init fail once, right after mounting the
+# ESP and before its own directory there is used (so only the EFI variable can keep it).
+TEST_FAIL_INIT = "test-fail-init"
 
 
 class BootError(Exception):
@@ -57,6 +73,8 @@ class Init:
         self.steps: list[tuple[str, float]] = []  # (step, seconds since boot when it ended)
         self.watchdogs: list[HardwareWatchdog] = []
         self.previous_end = ""  # why the previous boot ended, as said on the console
+        self.failures_of_init = initfailure.Failures(console.say)
+        self.previous_log_kept = False  # the previous boot's log could not be archived: it stays
 
     def step_done(self, name: str) -> None:
         self.steps.append((name, uptime()))
@@ -75,15 +93,18 @@ class Init:
         self.early_mounts()
         self.load_config()
         self.step_done("mounts")
-        self.load_modules()
+        # Best-effort from here to the core: a bug in a step (or bytes that defeat it) is
+        # said and kept, and the core runs all the same.
+        self.failures_of_init.run("loading kernel modules", self.load_modules)
         self.step_done("modules")
         try:
             self.kernel.reboot(0)  # type: ignore[attr-defined]  # Ctrl-Alt-Del: SIGINT to us, not a reset
         except OSError as e:
             self.console.say(f"could not route Ctrl-Alt-Del to the init: {e} (continuing: best-effort)")
-        self.setup_esp()
-        self.account_for_previous_boot()
-        self.start_runtime_log()
+        self.failures_of_init.run("finding and mounting the ESP", self.setup_esp)
+        self.failures_of_init.run("accounting for the previous boot", self.account_for_previous_boot)
+        self.failures_of_init.run("starting the runtime log", self.start_runtime_log)
+        self.failures_of_init.keep(self.log.init_line if self.log else None)
         self.step_done("previous log")
         self.run_core()
 
@@ -127,6 +148,7 @@ class Init:
 
         first = [True]
         started = time.monotonic()
+        disks = esp.DiskScanner()
 
         def scan() -> dict[str, list[gpt.Partition]]:
             if not first[0] and self.coldplug is not None:  # devices behind new drivers (USB disks)
@@ -136,7 +158,10 @@ class Init:
                     self.coldplug.load_other_storage()
                 self.coldplug.scan()
             first[0] = False
-            return esp.scan_disks()
+            found = disks()
+            for problem in disks.take_problems():  # a disk nobody vouches for: said, never the end
+                self.console.say(problem)
+            return found
 
         found, why, waited = esp.wait_for_esp(booted, self.config.esp_wait_seconds, scan=scan)
         self.step_done("finding the ESP")
@@ -166,6 +191,8 @@ class Init:
             self.console.say(note)
         self.step_done("mount")
         self.esp = esp.Esp(device, found.partition.unique_guid, self.esp_mount, writable)
+        if take_test_switch(os.path.join(self.esp_mount, APP_DIR, TEST_FAIL_INIT)):
+            raise RuntimeError(f"TEST: failing the init on purpose ({TEST_FAIL_INIT} on the ESP)")
         self.console.say(f"ESP mounted: {device} (partition {found.partition.unique_guid}) at {self.esp_mount}"
                          + ("" if writable else " read-only"))
         app = os.path.join(self.esp_mount, APP_DIR)
@@ -192,6 +219,9 @@ class Init:
         for p in problems:
             self.console.say(f"pstore: {p}")
         panic = next((f"{d.reason}, kept by pstore" for d in dumps if d.kind.startswith("kernel-")), "")
+        init_failure, problem = initfailure.load()
+        if problem:
+            self.console.say(problem)
         state: lastboot.State | None = None
         state_path = os.path.join(self.esp_mount, APP_DIR, lastboot.STATE_FILE)
         if self.esp is not None:
@@ -205,15 +235,18 @@ class Init:
             self.load_deferred_modules()
             self.open_watchdogs()
             reset_by = ", ".join(f"{w.name}: {w.identity}" for w in self.watchdogs if w.reset_the_machine)
-        if self.esp is None and not panic:
+        if self.esp is None and not panic and not init_failure:
             self.previous_end, unplanned = "unknown: persistence is off", False
         else:
-            self.previous_end, unplanned = lastboot.reason(state, panic, reset_by)
+            self.previous_end, unplanned = lastboot.reason(state, panic, reset_by,
+                                                           initfailure.summary(init_failure) if init_failure else "")
         self.console.say(f"previous boot ended: {self.previous_end}")
         meta = {"boot-ended": self.previous_end}
         archived = False
         for dump in dumps:
             archived |= self.show_pstore_dump(dump, meta)
+        if init_failure:
+            archived |= self.show_init_failure(init_failure, meta)
         archived |= self.show_previous_log(meta)
         if unplanned and not archived and self.history is not None:
             try:
@@ -233,7 +266,11 @@ class Init:
         try:
             entry, why = self.history.add(kind, content, meta)
         except OSError as e:
+            self.console.say(f"persistence DEGRADED: could not archive a record in {self.history.directory}: {e}")
             return False, f"not archived: {e}"
+        if self.history.overfull:
+            self.console.say(f"the crash history holds {self.history.overfull} record files beyond what it keeps: "
+                             f"removing the oldest, at most {MAX_REMOVALS} a boot")
         return (True, f"archived as {entry.path}") if entry else (False, why)
 
     def show_pstore_dump(self, dump: pstore.Dump, meta: dict[str, str]) -> bool:
@@ -248,6 +285,20 @@ class Init:
         else:
             where += "; left in pstore"
         self.console.say(f"===== {what} from the previous boot: end ({where}) =====")
+        return archived
+
+    def show_init_failure(self, text: bytes, meta: dict[str, str]) -> bool:
+        """The init's failure kept in the EFI variable: shown, archived, then erased (also
+        when it cannot be archived: it was shown, and a new failure would replace it)."""
+        self.console.say(f"===== the init's failure in the previous boot (EFI variable): begin "
+                         f"({len(text)} bytes) =====")
+        for line in printable_lines(text):
+            self.console.say(f"| init: {line}")
+        archived, where = self._archive("init-failure", text, meta)
+        problem = initfailure.erase()
+        if problem:
+            self.console.say(problem)
+        self.console.say(f"===== the init's failure in the previous boot: end ({where}) =====")
         return archived
 
     def show_previous_log(self, meta: dict[str, str]) -> bool:
@@ -273,8 +324,9 @@ class Init:
                 fsutil.remove(path)
             except OSError as e:
                 where += f" (could not remove {path}: {e})"
-        elif self.history is None:
+        else:
             where += "; the log stays on the ESP"
+            self.previous_log_kept = True
         self.console.say(f"===== previous boot's runtime log: end ({where}) =====")
         return archived
 
@@ -282,6 +334,10 @@ class Init:
         if self.app_dir is None:
             return
         path = os.path.join(self.app_dir, "runtime.log")
+        if self.previous_log_kept:  # a new log would overwrite a crash nobody has archived
+            self.console.say(f"persistence DEGRADED: this boot's runtime log is not started: {path} still holds "
+                             "the previous boot's, which could not be archived")
+            return
         try:
             self.log = RuntimeLog(path, self.config.runtime_log_cap, sync_all=os.sync)
         except OSError as e:
@@ -431,13 +487,8 @@ class Init:
         if self.app_dir is None:
             return
         path = os.path.join(self.app_dir, TEST_HANG_INIT)
-        if not os.path.exists(path):
+        if not take_test_switch(path):
             return
-        try:
-            fsutil.remove(path)
-        except OSError:
-            return  # cannot make it a one-off: do not hang
-        os.sync()
         self.console.say(f"TEST: hanging the init on purpose ({path}); the watchdogs are no longer petted")
         while True:
             time.sleep(3600)
@@ -511,6 +562,18 @@ class Init:
             reap_all()
 
 
+def take_test_switch(path: str) -> bool:
+    """A test-only switch file: True once it existed and is durably gone (a one-off)."""
+    if not os.path.exists(path):
+        return False
+    try:
+        fsutil.remove(path)
+    except OSError:
+        return False  # cannot make it a one-off: do not act on it
+    os.sync()
+    return True
+
+
 def kernel_ran_init(kmsg: str = "/dev/kmsg", limit: int = 4000) -> float:
     """When the kernel executed /init, in seconds since boot, from its "Run /init as
     init process" record (kept in /dev/kmsg whatever the console log level); 0.0 if
@@ -579,6 +642,17 @@ def reboot(kernel: object, console: Console, esp_device: str | None,
         time.sleep(3600)
 
 
+def keep_where_it_survives(init: Init | None, console: Console, text: str) -> None:
+    """The init's own failure: into the runtime log when there is one, else into the EFI
+    variable (no ESP yet, or no log on it), so the next boot shows it either way."""
+    if init is not None and init.log is not None:
+        init.log.init_line(text)
+        return
+    problem = initfailure.save(text)
+    if problem:
+        console.say(problem)
+
+
 def main() -> NoReturn:
     console = Console()
     # Until the supervisor takes them: Ctrl-C or Ctrl-Alt-Del must not raise in the init.
@@ -593,6 +667,7 @@ def main() -> NoReturn:
         init.boot()
     except BootError as e:
         console.say(f"a required boot step failed: {e}")
+        keep_where_it_survives(init, console, f"a required boot step failed: {e}\n")
         if init is not None:
             init.end(f"boot failed: {e}", failed=True)
     except BaseException:  # noqa: BLE001 - a bug in the init: persist it, then the way out
@@ -601,9 +676,8 @@ def main() -> NoReturn:
         console.say("BUG: the init failed; its traceback follows, then the machine reboots")
         console.say(tb)
         try:
+            keep_where_it_survives(init, console, "the init failed:\n" + tb)
             if init is not None:
-                if init.log is not None:
-                    init.log.init_line("the init failed:\n" + tb)
                 init.end("a failure of the init", failed=True)
         except BaseException:  # noqa: BLE001
             console.say("BUG: the way out failed too:\n" + traceback.format_exc())
