@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -60,3 +61,14 @@ def log_dir(request: pytest.FixtureRequest) -> Path:
     d = TEST_LOGS
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+# Hypothesis: in `make test` a fixed seed and a bounded number of examples per property,
+# so a run is repeatable and short; FUZZ_EXAMPLES=N (`make fuzz`) runs N random examples.
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile("test", max_examples=150, derandomize=True, deadline=None, database=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("fuzz", max_examples=int(os.environ.get("FUZZ_EXAMPLES") or 0) or 1, deadline=None,
+                          database=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("fuzz" if os.environ.get("FUZZ_EXAMPLES") else "test")
