@@ -43,6 +43,22 @@ def test_command_line_usb_readonly_second_disk_watchdog_kvm() -> None:
     assert "virtio-blk-pci,drive=disk0,bootindex=1" in cmd and "virtio-blk-pci,drive=disk1,bootindex=0" in cmd
 
 
+def test_command_line_every_boot_controller_and_the_older_pc() -> None:
+    drives = tuple(Drive(f"/d/{i}.raw", kind) for i, kind in enumerate(("virtio-scsi", "usb-ehci", "ahci")))
+    cmd = " ".join(command(spec(drives=drives, machine="pc")))
+    assert "-machine pc,smm=off,accel=tcg" in cmd
+    assert "virtio-scsi-pci,id=scsi" in cmd and "scsi-hd,bus=scsi.0,drive=disk0,bootindex=0" in cmd
+    assert "usb-ehci,id=ehci" in cmd and "usb-storage,bus=ehci.0,drive=disk1" in cmd
+    assert "-device ahci,id=ahci" in cmd and "ide-hd,drive=disk2,bus=ahci.2,bootindex=2" in cmd
+    q35 = " ".join(command(spec(drives=(Drive("/d/a.raw", "ahci"),))))
+    assert "ahci,id=ahci" not in q35 and "ide-hd,drive=disk0,bootindex=0" in q35  # ICH9's own AHCI
+
+
+def test_command_line_blkdebug() -> None:
+    cmd = command(spec(drives=(Drive("/d/a.raw", blkdebug="/w/rules.cfg"),)))
+    assert "if=none,id=disk0,format=raw,file=blkdebug:/w/rules.cfg:/d/a.raw" in cmd
+
+
 def test_find_ovmf_reads_descriptors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OVMF_CODE", raising=False)
     code, nv = tmp_path / "CODE.fd", tmp_path / "VARS.fd"

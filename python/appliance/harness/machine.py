@@ -73,25 +73,27 @@ class Machine:
     def __init__(self, image: str | Path, workdir: str | Path, *, name: str = "machine",
                  interface: str = "virtio", readonly: bool = False,
                  extra_drives: tuple[Drive, ...] = (), extra_drives_first: bool = False, memory_mib: int = 1024,
-                 watchdog: bool = False, warm_reset: bool = False, log_dir: str | Path | None = None) -> None:
+                 watchdog: bool = False, warm_reset: bool = False, log_dir: str | Path | None = None,
+                 machine: str = "q35", blkdebug: str | None = None, resume: bool = False) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.name = name
         self.disk = self.workdir / "disk.raw"
-        subprocess.run(["cp", "--sparse=always", str(image), str(self.disk)], check=True)
         fw = find_ovmf()
         self.vars = self.workdir / "OVMF_VARS.fd"
-        shutil.copyfile(fw.vars_template, self.vars)
+        if not (resume and self.disk.exists() and self.vars.exists()):
+            subprocess.run(["cp", "--sparse=always", str(image), str(self.disk)], check=True)
+            shutil.copyfile(fw.vars_template, self.vars)
         accel = "kvm" if kvm_works() else "tcg"
         # The image is always what the firmware boots (boot index 0); extra drives can
         # come first on the bus, so the firmware and the kernel see them first.
-        ours = Drive(str(self.disk), interface, readonly, bootindex=0)
+        ours = Drive(str(self.disk), interface, readonly, bootindex=0, blkdebug=blkdebug)
         others = tuple(Drive(d.path, d.interface, d.readonly, d.bootindex if d.bootindex is not None else i + 1)
                        for i, d in enumerate(extra_drives))
         self.spec = MachineSpec(
             drives=(*others, ours) if extra_drives_first else (ours, *others),
             firmware=fw, vars_path=str(self.vars), accel=accel,
-            memory_mib=memory_mib, watchdog=watchdog, no_reboot=not warm_reset,
+            memory_mib=memory_mib, watchdog=watchdog, no_reboot=not warm_reset, machine=machine,
         )
         self.warm_reset = warm_reset
         self.power_cycles = 0  # guest resets turned into a fresh QEMU
@@ -191,6 +193,24 @@ class Machine:
                         "(QEMU -no-reboot, started again)\n")
         self.start()
         return ""
+
+    def watch(self, seconds: float) -> str:
+        """Let the guest run for ``seconds`` (resets are power cycles, as in ``expect``);
+        the console text it printed meanwhile."""
+        if self.proc is None:
+            raise RuntimeError("the machine is not running")
+        deadline = time.monotonic() + seconds
+        seen: list[str] = []
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                self.proc.expect(pexpect.TIMEOUT, timeout=left)
+                seen.append(str(self.proc.before))
+            except pexpect.EOF:
+                seen.append(str(self.proc.before))
+                why = self._restart_after_reset()
+                if why:
+                    raise HarnessTimeout(self._failure(why)) from None
+        return "".join(seen)
 
     def wait_boot(self, timeout: float = 120) -> float:
         """Wait for the init's banner; returns the guest uptime it printed."""

@@ -105,12 +105,17 @@ def kvm_works() -> bool:
         return b"BdsDxe" in seen
 
 
+# The boot disks real machines have, as QEMU devices: the bus (or controller) each needs.
+INTERFACES = ("virtio", "virtio-scsi", "ahci", "nvme", "usb", "usb-ehci")
+
+
 @dataclass(frozen=True)
 class Drive:
     path: str
-    interface: str = "virtio"  # virtio | usb | ahci | nvme
+    interface: str = "virtio"  # one of INTERFACES; usb: usb-storage behind xHCI
     readonly: bool = False
     bootindex: int | None = None  # the firmware's boot order; None: its place in the list
+    blkdebug: str | None = None  # a blkdebug rules file: QEMU fails this disk's I/O as it says
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,7 @@ class MachineSpec:
     rng: bool = True
     watchdog: bool = False
     no_reboot: bool = False  # QEMU exits when the guest resets (the harness starts it again)
+    machine: str = "q35"  # q35 | pc (i440fx, the older PC)
     extra: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -131,7 +137,7 @@ def command(spec: MachineSpec, qemu: str = "qemu-system-x86_64") -> list[str]:
     """The full QEMU command: serial console on stdio, no network, nothing implicit."""
     cmd = [
         qemu,
-        "-machine", f"q35,smm=off,accel={spec.accel}",
+        "-machine", f"{spec.machine},smm=off,accel={spec.accel}",
         "-cpu", "host" if spec.accel == "kvm" else "max",
         "-smp", str(spec.cpus),
         "-m", str(spec.memory_mib),
@@ -148,22 +154,33 @@ def command(spec: MachineSpec, qemu: str = "qemu-system-x86_64") -> list[str]:
         cmd += ["-device", "virtio-rng-pci"]
     if spec.watchdog:
         cmd += ["-device", "i6300esb", "-action", "watchdog=reset"]
-    usb = any(d.interface == "usb" for d in spec.drives)
-    if usb:
+    used = {d.interface for d in spec.drives}
+    if "usb" in used:
         cmd += ["-device", "qemu-xhci,id=xhci"]
+    if "usb-ehci" in used:
+        cmd += ["-device", "usb-ehci,id=ehci"]
+    if "virtio-scsi" in used:
+        cmd += ["-device", "virtio-scsi-pci,id=scsi"]
+    if "ahci" in used and spec.machine != "q35":  # q35 has AHCI built in (ICH9); the PC needs a card
+        cmd += ["-device", "ahci,id=ahci"]
     for i, d in enumerate(spec.drives):
         ro = ",readonly=on" if d.readonly else ""
         drive_id = f"disk{i}"
         boot = i if d.bootindex is None else d.bootindex
-        cmd += ["-drive", f"if=none,id={drive_id},format=raw,file={d.path}{ro}"]
+        source = f"blkdebug:{d.blkdebug}:{d.path}" if d.blkdebug else d.path
+        cmd += ["-drive", f"if=none,id={drive_id},format=raw,file={source}{ro}"]
         if d.interface == "virtio":
             cmd += ["-device", f"virtio-blk-pci,drive={drive_id},bootindex={boot}"]
-        elif d.interface == "usb":
-            cmd += ["-device", f"usb-storage,bus=xhci.0,drive={drive_id},removable=on,bootindex={boot}"]
+        elif d.interface == "virtio-scsi":
+            cmd += ["-device", f"scsi-hd,bus=scsi.0,drive={drive_id},bootindex={boot}"]
+        elif d.interface in ("usb", "usb-ehci"):
+            bus = "xhci.0" if d.interface == "usb" else "ehci.0"
+            cmd += ["-device", f"usb-storage,bus={bus},drive={drive_id},removable=on,bootindex={boot}"]
         elif d.interface == "ahci":
-            cmd += ["-device", f"ide-hd,drive={drive_id},bootindex={boot}"]
+            bus = "" if spec.machine == "q35" else f",bus=ahci.{i}"  # the PC's own IDE needs ata_piix
+            cmd += ["-device", f"ide-hd,drive={drive_id}{bus},bootindex={boot}"]
         elif d.interface == "nvme":
             cmd += ["-device", f"nvme,drive={drive_id},serial=appliance{i},bootindex={boot}"]
         else:
-            raise ValueError(f"unknown drive interface {d.interface!r}")
+            raise ValueError(f"unknown drive interface {d.interface!r} (one of {', '.join(INTERFACES)})")
     return cmd + list(spec.extra)
