@@ -65,7 +65,14 @@ def test_a_directory_stuffed_with_record_files_drains_in_bounded_steps(tmp_path:
     d.mkdir()
     for i in range(1, 1001):
         (d / f"{i:06d}-runtime-log.rec").write_bytes(records.encode("runtime-log", b"old"))
-    h = History(str(d), max_records=4, max_bytes=1 << 30, free_floor=0, free_bytes=big_disk)
+    (d / "000999-runtime-log.rec.tmp").write_bytes(b"half")
+    now = [0.0]
+
+    def clock() -> float:  # each look at the clock: 10 ms; the budget: 1 s
+        now[0] += 0.01
+        return now[0]
+
+    h = History(str(d), max_records=4, max_bytes=1 << 30, free_floor=0, free_bytes=big_disk, clock=clock)
     stats = []
     real_stat = os.stat
 
@@ -75,13 +82,14 @@ def test_a_directory_stuffed_with_record_files_drains_in_bounded_steps(tmp_path:
 
     monkeypatch.setattr(history_mod.os, "stat", counting_stat)  # type: ignore[attr-defined]
     entries = h.entries()
-    assert len(stats) == len(entries) == 4 * 4 + 64  # only the newest names are looked at
-    assert entries[-1].sequence == 1000 and h.overfull == 1000 - 80
-    assert len(os.listdir(d)) == 1000 - history_mod.MAX_REMOVALS  # the oldest, a bounded number a call
+    assert len(stats) == len(entries) == 4 + history_mod.LOOK_BEYOND  # only the newest names are looked at
+    assert entries[-1].sequence == 1000
+    left = sorted(os.listdir(d))
+    assert "000999-runtime-log.rec.tmp" not in left  # temporary files go first
+    assert 1000 - len(left) == 98 and h.overfull == 1000 - 12 - 98  # what 1 s allowed; said by the init
     entry, _ = h.add("runtime-log", b"new")
     assert entry is not None and entry.sequence == 1001
-    for _ in range(3):
+    while h.overfull:
         h.entries()
-    assert len(os.listdir(d)) == 80 and h.overfull == 0  # drained to what is looked at
     h.add("runtime-log", b"newer")
     assert sorted(os.listdir(d))[-1] == "001002-runtime-log.rec" and len(os.listdir(d)) == 4

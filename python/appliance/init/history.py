@@ -9,6 +9,7 @@ fill the ESP.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -40,55 +41,61 @@ def _free_bytes(path: str) -> int:
     return st.f_bavail * st.f_frsize
 
 
-MAX_REMOVALS = 256  # files removed per listing beyond the bound: bounded work per boot
+LOOK_BEYOND = 8  # record names looked at beyond the bound (the trim removes them)
+REMOVAL_BUDGET = 1.0  # seconds a listing may spend removing files beyond those
 
 
 class History:
     def __init__(self, directory: str, max_records: int = 16, max_bytes: int = 8 << 20,
-                 free_floor: int = 16 << 20, free_bytes: Callable[[str], int] = _free_bytes) -> None:
+                 free_floor: int = 16 << 20, free_bytes: Callable[[str], int] = _free_bytes,
+                 clock: Callable[[], float] = time.monotonic, removal_budget: float = REMOVAL_BUDGET) -> None:
         self.directory = directory
         self.max_records = max(1, max_records)
         self.max_bytes = max_bytes
         self.free_floor = free_floor
         self.free_bytes = free_bytes
-        self.overfull = 0  # record files beyond what is looked at, at the last listing
+        self.clock = clock
+        self.removal_budget = removal_budget
+        self.overfull = 0  # record files beyond what is looked at, left at the last listing
 
     def entries(self) -> list[Entry]:
         """The records, oldest first. Temporary files of interrupted writes are removed.
 
-        Bounded whatever the directory holds: only the newest ``4 * max_records + 64``
-        record names are looked at (each stat is a linear search of a FAT directory).
-        Older ones beyond that are removed, ``MAX_REMOVALS`` per call, so a directory
-        stuffed with thousands of files drains over a few boots and never stalls one."""
-        out = []
+        Bounded whatever the directory holds: each stat or unlink is a linear search of
+        a FAT directory, so only the newest ``max_records + LOOK_BEYOND`` record names are
+        looked at, and older ones are removed for at most ``removal_budget`` seconds per
+        call: a directory stuffed with thousands of files drains over a few boots and
+        never stalls one (``overfull`` says how many were left)."""
         try:
             names = os.listdir(self.directory)
         except FileNotFoundError:
             return []
+        deadline = self.clock() + self.removal_budget
         named: list[tuple[int, str, str]] = []
-        removals = 0
+        stale: list[str] = []
         for name in names:
             path = os.path.join(self.directory, name)
-            if name.endswith(".tmp"):
-                if removals < MAX_REMOVALS:
-                    removals += 1
-                    try:
-                        os.unlink(path)
-                    except OSError:
-                        pass
-                continue
             parsed = parse_name(name)
-            if parsed:
+            if name.endswith(".tmp"):
+                stale.append(path)
+            elif parsed:
                 named.append((parsed[0], parsed[1], path))
         named.sort()
-        keep = 4 * self.max_records + 64
-        self.overfull = max(0, len(named) - keep)
-        for _, _, path in named[:self.overfull][:max(0, MAX_REMOVALS - removals)]:
+        excess = max(0, len(named) - self.max_records - LOOK_BEYOND)
+        temporary = len(stale)
+        stale += [path for _, _, path in named[:excess]]
+        removed_excess = 0
+        for i, path in enumerate(stale):
+            if self.clock() >= deadline:
+                break
             try:
                 os.unlink(path)
             except OSError:
                 pass
-        for sequence, kind, path in named[self.overfull:]:
+            removed_excess += i >= temporary
+        self.overfull = excess - removed_excess
+        out = []
+        for sequence, kind, path in named[excess:]:
             try:
                 size = os.stat(path).st_size
             except OSError:
@@ -103,9 +110,9 @@ class History:
     def _remove(self, entry: Entry) -> None:
         os.unlink(entry.path)  # the directory is synced once the trimming is done
 
-    def trim(self, keep_newest: int = 0) -> list[Entry]:
+    def trim(self, keep_newest: int = 0, entries: list[Entry] | None = None) -> list[Entry]:
         """Remove the oldest records until the count and byte bounds hold; what went."""
-        entries = self.entries()
+        entries = self.entries() if entries is None else list(entries)
         removed = []
         while entries and len(entries) > keep_newest and (
             len(entries) > self.max_records or sum(e.size for e in entries) > self.max_bytes
@@ -131,6 +138,6 @@ class History:
         path = os.path.join(self.directory, f"{sequence:06d}-{kind}.rec")
         atomic_write(path, data)
         entry = Entry(path, sequence, kind, len(data))
-        self.trim(keep_newest=1)
+        self.trim(keep_newest=1, entries=[*entries, entry])
         fsync_dir(self.directory)
         return entry, ""

@@ -30,7 +30,7 @@ from appliance.init import (
 )
 from appliance.init.cgroup import CoreCgroup
 from appliance.init.console import Console, uptime
-from appliance.init.history import MAX_REMOVALS, History
+from appliance.init.history import REMOVAL_BUDGET, History
 from appliance.init.runtimelog import RuntimeLog, how_it_ended, printable_lines, read_previous
 from appliance.init.sigs import signal
 from appliance.init.supervise import WATCHDOG_FD, SpawnError, Supervisor, spawn
@@ -249,10 +249,7 @@ class Init:
             archived |= self.show_init_failure(init_failure, meta)
         archived |= self.show_previous_log(meta)
         if unplanned and not archived and self.history is not None:
-            try:
-                self.history.add("reset", f"previous boot ended: {self.previous_end}\n".encode(), meta)
-            except OSError as e:
-                self.console.say(f"could not archive the reset: {e}")
+            self._archive("reset", f"previous boot ended: {self.previous_end}\n".encode(), meta)
         if self.app_dir is not None:
             try:
                 lastboot.save_running(state_path)
@@ -270,7 +267,7 @@ class Init:
             return False, f"not archived: {e}"
         if self.history.overfull:
             self.console.say(f"the crash history holds {self.history.overfull} record files beyond what it keeps: "
-                             f"removing the oldest, at most {MAX_REMOVALS} a boot")
+                             f"removing the oldest for at most {REMOVAL_BUDGET:g} s a boot")
         return (True, f"archived as {entry.path}") if entry else (False, why)
 
     def show_pstore_dump(self, dump: pstore.Dump, meta: dict[str, str]) -> bool:
