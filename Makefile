@@ -21,7 +21,7 @@ export CORE MIRROR SECURITY_MIRROR
 HOST_STAMP := $(BUILD)/.host-ready
 VENV_STAMP := $(VENV)/.ready
 
-.PHONY: help deps image test-image qemu flash dumps test lint unit qemu-test size bench bench-build clean distclean
+.PHONY: help deps image test-image qemu flash dumps test lint unit qemu-test fuzz soak size bench bench-build clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -75,6 +75,13 @@ qemu-test: deps image test-image ## the QEMU tests (boot the image, crash it, ch
 
 test: deps lint image test-image ## everything: lint, unit tests, image tests, QEMU tests
 	$(PY) -m pytest -n 2 tests
+
+FUZZ_EXAMPLES ?= 20000
+fuzz: deps ## the parsers of untrusted bytes against many random inputs [FUZZ_EXAMPLES=20000]
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -m fuzz tests
+
+soak: deps test-image ## power cuts at random moments of many boots, the ESP checked after each [SOAK_CUTS=1000]
+	$(PY) -m appliance.harness.soak --image $(BUILD)/test/appliance.raw --out $(BUILD)/soak $(if $(SOAK_CUTS),--cuts $(SOAK_CUTS))
 
 bench: deps ## ours vs a systemd image: sizes, builds, boots, crash turnaround [BENCH_BOOTS=5] [BENCH_COLD=1]
 	$(PY) -m appliance.bench --build-dir $(BUILD) --cache-dir $(CACHE_DIR) $(if $(filter 1 yes true,$(BENCH_COLD)),--cold)

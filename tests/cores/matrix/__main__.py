@@ -117,6 +117,17 @@ def main() -> None:
         while True:
             n += 1
             sys.stderr.write(f"matrix core: flood line {n:08d}\n")
+    elif action == "soak":
+        # make soak: stderr flooded for a moment (runtime-log writes), then a crash or a
+        # requested restart at random, so records rotate and the back-off counter moves.
+        print("matrix core: soak", flush=True)
+        for n in range(1, 2001):
+            sys.stderr.write(f"matrix core: soak line {n:06d}\n")
+            if n % 200 == 0:
+                time.sleep(0.05)
+        if int.from_bytes(os.urandom(1), "big") % 2:
+            raise RuntimeError("matrix core: soak crash")
+        sys.exit(0)
     elif action.startswith("panic "):
         # A kernel panic with a line of ours just before it in the kernel's log.
         token = action.split(" ", 1)[1]

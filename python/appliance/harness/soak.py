@@ -1,0 +1,241 @@
+"""``make soak``: power cuts at random moments of many boots, and the ESP checked after each.
+
+The test image's core floods stderr, then crashes or asks for a restart at random
+(``soak`` action), so boots write the runtime log, archive it, rotate the history and
+move the back-off counter. Each cycle boots the machine, waits until its core runs
+(after every cut, the next boot must reach the core), then cuts the power at a random
+moment: during the core's life and end, or during the next boot's archiving, rotation
+and FAT check. Between cycles the ESP is read off the disk image and checked:
+
+- ``fsck.fat -n`` finds nothing but the dirty flag and the free-cluster hint;
+- every history record is whole (length and checksum), or the init said it was torn;
+- no record that was whole before the cut is gone, unless rotation took it (the
+  history then holds its bound of newer records);
+- the back-off counter is readable and no larger than the boots so far.
+
+Figures go to ``build/soak/soak.json`` after every cut; a later run resumes from them
+on the same disks, so a long soak can span several runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from appliance.harness.machine import HarnessTimeout, Machine
+from appliance.init import backoff, gpt, records
+from appliance.media.espfs import EspError
+
+CORE_STARTED = r"init: core started: pid \d+ at"
+HISTORY = "/appliance/history"
+FSCK_HARMLESS = [re.compile(p) for p in (
+    r"fsck\.fat \d", r"There are differences between boot sector and its backup\.",
+    r"This is mostly harmless\. Differences: \(offset:original/backup\)", r"65:01/00$",
+    r"Not automatically fixing this\.", r"Dirty bit is set\. Fs was not properly unmounted",
+    r"Automatically removing dirty bit\.", r"Leaving filesystem unchanged\.", r".*: \d+ files, \d+/\d+ clusters$",
+    # FAT32's FSInfo free-cluster count is a hint by the specification ("may not be accurate").
+    r"Free cluster summary wrong \(\d+ vs\. really \d+\)", r"Auto-correcting\.",
+)]
+
+
+@dataclass
+class Figures:
+    cuts: int = 0
+    boots: int = 0
+    boots_reaching_the_core: int = 0
+    records_checked: int = 0
+    torn_records_reported: int = 0  # by the init, on its console
+    torn_records_found: int = 0  # by the host, off the disk
+    records_lost: int = 0
+    fsck_repairs: int = 0  # boots whose init found the FAT dirty and ran fsck.fat -a
+    seconds: float = 0.0
+    failures: list[str] = field(default_factory=list)
+
+
+def fsck_problems(image: Path) -> list[str]:
+    """``fsck.fat -n`` on the image's ESP: every line that is not harmless after a cut."""
+    esp = next(p for p in gpt.read_partitions(str(image)) if p.is_esp)
+    with tempfile.TemporaryDirectory() as tmp:
+        part = Path(tmp) / "esp.img"
+        with image.open("rb") as f:
+            f.seek(esp.first_lba * 512)
+            part.write_bytes(f.read((esp.last_lba - esp.first_lba + 1) * 512))
+        r = subprocess.run(["fsck.fat", "-n", str(part)], capture_output=True, text=True)
+    lines = [line.strip() for line in (r.stdout + r.stderr).splitlines() if line.strip()]
+    return [line for line in lines if not any(p.match(line) for p in FSCK_HARMLESS)]
+
+
+def lost_records(before: dict[str, str], after: dict[str, str], bound: int) -> list[str]:
+    """Records (name -> sha256) whole before a cut and gone after it, other than by rotation:
+    a record may go only when the history holds ``bound`` records all newer than it."""
+    newer = sorted(after)
+    lost = []
+    for name in sorted(set(before) - set(after)):
+        rotated = len(newer) >= bound and all(n > name for n in newer)
+        if not rotated:
+            lost.append(name)
+    lost += [name for name in set(before) & set(after) if before[name] != after[name]]
+    return lost
+
+
+def check_backoff(data: bytes | None, boots: int) -> str:
+    """A problem with the back-off counter, or ""."""
+    if data is None:
+        return ""
+    try:
+        n = backoff.parse(data)
+    except ValueError as e:
+        return f"back-off counter unreadable: {e}"
+    return f"back-off counter {n} is more than the {boots} boots so far" if n > boots else ""
+
+
+class Soak:
+    def __init__(self, image: Path, out: Path, target: int, machines: int, window: float, seed: int | None) -> None:
+        self.image = image
+        self.out = out
+        self.target = target
+        self.machines = machines
+        self.window = window
+        self.rng = random.Random(seed)
+        self.lock = threading.Lock()
+        self.path = out / "soak.json"
+        saved = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.figures = Figures(**saved.get("figures", {}))
+        self.history_bound = int(saved.get("history_bound", 4))
+        self.seen: dict[str, dict[str, str]] = saved.get("records", {})  # machine -> whole records before the cut
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"figures": asdict(self.figures), "history_bound": self.history_bound,
+                                   "records": self.seen}, indent=1))
+        os.replace(tmp, self.path)
+
+    def fail(self, what: str) -> None:
+        with self.lock:
+            self.figures.failures.append(what)
+            self.save()
+        print(f"soak: FAILED: {what}", file=sys.stderr, flush=True)
+
+    def done(self) -> bool:
+        with self.lock:
+            return self.figures.cuts >= self.target or bool(self.figures.failures)
+
+    def cycle(self, m: Machine, name: str) -> None:
+        with self.lock:
+            late = self.rng.random() < 0.5
+            wait = self.rng.uniform(0, self.window)
+        with m:
+            m.wait_boot(timeout=180)
+            m.expect(CORE_STARTED, 120)  # every boot after a cut reaches the core
+            if late:  # in the next boot's archiving, rotation and FAT check
+                m.wait_boot(timeout=180)
+                wait /= 3
+            m.watch(wait)
+            m.power_cut()
+        log = m.output_since_start()
+        text, self._offsets[name] = log[self._offsets.get(name, 0):], len(log)  # this cycle's console
+        problems = [f"fsck.fat -n: {p}" for p in fsck_problems(m.disk)]
+        whole: dict[str, str] = {}
+        torn = 0
+        for rec_name in m.esp_list(HISTORY):
+            if rec_name.endswith(".rec"):
+                rec = records.decode(m.esp_read(f"{HISTORY}/{rec_name}"))
+                if rec.ok:
+                    whole[rec_name] = records.sha256(rec.payload)
+                else:
+                    torn += 1
+        try:
+            counter: bytes | None = m.esp_read("/appliance/backoff.txt")
+        except EspError:
+            counter = None  # not written yet
+        with self.lock:
+            f = self.figures
+            f.cuts += 1
+            f.boots += text.count("init: appliance init ")
+            f.boots_reaching_the_core += text.count("init: core started:")
+            f.records_checked += len(whole) + torn
+            f.torn_records_found += torn
+            reported = text.count("torn record")
+            f.torn_records_reported += reported
+            f.fsck_repairs += text.count("was not unmounted cleanly: checking it")
+            lost = lost_records(self.seen.get(name, {}), whole, self.history_bound)
+            f.records_lost += len(lost)
+            problems += [f"record lost: {n}" for n in lost]
+            if torn > reported:
+                problems.append(f"{torn} torn record(s) on the ESP that the init did not report")
+            problem = check_backoff(counter, f.boots)
+            if problem:
+                problems.append(problem)
+            self.seen[name] = whole
+            self.save()
+            cuts = f.cuts
+        for p in problems:
+            self.fail(f"{name}, cut {cuts}: {p} (console: {m.log_path})")
+        if cuts % 10 == 0:
+            print(f"soak: {cuts} cuts, {self.figures.boots} boots, {self.figures.records_checked} records checked",
+                  flush=True)
+
+    def worker(self, index: int) -> None:
+        name = f"m{index}"
+        m = Machine(self.image, self.out / name, name=f"soak-{name}", log_dir=self.out / "logs", resume=True)
+        m.esp_write("/appliance-test/always", b"soak")
+        while not self.done():
+            try:
+                self.cycle(m, name)
+            except HarnessTimeout as e:
+                self.fail(f"{name}: {e}")
+
+    def run(self) -> int:
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._offsets: dict[str, int] = {}
+        start = time.monotonic()
+        already = self.figures.seconds
+        threads = [threading.Thread(target=self.worker, args=(i,)) for i in range(self.machines)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        with self.lock:
+            self.figures.seconds = already + time.monotonic() - start
+            self.save()
+        self.report()
+        return 1 if self.figures.failures else 0
+
+    def report(self) -> None:
+        f = self.figures
+        print(f"soak: {f.cuts} cuts (target {self.target}), {f.boots} boots, {f.boots_reaching_the_core} reached "
+              f"the core; {f.records_checked} records checked, {f.torn_records_found} torn found on the disk, "
+              f"{f.torn_records_reported} reported by the init, {f.records_lost} lost; {f.fsck_repairs} FAT repairs "
+              f"by the init; {f.seconds / 60:.1f} min in all; {len(f.failures)} failures -> {self.path}")
+        for line in f.failures:
+            print(f"  {line}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="make soak", description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--image", type=Path, default=Path("build/test/appliance.raw"))
+    ap.add_argument("--out", type=Path, default=Path("build/soak"))
+    ap.add_argument("--cuts", type=int, default=int(os.environ.get("SOAK_CUTS") or 1000),
+                    help="cuts in all, counting earlier runs (SOAK_CUTS=, default 1000)")
+    ap.add_argument("--machines", type=int, default=2)
+    ap.add_argument("--window", type=float, default=6.0, help="seconds after the core starts within which to cut")
+    ap.add_argument("--seed", type=int, default=None)
+    a = ap.parse_args(argv)
+    if not a.image.exists():
+        print(f"soak: {a.image} is missing: run make test-image", file=sys.stderr)
+        return 2
+    return Soak(a.image, a.out, a.cuts, a.machines, a.window, a.seed).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

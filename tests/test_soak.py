@@ -1,0 +1,20 @@
+"""The soak's checks between cuts (the soak itself is `make soak`, not part of `make test`)."""
+
+from appliance.harness.soak import check_backoff, lost_records
+
+
+def test_a_record_may_go_only_by_rotation() -> None:
+    before = {"000001-runtime-log.rec": "a", "000002-runtime-log.rec": "b"}
+    rotated = {f"00000{i}-runtime-log.rec": "x" for i in (3, 4, 5, 6)}
+    assert lost_records(before, rotated, bound=4) == []
+    assert lost_records(before, {"000002-runtime-log.rec": "b", "000003-reset.rec": "c"}, bound=4) == [
+        "000001-runtime-log.rec"]  # gone with room to spare: lost
+    assert lost_records(before, {**before, "000002-runtime-log.rec": "changed"}, bound=4) == [
+        "000002-runtime-log.rec"]  # a whole record that changed is lost too
+
+
+def test_backoff_counter_checks() -> None:
+    assert check_backoff(None, 3) == ""
+    assert check_backoff(b"failures = 2\n", 3) == ""
+    assert "more than the 3 boots" in check_backoff(b"failures = 9\n", 3)
+    assert "unreadable" in check_backoff(b"\0\0garbage", 3)
