@@ -113,12 +113,17 @@ class Failures:
             self.say(f"BUG: {text}(going on to the core without it)")
 
     def keep(self, log_line: Callable[[str], None] | None, efivars: str = EFIVARS) -> None:
-        if not self.texts:
-            return
-        if log_line is not None:
-            for text in self.texts:
-                log_line(text)
-            return
-        problem = save("\n".join(self.texts), efivars)
-        if problem:
-            self.say(problem)
+        if self.texts:
+            keep("\n".join(self.texts), log_line, self.say, efivars)
+
+
+def keep(text: str, log_line: Callable[[str], None] | None, say: Callable[[str], None],
+         efivars: str = EFIVARS) -> None:
+    """The init's failure where the next boot finds it: the runtime log (``log_line``) when
+    there is one, else the EFI variable (no ESP yet, or no log on it)."""
+    if log_line is not None:
+        log_line(text)
+        return
+    problem = save(text, efivars)
+    if problem:
+        say(problem)

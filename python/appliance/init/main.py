@@ -265,6 +265,8 @@ class Init:
         except OSError as e:
             self.console.say(f"persistence DEGRADED: could not archive a record in {self.history.directory}: {e}")
             return False, f"not archived: {e}"
+        for problem in self.history.problems:
+            self.console.say(f"history record {problem}")
         if self.history.overfull:
             self.console.say(f"the crash history holds {self.history.overfull} record files beyond what it keeps: "
                              f"removing the oldest for at most {REMOVAL_BUDGET:g} s a boot")
@@ -639,15 +641,8 @@ def reboot(kernel: object, console: Console, esp_device: str | None,
         time.sleep(3600)
 
 
-def keep_where_it_survives(init: Init | None, console: Console, text: str) -> None:
-    """The init's own failure: into the runtime log when there is one, else into the EFI
-    variable (no ESP yet, or no log on it), so the next boot shows it either way."""
-    if init is not None and init.log is not None:
-        init.log.init_line(text)
-        return
-    problem = initfailure.save(text)
-    if problem:
-        console.say(problem)
+def keep_failure(init: Init | None, console: Console, text: str) -> None:
+    initfailure.keep(text, init.log.init_line if init is not None and init.log is not None else None, console.say)
 
 
 def main() -> NoReturn:
@@ -664,7 +659,7 @@ def main() -> NoReturn:
         init.boot()
     except BootError as e:
         console.say(f"a required boot step failed: {e}")
-        keep_where_it_survives(init, console, f"a required boot step failed: {e}\n")
+        keep_failure(init, console, f"a required boot step failed: {e}\n")
         if init is not None:
             init.end(f"boot failed: {e}", failed=True)
     except BaseException:  # noqa: BLE001 - a bug in the init: persist it, then the way out
@@ -673,7 +668,7 @@ def main() -> NoReturn:
         console.say("BUG: the init failed; its traceback follows, then the machine reboots")
         console.say(tb)
         try:
-            keep_where_it_survives(init, console, "the init failed:\n" + tb)
+            keep_failure(init, console, "the init failed:\n" + tb)
             if init is not None:
                 init.end("a failure of the init", failed=True)
         except BaseException:  # noqa: BLE001
