@@ -93,3 +93,17 @@ def test_a_directory_stuffed_with_record_files_drains_in_bounded_steps(tmp_path:
         h.entries()
     h.add("runtime-log", b"newer")
     assert sorted(os.listdir(d))[-1] == "001002-runtime-log.rec" and len(os.listdir(d)) == 4
+
+
+def test_torn_and_corrupt_records_are_found_at_the_next_addition(tmp_path: Path) -> None:
+    h = History(str(tmp_path), max_records=8, max_bytes=1 << 30, free_floor=0, free_bytes=big_disk)
+    first, _ = h.add("runtime-log", b"a whole record" * 100)
+    second, _ = h.add("runtime-log", b"another")
+    assert first is not None and second is not None and h.problems == []
+    data = Path(first.path).read_bytes()
+    Path(first.path).write_bytes(data[:-10])  # cut short, as a power cut without the rename would
+    Path(second.path).write_bytes(Path(second.path).read_bytes() + b"junk")
+    h.add("runtime-log", b"third")
+    assert h.problems == [f"{first.path}: torn record: {len(b'a whole record') * 100 - 10} of 1400 bytes present",
+                          f"{second.path}: corrupt record: 4 bytes beyond its length"]
+    assert [records.decode(Path(e.path).read_bytes()).ok for e in h.entries()] == [False, False, True]

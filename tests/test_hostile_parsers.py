@@ -147,6 +147,10 @@ def test_the_two_hostile_disks_of_the_qemu_tests(tmp_path: Path) -> None:
 def test_records_decode_anything(data: bytes) -> None:
     rec = records.decode(data)
     assert isinstance(rec.problem, str)
+    problem = records.check_length(data[:records.MAX_HEADER], len(data))
+    assert problem == "" or not rec.ok  # the cheap check never fails a whole record
+    if problem.startswith("torn"):
+        assert rec.problem.startswith("torn")
 
 
 @given(st.text(alphabet="abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=20),
@@ -157,8 +161,10 @@ def test_records_round_trip_and_any_cut_is_seen(kind: str, meta: dict[str, str],
     whole = records.encode(kind, payload, meta)
     rec = records.decode(whole)
     assert rec.ok and rec.payload == payload and rec.kind == kind
+    assert records.check_length(whole[:records.MAX_HEADER], len(whole)) == ""
     cut = data.draw(st.integers(0, len(whole) - 1))
     assert not records.decode(whole[:cut]).ok
+    assert records.check_length(whole[:cut][:records.MAX_HEADER], cut) != ""
 
 
 @given(st.binary(max_size=1024))

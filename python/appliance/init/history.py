@@ -57,6 +57,7 @@ class History:
         self.clock = clock
         self.removal_budget = removal_budget
         self.overfull = 0  # record files beyond what is looked at, left at the last listing
+        self.problems: list[str] = []  # torn or corrupt records found at the last addition
 
     def entries(self) -> list[Entry]:
         """The records, oldest first. Temporary files of interrupted writes are removed.
@@ -107,6 +108,22 @@ class History:
         with open(entry.path, "rb") as f:
             return records.decode(f.read())
 
+    def check(self, entries: list[Entry]) -> list[str]:
+        """Each record's header against its size (no hashing): torn or corrupt ones, said
+        by the init; they stay, as evidence, until rotation takes them."""
+        problems = []
+        for e in entries:
+            try:
+                with open(e.path, "rb") as f:
+                    head = f.read(records.MAX_HEADER)
+            except OSError as err:
+                problems.append(f"{e.path}: unreadable: {err}")
+                continue
+            problem = records.check_length(head, e.size)
+            if problem:
+                problems.append(f"{e.path}: {problem}")
+        return problems
+
     def _remove(self, entry: Entry) -> None:
         os.unlink(entry.path)  # the directory is synced once the trimming is done
 
@@ -134,6 +151,7 @@ class History:
         if free - len(data) < self.free_floor:
             return None, (f"not archived: the ESP has {free >> 10} KiB free and keeps at least "
                           f"{self.free_floor >> 10} KiB free (record of {len(data) >> 10} KiB)")
+        self.problems = self.check(entries)
         sequence = entries[-1].sequence + 1 if entries else 1
         path = os.path.join(self.directory, f"{sequence:06d}-{kind}.rec")
         atomic_write(path, data)

@@ -48,6 +48,29 @@ class Record:
         return self.meta.get("kind", "unknown")
 
 
+def check_length(head: bytes, size: int) -> str:
+    """A problem with a record of ``size`` bytes whose first bytes are ``head`` (at least
+    its header), or "": the header and the length it gives, without reading the payload
+    or hashing it (the init checks the history this way at every archiving)."""
+    if not head.startswith(MAGIC):
+        return "not a history record (bad magic)"
+    end = head.find(b"\n\n", len(MAGIC), MAX_HEADER)
+    if end < 0:
+        return "torn record: header incomplete"
+    for line in head[len(MAGIC):end].split(b"\n"):
+        if line.startswith(b"length: "):
+            value = line[8:].strip()
+            if not value.isdigit() or len(value) > 12:
+                break
+            present = size - end - 2
+            if present < int(value):
+                return f"torn record: {present} of {int(value)} bytes present"
+            if present > int(value):
+                return f"corrupt record: {present - int(value)} bytes beyond its length"
+            return ""
+    return "corrupt record: no valid length"
+
+
 def decode(data: bytes) -> Record:
     """Parse a record; a torn or corrupt one comes back with ``problem`` saying how."""
     if not data.startswith(MAGIC):
