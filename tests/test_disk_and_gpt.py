@@ -92,3 +92,22 @@ def test_guids_read_as_uuid_writes_them() -> None:
     for bad in ("", "garbage", "c12a7328f81f11d2ba4b00a0c93ec93b", "{c12a7328-f81f-11d2-ba4b-00a0c93ec93b}",
                 "g12a7328-f81f-11d2-ba4b-00a0c93ec93b", "c12a7328-f81f-11d2-ba4b-00a0c93ec93"):
         assert gpt.parse_guid(bad) is None, bad
+
+
+def test_fsck_problems_sees_only_what_a_power_cut_cannot_explain(image: tuple[Path, bytes, str],
+                                                                tmp_path: Path) -> None:
+    from appliance.init.esp import FAT32_STATE_OFFSET
+    raw, _, _ = image
+    copy = tmp_path / "copy.raw"
+    copy.write_bytes(raw.read_bytes())
+    from appliance.media.espfs import fsck_problems
+    assert fsck_problems(copy) == []
+    esp = gpt.read_partitions(str(copy))[0]
+    with copy.open("r+b") as f:
+        f.seek(esp.first_lba * 512 + FAT32_STATE_OFFSET)
+        f.write(b"\x01")  # the dirty flag a cut leaves: harmless
+    assert fsck_problems(copy) == []
+    with copy.open("r+b") as f:
+        f.seek(esp.first_lba * 512 + 13)
+        f.write(b"\x00")  # sectors per cluster 0: a broken boot sector
+    assert fsck_problems(copy) != []

@@ -3,7 +3,6 @@
 import io
 import os
 import re
-import subprocess
 import uuid
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from appliance.build import disk
 from appliance.harness.machine import Machine
 from appliance.harness.qemu import Drive
 from appliance.init import gpt, records
-from appliance.media import dumps
+from appliance.media import dumps, espfs
 
 pytestmark = pytest.mark.qemu
 
@@ -142,31 +141,6 @@ def test_usb_stick(test_raw: Path, qemu_ready: None, tmp_path: Path, log_dir: Pa
 
 
 FLOOD_LINE = re.compile(rb"core: matrix core: flood line (\d{8})")
-# What fsck.fat -n says of a FAT whose only fault is the dirty flag left by a power
-# cut (offset 65 = 0x41 is that flag, differing from the backup boot sector).
-FSCK_HARMLESS = [re.compile(p) for p in (
-    r"fsck\.fat \d", r"There are differences between boot sector and its backup\.",
-    r"This is mostly harmless\. Differences: \(offset:original/backup\)", r"65:01/00$",
-    r"Not automatically fixing this\.", r"Dirty bit is set\. Fs was not properly unmounted",
-    r"Automatically removing dirty bit\.", r"Leaving filesystem unchanged\.", r".*: \d+ files, \d+/\d+ clusters$",
-    # FAT32's FSInfo free-cluster count is a hint by the specification ("may not be
-    # accurate"); vfat rewrites it only when the file system is synced (the init does
-    # so at each flush), so a cut right after a cluster was allocated can leave it off.
-    r"Free cluster summary wrong \(\d+ vs\. really \d+\)", r"Auto-correcting\.",
-)]
-
-
-def esp_fsck_problems(image: Path, tmp_path: Path) -> list[str]:
-    """fsck.fat -n on the image's ESP: every line that is not the dirty flag's."""
-    esp = next(p for p in gpt.read_partitions(str(image)) if p.is_esp)
-    part = tmp_path / "esp.img"
-    with image.open("rb") as f:
-        f.seek(esp.first_lba * 512)
-        part.write_bytes(f.read((esp.last_lba - esp.first_lba + 1) * 512))
-    r = subprocess.run(["fsck.fat", "-n", str(part)], capture_output=True, text=True)
-    lines = [line.strip() for line in (r.stdout + r.stderr).splitlines() if line.strip()]
-    return [line for line in lines if not any(p.match(line) for p in FSCK_HARMLESS)]
-
 
 def check_flood_log(data: bytes) -> int:
     """Intact up to the cut: consecutive flood lines (numbering restarts after the cap's
@@ -200,6 +174,6 @@ def test_power_cut_while_the_core_floods_stderr(test_raw: Path, qemu_ready: None
             m.wait_boot(timeout=120)
             m.expect(r"matrix core: flood line 00020000", 120)  # well past several flushes
             m.power_cut()
-        problems = esp_fsck_problems(m.disk, tmp_path)
+        problems = espfs.fsck_problems(m.disk)
         assert problems == [], f"cut {i + 1}: fsck.fat -n found more than the dirty flag: {problems}"
         assert check_flood_log(m.esp_read("/appliance/runtime.log")) > 0, f"cut {i + 1}: nothing was kept"

@@ -24,18 +24,15 @@ import argparse
 import json
 import os
 import random
-import re
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from appliance.harness.machine import HarnessTimeout, Machine
-from appliance.init import backoff, gpt, records
-from appliance.media.espfs import EspError
+from appliance.init import backoff, records
+from appliance.media.espfs import EspError, fsck_problems
 
 CORE_STARTED = r"init: core started: pid \d+ at"
 # Where the cuts land: after the core started, within --window seconds (its stderr
@@ -44,14 +41,6 @@ CORE_STARTED = r"init: core started: pid \d+ at"
 LATE_SHARE = 0.4
 NEXT_BOOT_WINDOW = 2.5
 HISTORY = "/appliance/history"
-FSCK_HARMLESS = [re.compile(p) for p in (
-    r"fsck\.fat \d", r"There are differences between boot sector and its backup\.",
-    r"This is mostly harmless\. Differences: \(offset:original/backup\)", r"65:01/00$",
-    r"Not automatically fixing this\.", r"Dirty bit is set\. Fs was not properly unmounted",
-    r"Automatically removing dirty bit\.", r"Leaving filesystem unchanged\.", r".*: \d+ files, \d+/\d+ clusters$",
-    # FAT32's FSInfo free-cluster count is a hint by the specification ("may not be accurate").
-    r"Free cluster summary wrong \(\d+ vs\. really \d+\)", r"Auto-correcting\.",
-)]
 
 
 @dataclass
@@ -66,19 +55,6 @@ class Figures:
     fsck_repairs: int = 0  # boots whose init found the FAT dirty and ran fsck.fat -a
     seconds: float = 0.0
     failures: list[str] = field(default_factory=list)
-
-
-def fsck_problems(image: Path) -> list[str]:
-    """``fsck.fat -n`` on the image's ESP: every line that is not harmless after a cut."""
-    esp = next(p for p in gpt.read_partitions(str(image)) if p.is_esp)
-    with tempfile.TemporaryDirectory() as tmp:
-        part = Path(tmp) / "esp.img"
-        with image.open("rb") as f:
-            f.seek(esp.first_lba * 512)
-            part.write_bytes(f.read((esp.last_lba - esp.first_lba + 1) * 512))
-        r = subprocess.run(["fsck.fat", "-n", str(part)], capture_output=True, text=True)
-    lines = [line.strip() for line in (r.stdout + r.stderr).splitlines() if line.strip()]
-    return [line for line in lines if not any(p.match(line) for p in FSCK_HARMLESS)]
 
 
 def lost_records(before: dict[str, str], after: dict[str, str], bound: int) -> list[str]:

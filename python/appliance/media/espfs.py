@@ -6,6 +6,7 @@ harness uses it between boots; ``appliance.media.dumps`` reads sticks with it.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -86,3 +87,30 @@ class EspImage:
 
     def delete(self, path: str) -> None:
         self._run("mdel", "-i", self.image, f"::{path}")
+
+
+# What fsck.fat -n says of a FAT whose only fault is the dirty flag left by a power
+# cut (offset 65 = 0x41 is that flag, differing from the backup boot sector).
+FSCK_HARMLESS = [re.compile(p) for p in (
+    r"fsck\.fat \d", r"There are differences between boot sector and its backup\.",
+    r"This is mostly harmless\. Differences: \(offset:original/backup\)", r"65:01/00$",
+    r"Not automatically fixing this\.", r"Dirty bit is set\. Fs was not properly unmounted",
+    r"Automatically removing dirty bit\.", r"Leaving filesystem unchanged\.", r".*: \d+ files, \d+/\d+ clusters$",
+    # FAT32's FSInfo free-cluster count is a hint by the specification ("may not be
+    # accurate"); vfat rewrites it only when the file system is synced (the init does
+    # so at each flush), so a cut right after a cluster was allocated can leave it off.
+    r"Free cluster summary wrong \(\d+ vs\. really \d+\)", r"Auto-correcting\.",
+)]
+
+
+def fsck_problems(disk: str | Path) -> list[str]:
+    """``fsck.fat -n`` on the disk's ESP: every line that is not harmless after a power cut."""
+    esp = find_esp(str(disk))
+    with tempfile.TemporaryDirectory() as tmp:
+        part = Path(tmp) / "esp.img"
+        with open(disk, "rb") as f:
+            f.seek(esp.first_lba * 512)
+            part.write_bytes(f.read((esp.last_lba - esp.first_lba + 1) * 512))
+        r = subprocess.run(["fsck.fat", "-n", str(part)], capture_output=True, text=True)
+    lines = [line.strip() for line in (r.stdout + r.stderr).splitlines() if line.strip()]
+    return [line for line in lines if not any(p.match(line) for p in FSCK_HARMLESS)]
