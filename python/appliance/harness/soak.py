@@ -15,7 +15,8 @@ and FAT check. Between cycles the ESP is read off the disk image and checked:
 - the back-off counter is readable and no larger than the boots so far.
 
 Figures go to ``build/soak/soak.json`` after every cut; a later run resumes from them
-on the same disks, so a long soak can span several runs.
+on the same disks, so a long soak can span several runs. SIGINT or SIGTERM (Ctrl-C)
+ends a run after the cycles under way, with the figures printed.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import argparse
 import json
 import os
 import random
+import signal
 import sys
 import threading
 import time
@@ -96,8 +98,13 @@ class Soak:
         self.history_bound = int(saved.get("history_bound", 4))
         self.seen: dict[str, dict[str, str]] = saved.get("records", {})  # machine -> whole records before the cut
         self.torn: dict[str, list[str]] = saved.get("torn", {})  # machine -> torn records after the last cut
+        self._already = self.figures.seconds  # earlier runs'
+        self._started = 0.0
+        self.stop = threading.Event()  # SIGINT/SIGTERM: finish the cycles under way, then report
 
     def save(self) -> None:
+        if self._started:
+            self.figures.seconds = self._already + time.monotonic() - self._started
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"figures": asdict(self.figures), "history_bound": self.history_bound,
                                    "records": self.seen, "torn": self.torn}, indent=1))
@@ -111,7 +118,7 @@ class Soak:
 
     def done(self) -> bool:
         with self.lock:
-            return self.figures.cuts >= self.target or bool(self.figures.failures)
+            return self.figures.cuts >= self.target or bool(self.figures.failures) or self.stop.is_set()
 
     def cycle(self, m: Machine, name: str) -> None:
         with self.lock:
@@ -186,15 +193,16 @@ class Soak:
     def run(self) -> int:
         self.out.mkdir(parents=True, exist_ok=True)
         self._offsets: dict[str, int] = {}
-        start = time.monotonic()
-        already = self.figures.seconds
+        self._started = time.monotonic()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: self.stop.set())
         threads = [threading.Thread(target=self.worker, args=(i,)) for i in range(self.machines)]
         for t in threads:
             t.start()
         for t in threads:
-            t.join()
+            while t.is_alive():
+                t.join(1.0)  # the main thread stays free to take the signals
         with self.lock:
-            self.figures.seconds = already + time.monotonic() - start
             self.save()
         self.report()
         return 1 if self.figures.failures else 0
