@@ -54,6 +54,12 @@ def test_command_line_every_boot_controller_and_the_older_pc() -> None:
     assert "ahci,id=ahci" not in q35 and "ide-hd,drive=disk0,bootindex=0" in q35  # ICH9's own AHCI
 
 
+def test_command_line_secure_boot() -> None:
+    cmd = " ".join(command(spec(secure_boot=True)))
+    assert "-machine q35,smm=on,accel=tcg" in cmd and "-global driver=cfi.pflash01,property=secure,value=on" in cmd
+    assert "smm=off" in " ".join(command(spec())) and "cfi.pflash01" not in " ".join(command(spec()))
+
+
 def test_command_line_blkdebug() -> None:
     cmd = command(spec(drives=(Drive("/d/a.raw", blkdebug="/w/rules.cfg"),)))
     assert "if=none,id=disk0,format=raw,file=blkdebug:/w/rules.cfg:/d/a.raw" in cmd
@@ -74,8 +80,12 @@ def test_find_ovmf_reads_descriptors(tmp_path: Path, monkeypatch: pytest.MonkeyP
     desc("40-secure.json", ["secure-boot", "requires-smm"])
     with pytest.raises(FirmwareError):
         find_ovmf((str(tmp_path),))
+    with pytest.raises(FirmwareError, match="Microsoft's keys"):
+        find_ovmf((str(tmp_path),), secure_boot=True)  # enforced, but no keys enrolled
     desc("60-plain.json", ["acpi-s3"])
     assert find_ovmf((str(tmp_path),)) == Firmware(str(code), str(nv))
+    desc("41-enrolled.json", ["secure-boot", "requires-smm", "enrolled-keys"])
+    assert find_ovmf((str(tmp_path),), secure_boot=True) == Firmware(str(code), str(nv))
     monkeypatch.setenv("OVMF_CODE", "/a")
     monkeypatch.setenv("OVMF_VARS", "/b")
     assert find_ovmf((str(tmp_path),)) == Firmware("/a", "/b")

@@ -74,12 +74,15 @@ class Machine:
                  interface: str = "virtio", readonly: bool = False,
                  extra_drives: tuple[Drive, ...] = (), extra_drives_first: bool = False, memory_mib: int = 1024,
                  watchdog: bool = False, warm_reset: bool = False, log_dir: str | Path | None = None,
-                 machine: str = "q35", blkdebug: str | None = None, resume: bool = False) -> None:
+                 machine: str = "q35", blkdebug: str | None = None, resume: bool = False,
+                 secure_boot: str = "off") -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.name = name
         self.disk = self.workdir / "disk.raw"
-        fw = find_ovmf()
+        if secure_boot not in ("off", "ms"):
+            raise ValueError(f"secure_boot={secure_boot!r}: off, or ms (a stock PC: Microsoft's keys enrolled)")
+        fw = find_ovmf(secure_boot=secure_boot != "off")
         self.vars = self.workdir / "OVMF_VARS.fd"
         if not (resume and self.disk.exists() and self.vars.exists()):
             subprocess.run(["cp", "--sparse=always", str(image), str(self.disk)], check=True)
@@ -94,6 +97,7 @@ class Machine:
             drives=(*others, ours) if extra_drives_first else (ours, *others),
             firmware=fw, vars_path=str(self.vars), accel=accel,
             memory_mib=memory_mib, watchdog=watchdog, no_reboot=not warm_reset, machine=machine,
+            secure_boot=secure_boot != "off",
         )
         self.warm_reset = warm_reset
         self.power_cycles = 0  # guest resets turned into a fresh QEMU

@@ -26,14 +26,16 @@ class Firmware:
     vars_template: str
 
 
-def find_ovmf(dirs: tuple[str, ...] = FIRMWARE_DIRS) -> Firmware:
-    """OVMF for x86-64 q35 without Secure Boot enforcement, from QEMU's firmware descriptors.
+def find_ovmf(dirs: tuple[str, ...] = FIRMWARE_DIRS, secure_boot: bool = False) -> Firmware:
+    """OVMF for x86-64 q35 from QEMU's firmware descriptors: without Secure Boot, or (with
+    ``secure_boot``) a stock PC's: Secure Boot enforced, Microsoft's keys enrolled, SMM.
 
-    OVMF_CODE= and OVMF_VARS= override the choice.
+    OVMF_CODE= and OVMF_VARS= override the choice of the firmware without Secure Boot.
     """
     code, vars_ = os.environ.get("OVMF_CODE"), os.environ.get("OVMF_VARS")
-    if code and vars_:
+    if code and vars_ and not secure_boot:
         return Firmware(code, vars_)
+    wanted = {"secure-boot", "enrolled-keys", "requires-smm"}
     candidates = []
     for d in dirs:
         for path in sorted(glob.glob(os.path.join(d, "*.json"))):
@@ -47,17 +49,17 @@ def find_ovmf(dirs: tuple[str, ...] = FIRMWARE_DIRS) -> Firmware:
                        for t in desc.get("targets", [])):
                 continue
             features = set(desc.get("features", []))
-            if "secure-boot" in features or "enrolled-keys" in features or "requires-smm" in features:
-                continue
-            mapping = desc.get("mapping", {})
-            if mapping.get("device") != "flash":
-                continue
-            exe = mapping.get("executable", {}).get("filename")
-            nv = mapping.get("nvram-template", {}).get("filename")
-            if exe and nv and os.path.exists(exe) and os.path.exists(nv):
-                candidates.append(Firmware(exe, nv))
+            if (wanted <= features) if secure_boot else not (wanted & features):
+                mapping = desc.get("mapping", {})
+                if mapping.get("device") != "flash":
+                    continue
+                exe = mapping.get("executable", {}).get("filename")
+                nv = mapping.get("nvram-template", {}).get("filename")
+                if exe and nv and os.path.exists(exe) and os.path.exists(nv):
+                    candidates.append(Firmware(exe, nv))
     if not candidates:
-        raise FirmwareError("no OVMF firmware for x86-64 q35 without Secure Boot found in "
+        what = "with Secure Boot and Microsoft's keys enrolled" if secure_boot else "without Secure Boot"
+        raise FirmwareError(f"no OVMF firmware for x86-64 q35 {what} found in "
                             f"{', '.join(dirs)} (install the ovmf package, or set OVMF_CODE= and OVMF_VARS=)")
     return candidates[0]
 
@@ -130,6 +132,7 @@ class MachineSpec:
     watchdog: bool = False
     no_reboot: bool = False  # QEMU exits when the guest resets (the harness starts it again)
     machine: str = "q35"  # q35 | pc (i440fx, the older PC)
+    secure_boot: bool = False  # SMM on and the firmware's variables behind it, as Secure Boot needs
     extra: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -137,7 +140,7 @@ def command(spec: MachineSpec, qemu: str = "qemu-system-x86_64") -> list[str]:
     """The full QEMU command: serial console on stdio, no network, nothing implicit."""
     cmd = [
         qemu,
-        "-machine", f"{spec.machine},smm=off,accel={spec.accel}",
+        "-machine", f"{spec.machine},smm={'on' if spec.secure_boot else 'off'},accel={spec.accel}",
         "-cpu", "host" if spec.accel == "kvm" else "max",
         "-smp", str(spec.cpus),
         "-m", str(spec.memory_mib),
@@ -148,6 +151,8 @@ def command(spec: MachineSpec, qemu: str = "qemu-system-x86_64") -> list[str]:
         "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={spec.firmware.code}",
         "-drive", f"if=pflash,format=raw,unit=1,file={spec.vars_path}",
     ]
+    if spec.secure_boot:  # only SMM may write the variables (db, dbx, MOKs): the OS cannot enroll itself
+        cmd += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
     if spec.no_reboot:
         cmd += ["-no-reboot"]
     if spec.rng:
