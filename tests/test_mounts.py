@@ -11,11 +11,11 @@ def test_table_order_and_flags() -> None:
     order = {t: i for i, t in enumerate(targets)}
     assert order["/proc"] < order["/dev/fd"]  # links point into /proc
     assert order["/dev"] < order["/dev/pts"] < order["/dev/shm"]
-    assert order["/sys"] < order["/sys/fs/cgroup"]
+    assert order["/sys"] < order["/sys/fs/cgroup"] and order["/sys"] < order["/sys/kernel/security"]
     for step in mounts.EARLY + mounts.FIRMWARE:
         if isinstance(step, mounts.Mount):
             assert step.flags & MS_NOSUID, step
-            if step.fstype in ("proc", "sysfs", "efivarfs", "pstore", "cgroup2"):
+            if step.fstype in ("proc", "sysfs", "efivarfs", "pstore", "cgroup2", "securityfs"):
                 assert step.flags & MS_NODEV and step.flags & MS_NOEXEC, step
     required = {s.target for s in mounts.EARLY if isinstance(s, mounts.Mount) and s.required}
     assert required == {"/proc", "/sys", "/dev", "/dev/pts", "/run", "/tmp"}

@@ -77,6 +77,10 @@ def test_state_round_trip_and_each_reason(tmp_path: Path) -> None:
     assert lastboot.reason(lastboot.load(path)[0]) == ("failure of the init (a failure of the init)", False)
     lastboot.save_ended(path, "core", "a cause\nover two lines")  # one line in the file, nothing else lost
     assert lastboot.load(path) == (lastboot.State(False, "core", "a cause over two lines"), "")
+    lastboot.save_running(path, "on (lockdown: integrity)")
+    assert lastboot.load(path) == (lastboot.State(True, secure_boot="on (lockdown: integrity)"), "")
+    lastboot.save_ended(path, "core", "exited with status 1", "off")
+    assert lastboot.load(path)[0] == lastboot.State(False, "core", "exited with status 1", "off")
     Path(path).write_bytes(b"\x00garbage")
     state, problem = lastboot.load(path)
     assert state is None and "unreadable" in problem

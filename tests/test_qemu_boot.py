@@ -17,6 +17,7 @@ def test_demo_image_boots_to_its_core(built_raw: Path, qemu_ready: None, tmp_pat
     m = Machine(built_raw, tmp_path, name="demo-boot", log_dir=log_dir)
     with m:
         init_up = m.wait_boot(timeout=120)
+        m.expect(r"init: secure boot: off\r?\n", 30)
         m.expect(r"init: ESP mounted: /dev/vda1 \(partition [0-9a-f-]+\) at /esp", 30)
         started = m.expect(CORE_STARTED, 30)
         m.expect(r"demo core: ready", 30)
@@ -48,5 +49,6 @@ def test_a_crash_survives_the_reboot(test_raw: Path, qemu_ready: None, tmp_path:
     rec = records.decode(m.esp_read("/appliance/history/000001-runtime-log.rec"))
     assert rec.ok, rec.problem
     assert rec.meta["ended"] == "exited with status 1"
+    assert rec.meta["secure-boot"] == "off"  # the crashed boot's, from its state file
     assert b"core: RuntimeError: matrix core: raised on purpose in the main thread" in rec.payload
     assert b'core:     raise RuntimeError("matrix core: raised on purpose in the main thread")' in rec.payload

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.build import disk, signing
 from appliance.harness.machine import Machine
 
 pytestmark = pytest.mark.qemu
@@ -22,3 +23,47 @@ def test_an_unsigned_image_is_refused_before_any_kernel_runs(built_raw: Path, qe
         m.power_cut()
     log = m.output_since_start()
     assert "EFI stub" not in log and "init: " not in log
+
+
+@pytest.fixture(scope="module")
+def signed(built_efi: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, signing.Key]:
+    """The image's UKI signed with a key made for the test, laid into a disk image."""
+    d = tmp_path_factory.mktemp("signed")
+    key = signing.ensure_key(d / "keys")
+    efi = d / "appliance.efi"
+    signing.sign(built_efi, efi, key)
+    raw = d / "appliance.raw"
+    disk.make_disk(efi, raw)
+    return raw, key
+
+
+def test_signed_image_boots_with_secure_boot_enforced_and_the_kernel_locked_down(
+        signed: tuple[Path, signing.Key], qemu_ready: None, tmp_path: Path, log_dir: Path) -> None:
+    """An owner's machine (their certificate in db): the stub runs under Secure Boot, the
+    kernel locks itself down, signed modules load (the ESP mounts), the core runs."""
+    raw, key = signed
+    m = Machine(raw, tmp_path, name="secureboot-own-boots", secure_boot="own", db_cert=key.cert, log_dir=log_dir)
+    with m:
+        m.wait_boot(timeout=180)
+        m.expect(r"init: secure boot: on \(lockdown: integrity\)", 60)
+        m.expect(r"init: ESP mounted: /dev/vda1", 60)  # vfat and virtio_blk: signed modules under lockdown
+        m.expect(r"demo core: ready", 60)
+        m.power_cut()
+    assert m.esp_read("/appliance/last-boot.txt").startswith(b"state = running\nsecure-boot = on (lockdown: integrity)")
+
+
+def test_a_changed_byte_or_another_key_is_refused(signed: tuple[Path, signing.Key], qemu_ready: None,
+                                                  tmp_path: Path, log_dir: Path) -> None:
+    raw, key = signed
+    other = signing.ensure_key(tmp_path / "other-keys")
+    for name, cert in (("secureboot-own-byte-changed", key.cert), ("secureboot-own-other-key", other.cert)):
+        m = Machine(raw, tmp_path / name, name=name, secure_boot="own", db_cert=cert, log_dir=log_dir)
+        if name.endswith("byte-changed"):
+            efi = bytearray(m.esp_read("/EFI/BOOT/BOOTX64.EFI"))
+            efi[len(efi) // 2] ^= 0x01
+            m.esp_write("/EFI/BOOT/BOOTX64.EFI", bytes(efi))
+        with m:
+            m.expect(r"BdsDxe: failed to load Boot\d+ [^\n]*: (Access Denied|Security Violation)", 180)
+            m.power_cut()
+        log = m.output_since_start()
+        assert "EFI stub" not in log and "init: " not in log, name

@@ -32,6 +32,7 @@ import pexpect
 from appliance.harness.qemu import Drive, MachineSpec, command, find_ovmf, kvm_works
 from appliance.media import espfs
 
+OWNER_GUID = "6f0ed740-9d20-46f1-8429-56c26738b531"  # the owner of a certificate enrolled in db (ours)
 BANNER = re.compile(r"init: appliance init \S+ started at ([0-9.]+) s since boot")
 
 
@@ -75,18 +76,25 @@ class Machine:
                  extra_drives: tuple[Drive, ...] = (), extra_drives_first: bool = False, memory_mib: int = 1024,
                  watchdog: bool = False, warm_reset: bool = False, log_dir: str | Path | None = None,
                  machine: str = "q35", blkdebug: str | None = None, resume: bool = False,
-                 secure_boot: str = "off") -> None:
+                 secure_boot: str = "off", db_cert: str | Path | None = None) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.name = name
         self.disk = self.workdir / "disk.raw"
-        if secure_boot not in ("off", "ms"):
-            raise ValueError(f"secure_boot={secure_boot!r}: off, or ms (a stock PC: Microsoft's keys enrolled)")
+        if secure_boot not in ("off", "ms", "own"):
+            raise ValueError(f"secure_boot={secure_boot!r}: off, ms (a stock PC: Microsoft's keys enrolled) "
+                             "or own (also the certificate db_cert= in db)")
+        if secure_boot == "own" and db_cert is None:
+            raise ValueError("secure_boot='own' needs db_cert=: the certificate to enroll in db")
         fw = find_ovmf(secure_boot=secure_boot != "off")
         self.vars = self.workdir / "OVMF_VARS.fd"
         if not (resume and self.disk.exists() and self.vars.exists()):
             subprocess.run(["cp", "--sparse=always", str(image), str(self.disk)], check=True)
-            shutil.copyfile(fw.vars_template, self.vars)
+            if secure_boot == "own":  # an owner's machine: their certificate beside Microsoft's in db
+                subprocess.run(["virt-fw-vars", "--input", fw.vars_template, "--output", str(self.vars),
+                                "--add-db", OWNER_GUID, str(db_cert)], check=True, capture_output=True)
+            else:
+                shutil.copyfile(fw.vars_template, self.vars)
         accel = "kvm" if kvm_works() else "tcg"
         # The image is always what the firmware boots (boot index 0); extra drives can
         # come first on the bus, so the firmware and the kernel see them first.

@@ -25,6 +25,7 @@ class State(NamedTuple):
     running: bool
     category: str = ""  # requested | core | init
     cause: str = ""
+    secure_boot: str = ""  # as the boot said it: "on (lockdown: integrity)", "off", ...
 
 
 def load(path: str) -> tuple[State | None, str]:
@@ -32,10 +33,11 @@ def load(path: str) -> tuple[State | None, str]:
     try:
         with open(path, "rb") as f:
             raw = kvfile.parse(f.read(4096))
+        secure_boot = raw.get("secure-boot", "")
         if raw.get("state") == "running":
-            return State(running=True), ""
+            return State(running=True, secure_boot=secure_boot), ""
         if raw.get("state") == "ended":
-            return State(False, raw.get("category", ""), raw.get("cause", "")), ""
+            return State(False, raw.get("category", ""), raw.get("cause", ""), secure_boot), ""
         raise ValueError(f"unknown state {raw.get('state')!r}")
     except FileNotFoundError:
         return None, ""
@@ -43,12 +45,13 @@ def load(path: str) -> tuple[State | None, str]:
         return None, f"the state file {path} is unreadable ({e})"
 
 
-def save_running(path: str) -> None:
-    atomic_write(path, b"state = running\n")
+def save_running(path: str, secure_boot: str = "") -> None:
+    atomic_write(path, kvfile.render({"state": "running", **({"secure-boot": secure_boot} if secure_boot else {})}))
 
 
-def save_ended(path: str, category: str, cause: str) -> None:
-    atomic_write(path, kvfile.render({"state": "ended", "category": category, "cause": cause}))
+def save_ended(path: str, category: str, cause: str, secure_boot: str = "") -> None:
+    atomic_write(path, kvfile.render({"state": "ended", "category": category, "cause": cause,
+                                      **({"secure-boot": secure_boot} if secure_boot else {})}))
 
 
 def reason(state: State | None, panic: str = "", watchdog_reset: str = "", init_failure: str = "") -> tuple[str, bool]:

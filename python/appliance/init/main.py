@@ -27,6 +27,7 @@ from appliance.init import (
     modules,
     mounts,
     pstore,
+    secureboot,
 )
 from appliance.init.cgroup import CoreCgroup
 from appliance.init.console import Console, uptime
@@ -75,6 +76,7 @@ class Init:
         self.previous_end = ""  # why the previous boot ended, as said on the console
         self.failures_of_init = initfailure.Failures(console.say)
         self.previous_log_kept = False  # the previous boot's log could not be archived: it stays
+        self.secure_boot = ""  # this boot's Secure Boot state, as said on the console
 
     def step_done(self, name: str) -> None:
         self.steps.append((name, uptime()))
@@ -97,6 +99,8 @@ class Init:
         # said and kept, and the core runs all the same.
         self.failures_of_init.run("loading kernel modules", self.load_modules)
         self.step_done("modules")
+        self.secure_boot = secureboot.read().describe()  # efivarfs is mounted with the modules
+        self.console.say(f"secure boot: {self.secure_boot}")
         try:
             self.kernel.reboot(0)  # type: ignore[attr-defined]  # Ctrl-Alt-Del: SIGINT to us, not a reset
         except OSError as e:
@@ -242,6 +246,8 @@ class Init:
                                                            initfailure.summary(init_failure) if init_failure else "")
         self.console.say(f"previous boot ended: {self.previous_end}")
         meta = {"boot-ended": self.previous_end}
+        if state is not None and state.secure_boot:
+            meta["secure-boot"] = state.secure_boot  # the previous boot's, kept in its state file
         archived = False
         for dump in dumps:
             archived |= self.show_pstore_dump(dump, meta)
@@ -252,7 +258,7 @@ class Init:
             self._archive("reset", f"previous boot ended: {self.previous_end}\n".encode(), meta)
         if self.app_dir is not None:
             try:
-                lastboot.save_running(state_path)
+                lastboot.save_running(state_path, self.secure_boot)
             except OSError as e:
                 self.console.say(f"could not write {state_path}: {e}")
 
@@ -534,7 +540,8 @@ class Init:
             self._save_failures()
         if self.app_dir is not None:
             try:
-                lastboot.save_ended(os.path.join(self.app_dir, lastboot.STATE_FILE), category, reason)
+                lastboot.save_ended(os.path.join(self.app_dir, lastboot.STATE_FILE), category, reason,
+                                    self.secure_boot)
             except OSError as e:
                 self.console.say(f"could not record how this boot ended: {e}")
         os.sync()

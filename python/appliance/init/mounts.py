@@ -48,6 +48,8 @@ EARLY: tuple[Mount | Symlink, ...] = (
     Symlink("/proc/self/fd/1", "/dev/stdout"),
     Symlink("/proc/self/fd/2", "/dev/stderr"),
     Mount("cgroup2", "/sys/fs/cgroup", "cgroup2", _SAFE | MS_RELATIME, "nsdelegate", required=False),
+    # The kernel's lockdown state (Secure Boot locks Debian's kernel down) is read here.
+    Mount("securityfs", "/sys/kernel/security", "securityfs", _SAFE | MS_RELATIME, required=False),
 )
 
 # Mounted after the kernel modules are loaded (efivarfs may be a module).

@@ -1,0 +1,57 @@
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from appliance.init import secureboot
+
+
+def fake(tmp_path: Path, value: bytes | None, lockdown: str | None) -> secureboot.State:
+    efivars = tmp_path / "efivars"
+    efivars.mkdir(exist_ok=True)
+    var = efivars / f"SecureBoot-{secureboot.GLOBAL}"
+    if value is not None:
+        var.write_bytes(b"\x06\0\0\0" + value)
+    elif var.exists():
+        var.unlink()
+    lock = tmp_path / "lockdown"
+    if lockdown is not None:
+        lock.write_text(lockdown)
+    elif lock.exists():
+        lock.unlink()
+    return secureboot.read(str(efivars), str(lock))
+
+
+def test_on_off_unknown_and_the_lockdown_in_force(tmp_path: Path) -> None:
+    state = fake(tmp_path, b"\x01", "none [integrity] confidentiality\n")
+    assert state == secureboot.State(True, "integrity") and state.describe() == "on (lockdown: integrity)"
+    assert fake(tmp_path, b"\x00", "[none] integrity confidentiality\n").describe() == "off"
+    assert fake(tmp_path, b"\x00", None).describe() == "off"
+    assert fake(tmp_path, None, None).describe() == "unknown (no SecureBoot variable)"
+    # Locked down without Secure Boot (lockdown= on the command line): said too.
+    assert fake(tmp_path, b"\x00", "none integrity [confidentiality]").describe() == "off (lockdown: confidentiality)"
+
+
+@given(st.binary(max_size=40), st.text(max_size=80))
+def test_any_bytes(tmp_path_factory: object, value: bytes, lockdown: str) -> None:
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        state = fake(Path(d), value, lockdown)
+    assert state.enabled in (True, False) and isinstance(state.describe(), str)
+
+
+def test_signing_key_is_made_once_private_and_checked(tmp_path: Path) -> None:
+    import stat
+
+    from appliance.build import signing
+    key = signing.ensure_key(tmp_path / "keys")
+    assert stat.S_IMODE(key.key.stat().st_mode) == 0o600 and key.der.read_bytes()[:1] == b"\x30"  # DER: a SEQUENCE
+    assert signing.ensure_key(tmp_path / "keys").cert.read_bytes() == key.cert.read_bytes()  # not made again
+    efi = tmp_path / "a.efi"
+    efi.write_bytes(b"not a PE file")
+    try:
+        signing.sign(efi, tmp_path / "signed.efi", key)
+    except signing.SigningError as e:
+        assert "sbsign" in str(e)
+    else:
+        raise AssertionError("signing garbage must fail")
