@@ -62,8 +62,18 @@ def test_listed_modules_are_in_the_image(repo: Path, initrd: dict[str, inspect.E
     assert len(present) < 120  # trimmed, not the whole kernel
 
 
-def test_disk_image_boots_from_the_removable_media_path(built_raw: Path, built_efi: Path) -> None:
+def test_disk_image_boots_through_shim_from_the_removable_media_path(built_raw: Path, built_efi: Path) -> None:
+    """make image's default (SECURE_BOOT=shim): Debian's shim at the removable-media path,
+    MokManager beside it, our signed UKI where shim looks, our certificate at the root."""
+    from appliance.build import signing
     from appliance.media.espfs import EspImage
     parts = gpt.read_partitions(str(built_raw))
     assert [p.is_esp for p in parts] == [True]
-    assert EspImage(built_raw).read("/EFI/BOOT/BOOTX64.EFI") == built_efi.read_bytes()
+    esp = EspImage(built_raw)
+    assert esp.read("/EFI/BOOT/grubx64.efi") == built_efi.read_bytes()
+    shim = esp.read("/EFI/BOOT/BOOTX64.EFI")
+    assert shim[:2] == b"MZ" and shim != built_efi.read_bytes() and b"Microsoft" in shim
+    assert esp.read("/EFI/BOOT/mmx64.efi")[:2] == b"MZ"
+    key = signing.ensure_key(signing.default_keys_dir())
+    signing.verify(built_efi, key.cert)
+    assert esp.read("/ENROLL_THIS_KEY_IN_MOKMANAGER.cer") == key.der.read_bytes()

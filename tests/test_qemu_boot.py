@@ -17,7 +17,7 @@ def test_demo_image_boots_to_its_core(built_raw: Path, qemu_ready: None, tmp_pat
     m = Machine(built_raw, tmp_path, name="demo-boot", log_dir=log_dir)
     with m:
         init_up = m.wait_boot(timeout=120)
-        m.expect(r"init: secure boot: off\r?\n", 30)
+        m.expect(r"init: secure boot: off\s", 30)
         m.expect(r"init: ESP mounted: /dev/vda1 \(partition [0-9a-f-]+\) at /esp", 30)
         started = m.expect(CORE_STARTED, 30)
         m.expect(r"demo core: ready", 30)

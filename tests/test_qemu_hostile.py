@@ -98,9 +98,7 @@ def test_files_of_the_wrong_kind_on_the_esp(test_raw: Path, qemu_ready: None, tm
     """runtime.log a directory, 10,000 files in the history, a 100 MB state file: each is
     said, none takes long, the core runs."""
     big = Machine(test_raw, tmp_path / "m", name="hostile-wrong-kinds", log_dir=log_dir)
-    uki = tmp_path / "uki.efi"
-    uki.write_bytes(big.esp_read("/EFI/BOOT/BOOTX64.EFI"))
-    disk.make_disk(uki, big.disk, free=200 * disk.MIB)  # room for a 100 MB file
+    disk.make_disk(test_raw.parent / "appliance.efi", big.disk, free=200 * disk.MIB)  # room for a 100 MB file
     m = big
     stuffing = tmp_path / "history"
     stuffing.mkdir()

@@ -6,17 +6,27 @@ from pathlib import Path
 
 import pytest
 
-from appliance.build import disk, signing
+from appliance.build import disk, shim, signing
 from appliance.harness.machine import Machine
 
 pytestmark = pytest.mark.qemu
 
 
-def test_an_unsigned_image_is_refused_before_any_kernel_runs(built_raw: Path, qemu_ready: None, tmp_path: Path,
+@pytest.fixture(scope="module")
+def unsigned_efi(repo: Path) -> Path:
+    """The UKI as mkosi made it, before make image signed it."""
+    path = repo / "build/mkosi/appliance.efi"
+    if not path.exists():
+        pytest.fail(f"{path} is missing: run `make image`")
+    return path
+
+
+def test_an_unsigned_image_is_refused_before_any_kernel_runs(unsigned_efi: Path, qemu_ready: None, tmp_path: Path,
                                                              log_dir: Path) -> None:
-    """What a user meets today on a PC with Secure Boot on: the firmware refuses the image.
-    (The signed image and its tests are the Secure Boot issue's work.)"""
-    m = Machine(built_raw, tmp_path, name="secureboot-unsigned-refused", secure_boot="ms", log_dir=log_dir)
+    """SECURE_BOOT=off on a PC with Secure Boot on: the firmware refuses the image."""
+    raw = tmp_path / "unsigned.raw"
+    disk.make_disk(unsigned_efi, raw)
+    m = Machine(raw, tmp_path / "m", name="secureboot-unsigned-refused", secure_boot="ms", log_dir=log_dir)
     with m:
         m.expect(r"BdsDxe: failed to load Boot\d+ [^\n]*: Access Denied", 180)
         m.watch(5)
@@ -26,12 +36,12 @@ def test_an_unsigned_image_is_refused_before_any_kernel_runs(built_raw: Path, qe
 
 
 @pytest.fixture(scope="module")
-def signed(built_efi: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, signing.Key]:
-    """The image's UKI signed with a key made for the test, laid into a disk image."""
+def signed(unsigned_efi: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, signing.Key]:
+    """The image's UKI signed with a key made for the test (SECURE_BOOT=direct's layout)."""
     d = tmp_path_factory.mktemp("signed")
     key = signing.ensure_key(d / "keys")
     efi = d / "appliance.efi"
-    signing.sign(built_efi, efi, key)
+    signing.sign(unsigned_efi, efi, key)
     raw = d / "appliance.raw"
     disk.make_disk(efi, raw)
     return raw, key
@@ -67,3 +77,45 @@ def test_a_changed_byte_or_another_key_is_refused(signed: tuple[Path, signing.Ke
             m.power_cut()
         log = m.output_since_start()
         assert "EFI stub" not in log and "init: " not in log, name
+
+
+@pytest.fixture(scope="module")
+def shim_image(signed: tuple[Path, signing.Key], unsigned_efi: Path, repo: Path,
+               tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, signing.Key]:
+    """For a stock PC: Debian's Microsoft-signed shim, its MokManager, our signed UKI where
+    shim looks for its next stage, and our certificate for MokManager to enroll."""
+    _, key = signed
+    d = tmp_path_factory.mktemp("shim")
+    sources = repo / "build/render/pkgmngr/etc/apt/sources.list.d"
+    found = shim.fetch(sources, d / "cache")
+    efi = d / "appliance.efi"
+    signing.sign(unsigned_efi, efi, key)
+    raw = d / "appliance.raw"
+    disk.make_disk(efi, raw, files={disk.REMOVABLE_PATH: found.shim, "/EFI/BOOT/mmx64.efi": found.mokmanager,
+                                    "/EFI/BOOT/grubx64.efi": efi, "/ENROLL_THIS_KEY_IN_MOKMANAGER.cer": key.der})
+    return raw, key
+
+
+def test_stock_pc_with_our_key_enrolled_as_a_mok_boots_through_shim(
+        shim_image: tuple[Path, signing.Key], qemu_ready: None, tmp_path: Path, log_dir: Path) -> None:
+    raw, key = shim_image
+    m = Machine(raw, tmp_path, name="secureboot-shim-mok", secure_boot="ms", mok_cert=key.cert, log_dir=log_dir)
+    with m:
+        m.expect(r"EFI stub: UEFI Secure Boot is enabled", 180)
+        m.wait_boot(timeout=120)
+        m.expect(r"init: secure boot: on \(lockdown: integrity\)", 60)
+        m.expect(r"init: ESP mounted: /dev/vda1", 60)
+        m.expect(r"demo core: ready", 60)
+        m.power_cut()
+
+
+def test_stock_pc_without_our_key_hands_over_to_mokmanager(
+        shim_image: tuple[Path, signing.Key], qemu_ready: None, tmp_path: Path, log_dir: Path) -> None:
+    raw, _ = shim_image
+    m = Machine(raw, tmp_path, name="secureboot-shim-no-mok", secure_boot="ms", log_dir=log_dir)
+    with m:
+        m.expect(r"Verification failed: \(0x1A\) Security Violation", 180)
+        m.send("\r")  # the error box's OK
+        m.expect(r"Shim UEFI key management", 120)
+        m.power_cut()
+    assert "init: " not in m.output_since_start()

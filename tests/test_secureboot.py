@@ -55,3 +55,27 @@ def test_signing_key_is_made_once_private_and_checked(tmp_path: Path) -> None:
         assert "sbsign" in str(e)
     else:
         raise AssertionError("signing garbage must fail")
+
+
+def test_the_build_refuses_to_sign_a_debug_image_with_the_fleet_key(tmp_path: Path) -> None:
+    import argparse
+
+    import pytest
+
+    from appliance.build import signing
+    from appliance.build.__main__ import signing_key
+
+    def args(**kw: object) -> argparse.Namespace:
+        base = {"secure_boot": "shim", "sb_key": "", "sb_cert": "", "keys_dir": str(tmp_path / "keys"),
+                "profile": "default", "sign_debug": False}
+        return argparse.Namespace(**{**base, **kw})
+
+    assert signing_key(args(secure_boot="off")) is None
+    key = signing_key(args())
+    assert key is not None and key.cert == tmp_path / "keys" / signing.CERT_NAME
+    with pytest.raises(signing.SigningError, match="refusing to sign a debug image"):
+        signing_key(args(profile="debug"))
+    assert signing_key(args(profile="debug", sign_debug=True)) == key  # asked for in so many words
+    with pytest.raises(signing.SigningError, match="both SB_KEY= and SB_CERT="):
+        signing_key(args(sb_key=str(key.key)))
+    assert signing_key(args(sb_key=str(key.key), sb_cert=str(key.cert))) == key

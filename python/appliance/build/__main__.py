@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from appliance.build import disk, inspect, mirror, mkosi, render
+from appliance.build import disk, inspect, mirror, mkosi, render, shim, signing
 
 
 def _step(n: int, total: int, what: str) -> float:
@@ -27,7 +27,8 @@ def cmd_image(args: argparse.Namespace) -> int:
     try:
         render.check_core(core)
         mirrors = mirror.host_mirrors(args.mirror or None, args.security_mirror)
-    except (render.CoreError, mirror.MirrorError) as e:
+        key = signing_key(args)
+    except (render.CoreError, mirror.MirrorError, signing.SigningError) as e:
         print(f"build: error: {e}", file=sys.stderr)
         return 2
     print(f"build: mirror {mirrors.main}" + (f", security {mirrors.security}" if mirrors.security else
@@ -50,11 +51,24 @@ def cmd_image(args: argparse.Namespace) -> int:
         print(f"build: error: {e}", file=sys.stderr)
         return 1
     efi = build / "appliance.efi"
-    shutil.copy2(out / "appliance.efi", efi)
+    files = {disk.REMOVABLE_PATH: efi}
+    try:
+        if key is None:
+            shutil.copy2(out / "appliance.efi", efi)
+        else:
+            signing.sign(out / "appliance.efi", efi, key)  # sbverify checks it
+            print(f"build: UKI signed for Secure Boot ({args.secure_boot}) with {key.cert}", file=sys.stderr)
+        if args.secure_boot == "shim":
+            found = shim.fetch(render_dir / "pkgmngr/etc/apt/sources.list.d", Path(args.cache_dir).resolve() / "shim")
+            files = {disk.REMOVABLE_PATH: found.shim, "/EFI/BOOT/mmx64.efi": found.mokmanager,
+                     "/EFI/BOOT/grubx64.efi": efi, "/" + MOK_ENROLL_FILE: key.der}  # type: ignore[union-attr]
+    except (signing.SigningError, shim.ShimError) as e:
+        print(f"build: error: {e}", file=sys.stderr)
+        return 1
 
     _step(3, 4, "laying out the GPT disk image with the ESP")
     raw = build / "appliance.raw"
-    layout = disk.make_disk(efi, raw, free=args.esp_free_mib * disk.MIB)
+    layout = disk.make_disk(efi, raw, free=args.esp_free_mib * disk.MIB, files=files)
     disk.make_bmap(raw, build / "appliance.bmap")
 
     _step(4, 4, "checking the result")
@@ -65,6 +79,32 @@ def cmd_image(args: argparse.Namespace) -> int:
     print(f"build: done in {time.monotonic() - started:.1f} s: {raw} ({raw.stat().st_size // disk.MIB} MiB), {efi}",
           file=sys.stderr)
     return 0
+
+
+MOK_ENROLL_FILE = "ENROLL_THIS_KEY_IN_MOKMANAGER.cer"  # at the ESP's root, for MokManager's "Enroll key from disk"
+
+
+def signing_key(args: argparse.Namespace) -> signing.Key | None:
+    """The key the image is signed with, or None (SECURE_BOOT=off). A debug image is never
+    signed with the production key unless asked for in so many words."""
+    if args.secure_boot == "off":
+        return None
+    if bool(args.sb_key) != bool(args.sb_cert):
+        raise signing.SigningError("give both SB_KEY= and SB_CERT= (or neither, for the key in KEYS_DIR)")
+    if args.sb_key:
+        key = signing.Key(Path(args.sb_key).resolve(), Path(args.sb_cert).resolve())
+        for path in (key.key, key.cert):
+            if not path.exists():
+                raise signing.SigningError(f"{path} does not exist")
+        if not key.der.exists():
+            key = signing.ensure_der(key)
+    else:
+        key = signing.ensure_key(Path(args.keys_dir))
+    if args.profile == "debug" and not args.sign_debug:
+        raise signing.SigningError(
+            f"refusing to sign a debug image (a root shell on the console) with {key.cert}: build it with "
+            "SECURE_BOOT=off, or say SIGN_DEBUG_WITH_THIS_KEY=yes if that key is not your fleet's")
+    return key
 
 
 def cmd_bench_rebuild(args: argparse.Namespace) -> int:
@@ -122,6 +162,15 @@ def main(argv: list[str] | None = None) -> int:
     img.add_argument("--core-memory-max", default="")
     img.add_argument("--history-records", type=int, default=render.INIT_DEFAULTS.history_records)
     img.add_argument("--hw-watchdog-seconds", type=int, default=render.INIT_DEFAULTS.hw_watchdog_seconds)
+    img.add_argument("--secure-boot", choices=["off", "direct", "shim"],
+                     default=os.environ.get("SECURE_BOOT") or "shim",
+                     help="off: unsigned; direct: the signed UKI as BOOTX64.EFI (your keys in db); shim: Debian's "
+                          "Microsoft-signed shim first, our key enrolled as a MOK (stock PCs)")
+    img.add_argument("--keys-dir", default=os.environ.get("KEYS_DIR") or str(signing.default_keys_dir()))
+    img.add_argument("--sb-key", default=os.environ.get("SB_KEY") or "")
+    img.add_argument("--sb-cert", default=os.environ.get("SB_CERT") or "")
+    img.add_argument("--sign-debug", action="store_true",
+                     default=os.environ.get("SIGN_DEBUG_WITH_THIS_KEY", "") in ("yes", "1", "true"))
     img.set_defaults(func=cmd_image)
     br = sub.add_parser("bench-rebuild", help="time a rebuild after changing one file under python/")
     br.add_argument("--repo", default=".")

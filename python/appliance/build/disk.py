@@ -57,10 +57,16 @@ def _run(cmd: list[str], **kw: object) -> None:
         raise RuntimeError(f"{cmd[0]} failed (exit {e.returncode}): {e.stderr.strip() or e.stdout.strip()}") from e
 
 
+REMOVABLE_PATH = "/EFI/BOOT/BOOTX64.EFI"  # what firmware starts from a disk it has no boot entry for
+
+
 def make_disk(uki: Path, out: Path, free: int = 64 * MIB,
-              disk_id: uuid.UUID | None = None, part_id: uuid.UUID | None = None) -> Layout:
-    """Write ``out``: GPT, one ESP with the UKI at the removable-media path."""
-    layout = plan(uki.stat().st_size, free)
+              disk_id: uuid.UUID | None = None, part_id: uuid.UUID | None = None,
+              files: dict[str, Path] | None = None) -> Layout:
+    """Write ``out``: GPT, one ESP with the UKI at the removable-media path, or with
+    ``files`` (ESP path -> file) instead (shim, its MokManager and the UKI)."""
+    files = files or {REMOVABLE_PATH: uki}
+    layout = plan(sum(f.stat().st_size for f in files.values()), free)
     tmp = out.with_name(out.name + ".tmp")
     tmp.unlink(missing_ok=True)
     with tmp.open("wb") as f:
@@ -72,7 +78,8 @@ def make_disk(uki: Path, out: Path, free: int = 64 * MIB,
           str(tmp), str(layout.esp_size // 1024)])
     img = f"{tmp}@@{layout.esp_offset}"
     _run(["mmd", "-i", img, "::/EFI", "::/EFI/BOOT"])
-    _run(["mcopy", "-i", img, str(uki), "::/EFI/BOOT/BOOTX64.EFI"])
+    for path, source in files.items():
+        _run(["mcopy", "-i", img, str(source), f"::{path}"])
     tmp.rename(out)
     return layout
 

@@ -60,9 +60,13 @@ def ensure_key(directory: Path, subject: str = "appliance Secure Boot signing ke
             os.umask(old)
         key.chmod(0o600)
     found = Key(key, cert)
-    if not found.der.exists():
-        _run(["openssl", "x509", "-in", str(cert), "-outform", "DER", "-out", str(found.der)])
-    return found
+    return found if found.der.exists() else ensure_der(found)
+
+
+def ensure_der(key: Key) -> Key:
+    """The certificate's DER copy beside it (MokManager reads DER)."""
+    _run(["openssl", "x509", "-in", str(key.cert), "-outform", "DER", "-out", str(key.der)])
+    return key
 
 
 def sign(efi: Path, out: Path, key: Key) -> None:

@@ -33,6 +33,7 @@ from appliance.harness.qemu import Drive, MachineSpec, command, find_ovmf, kvm_w
 from appliance.media import espfs
 
 OWNER_GUID = "6f0ed740-9d20-46f1-8429-56c26738b531"  # the owner of a certificate enrolled in db (ours)
+SHIM_GUID = "605dab50-e046-4300-abb6-3dd810dd8b23"  # shim's vendor GUID: the owner of MOKs
 BANNER = re.compile(r"init: appliance init \S+ started at ([0-9.]+) s since boot")
 
 
@@ -76,7 +77,8 @@ class Machine:
                  extra_drives: tuple[Drive, ...] = (), extra_drives_first: bool = False, memory_mib: int = 1024,
                  watchdog: bool = False, warm_reset: bool = False, log_dir: str | Path | None = None,
                  machine: str = "q35", blkdebug: str | None = None, resume: bool = False,
-                 secure_boot: str = "off", db_cert: str | Path | None = None) -> None:
+                 secure_boot: str = "off", db_cert: str | Path | None = None,
+                 mok_cert: str | Path | None = None) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.name = name
@@ -90,9 +92,14 @@ class Machine:
         self.vars = self.workdir / "OVMF_VARS.fd"
         if not (resume and self.disk.exists() and self.vars.exists()):
             subprocess.run(["cp", "--sparse=always", str(image), str(self.disk)], check=True)
+            enroll = []
             if secure_boot == "own":  # an owner's machine: their certificate beside Microsoft's in db
-                subprocess.run(["virt-fw-vars", "--input", fw.vars_template, "--output", str(self.vars),
-                                "--add-db", OWNER_GUID, str(db_cert)], check=True, capture_output=True)
+                enroll += ["--add-db", OWNER_GUID, str(db_cert)]
+            if mok_cert is not None:  # a stock PC whose owner enrolled our key with MokManager once
+                enroll += ["--add-mok", SHIM_GUID, str(mok_cert)]
+            if enroll:
+                subprocess.run(["virt-fw-vars", "--input", fw.vars_template, "--output", str(self.vars), *enroll],
+                               check=True, capture_output=True)
             else:
                 shutil.copyfile(fw.vars_template, self.vars)
         accel = "kvm" if kvm_works() else "tcg"
@@ -223,6 +230,12 @@ class Machine:
                 if why:
                     raise HarnessTimeout(self._failure(why)) from None
         return "".join(seen)
+
+    def send(self, text: str) -> None:
+        """Type on the serial console (firmware menus, MokManager)."""
+        if self.proc is None:
+            raise RuntimeError("the machine is not running")
+        self.proc.send(text)
 
     def wait_boot(self, timeout: float = 120) -> float:
         """Wait for the init's banner; returns the guest uptime it printed."""

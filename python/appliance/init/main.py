@@ -499,6 +499,9 @@ class Init:
             time.sleep(3600)
 
     def start_debug_shell(self) -> None:
+        self.console.say("*" * 72)
+        self.console.say("DEBUG IMAGE: a root shell on this console; never ship it (make image PROFILE=debug)")
+        self.console.say("*" * 72)
         if not os.path.exists(DEBUG_SHELL[0]):
             self.console.say("debug profile: no shell in the image")
             return
