@@ -43,3 +43,12 @@ def test_the_table_compares_ours_with_the_comparator() -> None:
     lines = text.splitlines()
     assert lines[0].split() == ["ours", "systemd", "ratio"] and set(lines[1]) <= {"-", " "}
     assert len({len(line) for line in lines}) == 1  # numbers right-aligned in their columns
+
+
+def test_secure_boot_is_compared_with_the_same_image_booted_with_it_off() -> None:
+    off = [figures.boot_from_line(LINE, 10.0), figures.boot_from_line(LINE, 12.0)]
+    on = [figures.boot_from_line(LINE, 14.0)]  # shim and the signature check: later, by the same amount
+    rows = figures.secure_boot_rows(on, off)
+    assert rows[0] == ("ours, same image", "Secure Boot on (ms)", "off", "on/off")
+    assert rows[1] == ("QEMU start -> kernel start", "9.50 s (9.50-9.50)", "6.50 s (5.50-7.50)", "1.46")
+    assert rows[2] == ("QEMU start -> core ready", "14.00 s (14.00-14.00)", "11.00 s (10.00-12.00)", "1.27")

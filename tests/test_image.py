@@ -62,7 +62,8 @@ def test_listed_modules_are_in_the_image(repo: Path, initrd: dict[str, inspect.E
     assert len(present) < 120  # trimmed, not the whole kernel
 
 
-def test_disk_image_boots_through_shim_from_the_removable_media_path(built_raw: Path, built_efi: Path) -> None:
+def test_disk_image_boots_through_shim_from_the_removable_media_path(built_raw: Path, built_efi: Path,
+                                                                    tmp_path: Path) -> None:
     """make image's default (SECURE_BOOT=shim): Debian's shim at the removable-media path,
     MokManager beside it, our signed UKI where shim looks, our certificate at the root."""
     from appliance.build import signing
@@ -76,4 +77,5 @@ def test_disk_image_boots_through_shim_from_the_removable_media_path(built_raw: 
     assert esp.read("/EFI/BOOT/mmx64.efi")[:2] == b"MZ"
     key = signing.ensure_key(signing.default_keys_dir())
     signing.verify(built_efi, key.cert)
-    assert esp.read("/ENROLL_THIS_KEY_IN_MOKMANAGER.cer") == key.der.read_bytes()
+    der = esp.read("/ENROLL_THIS_KEY_IN_MOKMANAGER.cer")
+    assert der == signing.der(key.cert, tmp_path / "key.cer").read_bytes() and der[:1] == b"\x30"  # DER: a SEQUENCE

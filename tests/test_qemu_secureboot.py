@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
 
 from appliance.build import disk, shim, signing
 from appliance.harness.machine import Machine
+from appliance.init import records
+from appliance.media.espfs import EspImage
 
 pytestmark = pytest.mark.qemu
 
@@ -79,20 +82,27 @@ def test_a_changed_byte_or_another_key_is_refused(signed: tuple[Path, signing.Ke
         assert "EFI stub" not in log and "init: " not in log, name
 
 
+def shim_layout(built_raw: Path, efi: Path, key: signing.Key, d: Path) -> dict[str, Path]:
+    """make image's layout for a stock PC, around ``efi``: the shim and MokManager that
+    make image fetched, taken from its image rather than fetched again."""
+    esp = EspImage(built_raw)
+    found = shim.Shim(d / "shimx64.efi", d / "mmx64.efi")
+    found.shim.write_bytes(esp.read(disk.REMOVABLE_PATH))
+    found.mokmanager.write_bytes(esp.read("/EFI/BOOT/mmx64.efi"))
+    return shim.layout(found, efi, signing.der(key.cert, d / shim.MOK_ENROLL_FILE))
+
+
 @pytest.fixture(scope="module")
-def shim_image(signed: tuple[Path, signing.Key], unsigned_efi: Path, repo: Path,
+def shim_image(signed: tuple[Path, signing.Key], unsigned_efi: Path, built_raw: Path,
                tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, signing.Key]:
     """For a stock PC: Debian's Microsoft-signed shim, its MokManager, our signed UKI where
     shim looks for its next stage, and our certificate for MokManager to enroll."""
     _, key = signed
     d = tmp_path_factory.mktemp("shim")
-    sources = repo / "build/render/pkgmngr/etc/apt/sources.list.d"
-    found = shim.fetch(sources, d / "cache")
     efi = d / "appliance.efi"
     signing.sign(unsigned_efi, efi, key)
     raw = d / "appliance.raw"
-    disk.make_disk(efi, raw, files={disk.REMOVABLE_PATH: found.shim, "/EFI/BOOT/mmx64.efi": found.mokmanager,
-                                    "/EFI/BOOT/grubx64.efi": efi, "/ENROLL_THIS_KEY_IN_MOKMANAGER.cer": key.der})
+    disk.make_disk(efi, raw, files=shim_layout(built_raw, efi, key, d))
     return raw, key
 
 
@@ -119,3 +129,71 @@ def test_stock_pc_without_our_key_hands_over_to_mokmanager(
         m.expect(r"Shim UEFI key management", 120)
         m.power_cut()
     assert "init: " not in m.output_since_start()
+
+
+# The crash-matrix test image, signed, in both layouts: every guarantee of the init must
+# hold under the kernel's lockdown (signed modules load, efivarfs and pstore work).
+@pytest.fixture(scope="module")
+def signed_test_images(test_raw: Path, built_raw: Path, tmp_path_factory: pytest.TempPathFactory
+                       ) -> dict[str, tuple[Path, signing.Key]]:
+    d = tmp_path_factory.mktemp("signed-test")
+    key = signing.ensure_key(d / "keys")
+    efi = d / "appliance.efi"
+    signing.sign(test_raw.parent / "appliance.efi", efi, key)  # the test image is built unsigned
+    disk.make_disk(efi, d / "own.raw")
+    disk.make_disk(efi, d / "ms.raw", files=shim_layout(built_raw, efi, key, d))
+    return {"own": (d / "own.raw", key), "ms": (d / "ms.raw", key)}
+
+
+# own: a deadlocked core, dumped by the software watchdog; ms: a segfault.
+CRASHES = {
+    "own": ("deadlock", r"killed by signal 6 \(SIGABRT\); the software watchdog fired: no ping for 4 s",
+            r'core:   File "/usr/lib/appliance/core/__main__.py", line \d+ in lock_(first|second)_'),
+    "ms": ("segv", r"killed by signal 11 \(SIGSEGV\)", r"core: Fatal Python error: Segmentation fault"),
+}
+
+
+@pytest.mark.parametrize("mode", ["ms", "own"])
+def test_under_secure_boot_a_core_crash_and_a_kernel_panic_survive_the_reboot(
+        mode: str, signed_test_images: dict[str, tuple[Path, signing.Key]], qemu_ready: None, tmp_path: Path,
+        log_dir: Path) -> None:
+    raw, key = signed_test_images[mode]
+    action, ended, dump = CRASHES[mode]
+    m = Machine(raw, tmp_path, name=f"secureboot-{mode}-crash-panic", secure_boot=mode, watchdog=True,
+                db_cert=key.cert if mode == "own" else None, mok_cert=key.cert if mode == "ms" else None,
+                log_dir=log_dir)
+    m.esp_write("/appliance-test/action", action.encode())
+    lockdown = r"init: secure boot: on \(lockdown: integrity\)"
+    with m:
+        m.wait_boot(timeout=180)
+        m.expect(lockdown, 60)
+        m.expect(rf"matrix core: action {action}", 60)
+        m.expect(rf"init: core ended: {ended} at", 90)
+        m.expect(r"init: rebooting at", 30)
+    log = m.esp_read("/appliance/runtime.log")
+
+    token = uuid.uuid4().hex
+    m.esp_write("/appliance-test/action", f"panic {token}".encode())
+    with m:
+        m.wait_boot(timeout=180)
+        m.expect(lockdown, 60)
+        m.expect(rf"init: previous boot ended: core crash \({ended}\)", 60)
+        m.expect(r"init: ===== previous boot's runtime log: begin", 10)
+        m.expect(rf"init: \| {dump}", 10)
+        crash = m.expect(r"init: ===== previous boot's runtime log: end \(archived as /esp(\S+)\)", 10)
+        m.expect(r"Kernel panic - not syncing", 90)
+        m.wait_boot(timeout=180)  # panic=10: the kernel reboots by itself
+        m.expect(lockdown, 60)
+        m.expect(r"init: previous boot ended: kernel panic \(Panic, kept by pstore\)", 60)
+        m.expect(rf"init: \| kernel: [^\n]*matrix core: about to panic the kernel, token {token}", 30)
+        panic = m.expect(r"init: ===== kernel panic from the previous boot: end \(archived as /esp(\S+)\)", 10)
+        m.expect(r"matrix core: ready", 60)
+        # The hardware watchdog's driver, a signed module, loads under lockdown after the core started.
+        m.expect(r"init: hardware watchdog watchdog\d \(i6300ESB timer\): 15 s, petted by the init", 60)
+        m.power_cut()
+    rec = records.decode(m.esp_read(crash.group(1)))
+    assert rec.ok and rec.payload == log, rec.problem
+    assert rec.meta["secure-boot"] == "on (lockdown: integrity)"
+    rec = records.decode(m.esp_read(panic.group(1)))
+    assert rec.ok and rec.kind == "kernel-panic" and f"token {token}".encode() in rec.payload, rec.problem
+    assert rec.meta["secure-boot"] == "on (lockdown: integrity)"

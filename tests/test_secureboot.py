@@ -45,7 +45,8 @@ def test_signing_key_is_made_once_private_and_checked(tmp_path: Path) -> None:
 
     from appliance.build import signing
     key = signing.ensure_key(tmp_path / "keys")
-    assert stat.S_IMODE(key.key.stat().st_mode) == 0o600 and key.der.read_bytes()[:1] == b"\x30"  # DER: a SEQUENCE
+    assert stat.S_IMODE(key.key.stat().st_mode) == 0o600
+    assert signing.der(key.cert, tmp_path / "key.cer").read_bytes()[:1] == b"\x30"  # DER: a SEQUENCE
     assert signing.ensure_key(tmp_path / "keys").cert.read_bytes() == key.cert.read_bytes()  # not made again
     efi = tmp_path / "a.efi"
     efi.write_bytes(b"not a PE file")

@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -21,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from appliance.bench import figures
-from appliance.build import disk, inspect, mirror, mkosi, render
+from appliance.build import disk, inspect, mirror, mkosi, render, shim
 from appliance.build.__main__ import main as build_main
 from appliance.harness.machine import HarnessTimeout, Machine
 from appliance.harness.qemu import kvm_works
+from appliance.media.espfs import EspImage
 
 CORE = "bench/core.py"
 COMPARATOR = "bench/systemd"
@@ -69,8 +71,11 @@ def rebuild_after_touching(repo: Path, build: Callable[[Path, Path, Path], float
 
 # -- boots --------------------------------------------------------------------------------
 
-def boot_once(image: Path, work: Path, name: str, log_dir: Path) -> figures.Boot:
-    m = Machine(image, work, name=name, log_dir=log_dir)
+def boot_once(image: Path, work: Path, name: str, log_dir: Path, mok_cert: Path | None = None) -> figures.Boot:
+    """One boot to the core's ready line; with ``mok_cert``, on a stock PC's firmware
+    (Secure Boot on, Microsoft's keys) whose owner enrolled that certificate as a MOK."""
+    m = Machine(image, work, name=name, log_dir=log_dir, secure_boot="ms" if mok_cert else "off",
+                mok_cert=mok_cert)
     with m:
         match = m.expect(figures.READY, 300)
         seen = time.monotonic() - m.started_at
@@ -92,6 +97,18 @@ def crash_turnaround(image: Path, work: Path, log_dir: Path) -> float:
         m.power_cut()
     shutil.rmtree(work, ignore_errors=True)
     return shown - crashed
+
+
+def enrollable_cert(image: Path, out: Path) -> Path | None:
+    """The certificate a SECURE_BOOT=shim image asks to be enrolled (PEM, for the harness),
+    or None for an image laid out otherwise."""
+    esp = EspImage(image)
+    if not esp.exists("/" + shim.MOK_ENROLL_FILE):
+        return None
+    der = out.with_suffix(".cer")
+    der.write_bytes(esp.read("/" + shim.MOK_ENROLL_FILE))
+    subprocess.run(["openssl", "x509", "-inform", "DER", "-in", str(der), "-out", str(out)], check=True)
+    return out
 
 
 # -- the report ---------------------------------------------------------------------------
@@ -121,6 +138,9 @@ def report(result: dict[str, Any]) -> str:
     turn = figures.spread(ours["crash_turnaround"])
     rows.append(("crash -> dump printed by the next boot", turn.text(), "n/a: nothing kept", ""))
     text = figures.table(rows)
+    if ours.get("secure_boot_boots"):
+        on = [figures.Boot(*b) for b in ours["secure_boot_boots"]]
+        text += "\n\n" + figures.table(figures.secure_boot_rows(on, boots_a))
     ready = figures.spread([b.core_ready for b in boots_a])
     notes = [
         f"{len(boots_a)} boots of each, interleaved, under {result['accel']} on {result['cpus']} CPUs; "
@@ -169,11 +189,16 @@ def main(argv: list[str] | None = None) -> int:
         result["ours"]["size"] = sizes(ours_dir / "appliance.efi", ours_raw)
         result["systemd"]["size"] = sizes(theirs_dir / "comparator.efi", theirs_raw)
         logs = bench / "logs"
-        boots: dict[str, list[list[float]]] = {"ours": [], "systemd": []}
+        boots: dict[str, list[list[float]]] = {"ours": [], "systemd": [], "ours-secure-boot": []}
         with tempfile.TemporaryDirectory(dir=bench) as work:
+            cert = enrollable_cert(ours_raw, Path(work) / "mok.pem")
+            if cert is None:
+                say("our image is not laid out for a stock PC (SECURE_BOOT=shim): no Secure Boot boots")
+            runs: list[tuple[str, Path, Path | None]] = [("ours", ours_raw, None), ("systemd", theirs_raw, None)]
+            runs += [("ours-secure-boot", ours_raw, cert)] if cert else []
             for i in range(args.boots):
-                for name, image in (("ours", ours_raw), ("systemd", theirs_raw)):
-                    b = boot_once(image, Path(work) / f"{name}{i}", f"bench-{name}-{i + 1}", logs)
+                for name, image, mok in runs:
+                    b = boot_once(image, Path(work) / f"{name}{i}", f"bench-{name}-{i + 1}", logs, mok)
                     say(f"{name} boot {i + 1}/{args.boots}: core ready at {b.core_ready:.2f} s "
                         f"(kernel {b.kernel_start:.2f}, init {b.init_start:.2f}, core {b.core_started:.2f})")
                     boots[name].append(list(b))
@@ -182,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                 turnaround.append(crash_turnaround(ours_raw, Path(work) / f"crash{i}", logs))
                 say(f"crash turnaround {i + 1}/{args.crash_runs}: {turnaround[-1]:.2f} s")
         result["ours"]["boots"], result["systemd"]["boots"] = boots["ours"], boots["systemd"]
+        result["ours"]["secure_boot_boots"] = boots["ours-secure-boot"]
         result["ours"]["crash_turnaround"] = turnaround
         result["accel"] = "kvm" if kvm_works() else "tcg"
     except (RuntimeError, HarnessTimeout, OSError) as e:

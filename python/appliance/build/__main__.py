@@ -60,8 +60,8 @@ def cmd_image(args: argparse.Namespace) -> int:
             print(f"build: UKI signed for Secure Boot ({args.secure_boot}) with {key.cert}", file=sys.stderr)
         if args.secure_boot == "shim":
             found = shim.fetch(render_dir / "pkgmngr/etc/apt/sources.list.d", Path(args.cache_dir).resolve() / "shim")
-            files = {disk.REMOVABLE_PATH: found.shim, "/EFI/BOOT/mmx64.efi": found.mokmanager,
-                     "/EFI/BOOT/grubx64.efi": efi, "/" + MOK_ENROLL_FILE: key.der}  # type: ignore[union-attr]
+            assert key is not None  # shim implies a key: signing_key gave one
+            files = shim.layout(found, efi, signing.der(key.cert, build / shim.MOK_ENROLL_FILE))
     except (signing.SigningError, shim.ShimError) as e:
         print(f"build: error: {e}", file=sys.stderr)
         return 1
@@ -81,9 +81,6 @@ def cmd_image(args: argparse.Namespace) -> int:
     return 0
 
 
-MOK_ENROLL_FILE = "ENROLL_THIS_KEY_IN_MOKMANAGER.cer"  # at the ESP's root, for MokManager's "Enroll key from disk"
-
-
 def signing_key(args: argparse.Namespace) -> signing.Key | None:
     """The key the image is signed with, or None (SECURE_BOOT=off). A debug image is never
     signed with the production key unless asked for in so many words."""
@@ -96,8 +93,6 @@ def signing_key(args: argparse.Namespace) -> signing.Key | None:
         for path in (key.key, key.cert):
             if not path.exists():
                 raise signing.SigningError(f"{path} does not exist")
-        if not key.der.exists():
-            key = signing.ensure_der(key)
     else:
         key = signing.ensure_key(Path(args.keys_dir))
     if args.profile == "debug" and not args.sign_debug:

@@ -28,6 +28,17 @@ class Shim:
     mokmanager: Path  # \EFI\BOOT\mmx64.efi
 
 
+MOK_ENROLL_FILE = "ENROLL_THIS_KEY_IN_MOKMANAGER.cer"  # at the ESP's root, for MokManager's "Enroll key from disk"
+
+
+def layout(found: Shim, uki: Path, cert_der: Path) -> dict[str, Path]:
+    """The ESP's files for a stock PC (ESP path -> file): shim where the firmware looks,
+    MokManager beside it, the signed UKI where shim looks for its next stage, and the
+    certificate for MokManager to enroll on the first boot."""
+    return {"/EFI/BOOT/BOOTX64.EFI": found.shim, "/EFI/BOOT/mmx64.efi": found.mokmanager,
+            "/EFI/BOOT/grubx64.efi": uki, "/" + MOK_ENROLL_FILE: cert_der}
+
+
 def _apt_options(sources_dir: Path, cache: Path) -> list[str]:
     options = {
         "Dir::Etc::SourceList": "/dev/null", "Dir::Etc::SourceParts": str(sources_dir),

@@ -26,10 +26,6 @@ class Key:
     key: Path
     cert: Path
 
-    @property
-    def der(self) -> Path:
-        return self.cert.with_suffix(".cer")
-
 
 def default_keys_dir() -> Path:
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
@@ -48,7 +44,7 @@ def _run(cmd: list[str]) -> str:
 
 def ensure_key(directory: Path, subject: str = "appliance Secure Boot signing key") -> Key:
     """The key in ``directory``, made on first use: RSA 2048 (what shim and firmware
-    accept), a self-signed certificate for 10 years, its DER copy beside it."""
+    accept) and a self-signed certificate for 10 years."""
     key, cert = directory / KEY_NAME, directory / CERT_NAME
     if not (key.exists() and cert.exists()):
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -59,14 +55,14 @@ def ensure_key(directory: Path, subject: str = "appliance Secure Boot signing ke
         finally:
             os.umask(old)
         key.chmod(0o600)
-    found = Key(key, cert)
-    return found if found.der.exists() else ensure_der(found)
+    return Key(key, cert)
 
 
-def ensure_der(key: Key) -> Key:
-    """The certificate's DER copy beside it (MokManager reads DER)."""
-    _run(["openssl", "x509", "-in", str(key.cert), "-outform", "DER", "-out", str(key.der)])
-    return key
+def der(cert: Path, out: Path) -> Path:
+    """Write ``cert`` (PEM) to ``out`` in DER form, which MokManager reads; a fleet's key
+    directory is never written to."""
+    _run(["openssl", "x509", "-in", str(cert), "-outform", "DER", "-out", str(out)])
+    return out
 
 
 def sign(efi: Path, out: Path, key: Key) -> None:
