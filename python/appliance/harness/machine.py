@@ -34,6 +34,7 @@ from appliance.media import espfs
 
 OWNER_GUID = "6f0ed740-9d20-46f1-8429-56c26738b531"  # the owner of a certificate enrolled in db (ours)
 SHIM_GUID = "605dab50-e046-4300-abb6-3dd810dd8b23"  # shim's vendor GUID: the owner of MOKs
+ANSI = re.compile(r"\x1b\[[0-9;=?]*[A-Za-z]")  # a full-screen UI's cursor moves and colours
 BANNER = re.compile(r"init: appliance init \S+ started at ([0-9.]+) s since boot")
 
 
@@ -126,6 +127,7 @@ class Machine:
         self.boots = 0
         self.boot_uptimes: list[float] = []
         self.started_at = 0.0
+        self._screen = ""  # a full-screen UI's text not yet matched by expect_screen
 
     # -- life cycle --------------------------------------------------------------------------
     @property
@@ -230,6 +232,23 @@ class Machine:
                 if why:
                     raise HarnessTimeout(self._failure(why)) from None
         return "".join(seen)
+
+    def expect_screen(self, text: str, timeout: float) -> None:
+        """Wait for ``text`` on a full-screen UI drawn on the serial console (firmware
+        menus, MokManager): its escape sequences stripped, its frames and runs of blanks
+        made one space."""
+        deadline = time.monotonic() + timeout * self.multiplier
+        seen = self._screen
+        while True:
+            plain = re.sub(r"[^\x21-\x7e]+", " ", ANSI.sub(" ", seen))  # box drawing and blanks: one space
+            if text in plain:
+                self._screen = plain[plain.index(text) + len(text):]
+                return
+            if time.monotonic() > deadline:
+                self._screen = ""
+                raise HarnessTimeout(self._failure(f"timed out after {timeout * self.multiplier:g} s waiting "
+                                                   f"for {text!r} on the screen"))
+            seen += self.watch(0.5)
 
     def send(self, text: str) -> None:
         """Type on the serial console (firmware menus, MokManager)."""
