@@ -2,7 +2,8 @@
 #
 # Variables: CORE=path (your program), PROFILE=default|debug, MIRROR=url (Debian
 # mirror; default: the host's own), CACHE_DIR (mkosi's package cache and incremental
-# image, kept outside the clone), TIMEOUT_MULTIPLIER (QEMU tests), QEMU_ACCEL=kvm|tcg.
+# image, kept outside the clone), VERSION (the image's; default: date and build id),
+# TIMEOUT_MULTIPLIER (QEMU tests), QEMU_ACCEL=kvm|tcg.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -16,7 +17,7 @@ CACHE_DIR ?= $(HOME)/.cache/appliance-image
 PROFILE ?= default
 ESP_FREE_MIB ?= 64
 CORE ?=
-export CORE MIRROR SECURITY_MIRROR SECURE_BOOT KEYS_DIR SB_KEY SB_CERT SIGN_DEBUG_WITH_THIS_KEY
+export CORE MIRROR SECURITY_MIRROR SECURE_BOOT KEYS_DIR SB_KEY SB_CERT SIGN_DEBUG_WITH_THIS_KEY VERSION
 
 HOST_STAMP := $(BUILD)/.host-ready
 VENV_STAMP := $(VENV)/.ready

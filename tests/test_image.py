@@ -79,3 +79,14 @@ def test_disk_image_boots_through_shim_from_the_removable_media_path(built_raw: 
     signing.verify(built_efi, key.cert)
     der = esp.read("/ENROLL_THIS_KEY_IN_MOKMANAGER.cer")
     assert der == signing.der(key.cert, tmp_path / "key.cer").read_bytes() and der[:1] == b"\x30"  # DER: a SEQUENCE
+
+
+def test_the_image_knows_who_it_is(built_efi: Path, initrd: dict[str, inspect.Entry]) -> None:
+    """The version and build id are in the UKI's .osrel and in the os-release the init reads."""
+    from appliance.init import identity, uki
+    found = uki.read_path(str(built_efi))
+    assert found.os_release["IMAGE_ID"] == "appliance" and found.os_release["ID"] == "debian"
+    assert found.identity.version and len(found.identity.build_id) == 12
+    inside = identity.parse(initrd["usr/lib/os-release"].data)
+    assert (inside["IMAGE_VERSION"], inside["BUILD_ID"]) == found.identity
+    assert "usr/lib/appliance/os-release.image" not in initrd  # merged, not left behind

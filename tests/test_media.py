@@ -336,7 +336,7 @@ def crashed_image(small_image, tmp_path: Path) -> Path:
               records.encode("runtime-log", b"core: first crash\n", {"ended": "exited with status 3"}))
     esp.write("/appliance/history/000002-runtime-log.rec",
               records.encode("runtime-log", b"core: Fatal Python error: Segmentation fault\n",
-                             {"ended": "killed by signal 11 (SIGSEGV)"}))
+                             {"ended": "killed by signal 11 (SIGSEGV)", "image": "2026.11.29-3f2a0c1b (3f2a0c1b9d8e)"}))
     whole = records.encode("runtime-log", b"core: cut by a power loss" * 10, {"ended": "exited with status 1"})
     esp.write("/appliance/history/000003-runtime-log.rec", whole[:-40])
     esp.write("/appliance/runtime.log", b"core: the last boot's words\n")
@@ -355,6 +355,8 @@ def test_dumps_lists_history_runtime_log_and_torn_records(crashed_image: Path) -
     assert rc == 1, out  # a torn record is a finding
     assert "crash history (/appliance/history): 3 records" in out
     assert "exited with status 3" in out and "killed by signal 11 (SIGSEGV)" in out
+    row = next(line for line in out.splitlines() if "SIGSEGV" in line).split()
+    assert row[:2] == ["2", "runtime-log"] and row[4] == "2026.11.29-3f2a0c1b"  # the version it ran
     assert "!! torn record: 210 of 250 bytes present" in out
     assert "last runtime log (/appliance/runtime.log): 28 B, not archived yet" in out
     assert "crash-loop counter: 2 failure(s) in a row" in out
@@ -364,6 +366,7 @@ def test_dumps_lists_history_runtime_log_and_torn_records(crashed_image: Path) -
 def test_dumps_shows_one_all_or_the_runtime_log(crashed_image: Path) -> None:
     rc, out = run_dumps(crashed_image, show_what="2")
     assert "record 2 (000002-runtime-log.rec): ok" in out and "core: Fatal Python error: Segmentation fault" in out
+    assert "image: 2026.11.29-3f2a0c1b (3f2a0c1b9d8e)\n" in out
     assert "first crash" not in out
     rc, out = run_dumps(crashed_image, show_what="all")
     assert rc == 1 and out.count("==== end of record") == 3 and "core: cut by a power loss" in out

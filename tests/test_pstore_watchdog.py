@@ -77,10 +77,12 @@ def test_state_round_trip_and_each_reason(tmp_path: Path) -> None:
     assert lastboot.reason(lastboot.load(path)[0]) == ("failure of the init (a failure of the init)", False)
     lastboot.save_ended(path, "core", "a cause\nover two lines")  # one line in the file, nothing else lost
     assert lastboot.load(path) == (lastboot.State(False, "core", "a cause over two lines"), "")
-    lastboot.save_running(path, "on (lockdown: integrity)")
-    assert lastboot.load(path) == (lastboot.State(True, secure_boot="on (lockdown: integrity)"), "")
-    lastboot.save_ended(path, "core", "exited with status 1", "off")
-    assert lastboot.load(path)[0] == lastboot.State(False, "core", "exited with status 1", "off")
+    # What the boot said of itself (and nothing else) is kept for the next boot's records.
+    about = {"image": "2026.11.29-3f2a (3f2a0c1b9d8e)", "secure-boot": "on (lockdown: integrity)", "other": "x"}
+    lastboot.save_running(path, about)
+    assert lastboot.load(path) == (lastboot.State(True, about={k: about[k] for k in lastboot.ABOUT}), "")
+    lastboot.save_ended(path, "core", "exited with status 1", {"secure-boot": "off", "image": ""})
+    assert lastboot.load(path)[0] == lastboot.State(False, "core", "exited with status 1", {"secure-boot": "off"})
     Path(path).write_bytes(b"\x00garbage")
     state, problem = lastboot.load(path)
     assert state is None and "unreadable" in problem

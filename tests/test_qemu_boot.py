@@ -6,17 +6,21 @@ from pathlib import Path
 import pytest
 
 from appliance.harness.machine import Machine
-from appliance.init import records
+from appliance.init import records, uki
 
 pytestmark = pytest.mark.qemu
 
 CORE_STARTED = re.compile(r"init: core started: pid (\d+) at ([0-9.]+) s since boot")
 
 
-def test_demo_image_boots_to_its_core(built_raw: Path, qemu_ready: None, tmp_path: Path, log_dir: Path) -> None:
+def test_demo_image_boots_to_its_core(built_raw: Path, built_efi: Path, qemu_ready: None, tmp_path: Path,
+                                      log_dir: Path) -> None:
+    image = uki.read_path(str(built_efi)).identity  # what the build wrote into the UKI's .osrel
+    assert image.version and len(image.build_id) == 12
     m = Machine(built_raw, tmp_path, name="demo-boot", log_dir=log_dir)
     with m:
         init_up = m.wait_boot(timeout=120)
+        m.expect(rf"init: image {re.escape(image.describe())}\s", 10)
         m.expect(r"init: secure boot: off\s", 30)
         m.expect(r"init: ESP mounted: /dev/vda1 \(partition [0-9a-f-]+\) at /esp", 30)
         started = m.expect(CORE_STARTED, 30)
@@ -50,5 +54,6 @@ def test_a_crash_survives_the_reboot(test_raw: Path, qemu_ready: None, tmp_path:
     assert rec.ok, rec.problem
     assert rec.meta["ended"] == "exited with status 1"
     assert rec.meta["secure-boot"] == "off"  # the crashed boot's, from its state file
+    assert rec.meta["image"] == uki.read_path(str(test_raw.parent / "appliance.efi")).identity.describe()
     assert b"core: RuntimeError: matrix core: raised on purpose in the main thread" in rec.payload
     assert b'core:     raise RuntimeError("matrix core: raised on purpose in the main thread")' in rec.payload

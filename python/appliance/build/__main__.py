@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from appliance.build import disk, inspect, mirror, mkosi, render, shim, signing
+from appliance.build import disk, identity, inspect, mirror, mkosi, render, shim, signing
 
 
 def _step(n: int, total: int, what: str) -> float:
@@ -28,7 +28,9 @@ def cmd_image(args: argparse.Namespace) -> int:
         render.check_core(core)
         mirrors = mirror.host_mirrors(args.mirror or None, args.security_mirror)
         key = signing_key(args)
-    except (render.CoreError, mirror.MirrorError, signing.SigningError) as e:
+        if args.image_version:
+            identity.check_version(args.image_version)
+    except (render.CoreError, mirror.MirrorError, signing.SigningError, identity.IdentityError) as e:
         print(f"build: error: {e}", file=sys.stderr)
         return 2
     print(f"build: mirror {mirrors.main}" + (f", security {mirrors.security}" if mirrors.security else
@@ -40,6 +42,12 @@ def cmd_image(args: argparse.Namespace) -> int:
     )
     render_dir = build / "render"
     render.render(settings, render_dir)
+    build_id = identity.build_id([("extra", render_dir / "extra"), *((name, repo / name) for name in
+                                                                     identity.CONFIG_INPUTS)],
+                                 {"profile": args.profile, "secure-boot": args.secure_boot})
+    version = args.image_version or identity.default_version(build_id)
+    identity.write_fragment(render_dir / "extra", version, build_id)
+    print(f"build: image {version} (build id {build_id})", file=sys.stderr)
 
     _step(2, 4, "building the image tree and the UKI with mkosi (first run: downloads packages)")
     out = build / "mkosi"
@@ -148,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     img.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/appliance-image"))
     img.add_argument("--core", default=os.environ.get("CORE") or None)
     img.add_argument("--profile", default="default", choices=["default", "debug"])
+    img.add_argument("--image-version", default=os.environ.get("VERSION") or "",
+                     help="the image's version (VERSION=; default: the date and the build id's start)")
     img.add_argument("--mirror", default=os.environ.get("MIRROR", ""))
     # Unset or empty (make exports variables that are not set as empty): the host's own;
     # "none": build without the security archive.

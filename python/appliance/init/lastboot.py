@@ -9,6 +9,7 @@ If neither does, nothing was recorded: a power loss or a reset.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import NamedTuple
 
 from appliance.init import kvfile
@@ -19,13 +20,16 @@ STATE_FILE = "last-boot.txt"  # in the init's directory on the ESP: state, categ
 REQUESTED = "requested restart"
 NOT_RECORDED = "power loss or reset: nothing was recorded"
 UNKNOWN = "unknown: no record of it (the first boot with this ESP, or its ESP was read-only)"
+# What a boot says of itself (as on its console), kept in its state file so that every
+# record the next boot makes of it carries them.
+ABOUT = ("image", "secure-boot")
 
 
 class State(NamedTuple):
     running: bool
     category: str = ""  # requested | core | init
     cause: str = ""
-    secure_boot: str = ""  # as the boot said it: "on (lockdown: integrity)", "off", ...
+    about: Mapping[str, str] = {}  # ABOUT's keys: {"image": "1.2 (3f...)", "secure-boot": "off"}; never mutated
 
 
 def load(path: str) -> tuple[State | None, str]:
@@ -33,11 +37,11 @@ def load(path: str) -> tuple[State | None, str]:
     try:
         with open(path, "rb") as f:
             raw = kvfile.parse(f.read(4096))
-        secure_boot = raw.get("secure-boot", "")
+        about = {key: raw[key] for key in ABOUT if raw.get(key)}
         if raw.get("state") == "running":
-            return State(running=True, secure_boot=secure_boot), ""
+            return State(running=True, about=about), ""
         if raw.get("state") == "ended":
-            return State(False, raw.get("category", ""), raw.get("cause", ""), secure_boot), ""
+            return State(False, raw.get("category", ""), raw.get("cause", ""), about), ""
         raise ValueError(f"unknown state {raw.get('state')!r}")
     except FileNotFoundError:
         return None, ""
@@ -45,13 +49,16 @@ def load(path: str) -> tuple[State | None, str]:
         return None, f"the state file {path} is unreadable ({e})"
 
 
-def save_running(path: str, secure_boot: str = "") -> None:
-    atomic_write(path, kvfile.render({"state": "running", **({"secure-boot": secure_boot} if secure_boot else {})}))
+def _about(about: Mapping[str, str]) -> dict[str, str]:
+    return {key: about[key] for key in ABOUT if about.get(key)}
 
 
-def save_ended(path: str, category: str, cause: str, secure_boot: str = "") -> None:
-    atomic_write(path, kvfile.render({"state": "ended", "category": category, "cause": cause,
-                                      **({"secure-boot": secure_boot} if secure_boot else {})}))
+def save_running(path: str, about: Mapping[str, str] = {}) -> None:
+    atomic_write(path, kvfile.render({"state": "running", **_about(about)}))
+
+
+def save_ended(path: str, category: str, cause: str, about: Mapping[str, str] = {}) -> None:
+    atomic_write(path, kvfile.render({"state": "ended", "category": category, "cause": cause, **_about(about)}))
 
 
 def reason(state: State | None, panic: str = "", watchdog_reset: str = "", init_failure: str = "") -> tuple[str, bool]:

@@ -22,6 +22,7 @@ from appliance.init import (
     exitstatus,
     fsutil,
     gpt,
+    identity,
     initfailure,
     lastboot,
     modules,
@@ -76,7 +77,7 @@ class Init:
         self.previous_end = ""  # why the previous boot ended, as said on the console
         self.failures_of_init = initfailure.Failures(console.say)
         self.previous_log_kept = False  # the previous boot's log could not be archived: it stays
-        self.secure_boot = ""  # this boot's Secure Boot state, as said on the console
+        self.about: dict[str, str] = {}  # what this boot says of itself: lastboot.ABOUT
 
     def step_done(self, name: str) -> None:
         self.steps.append((name, uptime()))
@@ -92,6 +93,8 @@ class Init:
     def boot(self) -> NoReturn:
         self.started = uptime()
         self.console.at(f"appliance init {__version__} started")
+        self.about["image"] = identity.read().describe()
+        self.console.say(f"image {self.about['image']}")
         self.early_mounts()
         self.load_config()
         self.step_done("mounts")
@@ -99,8 +102,8 @@ class Init:
         # said and kept, and the core runs all the same.
         self.failures_of_init.run("loading kernel modules", self.load_modules)
         self.step_done("modules")
-        self.secure_boot = secureboot.read().describe()  # efivarfs is mounted with the modules
-        self.console.say(f"secure boot: {self.secure_boot}")
+        self.about["secure-boot"] = secureboot.read().describe()  # efivarfs is mounted with the modules
+        self.console.say(f"secure boot: {self.about['secure-boot']}")
         try:
             self.kernel.reboot(0)  # type: ignore[attr-defined]  # Ctrl-Alt-Del: SIGINT to us, not a reset
         except OSError as e:
@@ -246,8 +249,8 @@ class Init:
                                                            initfailure.summary(init_failure) if init_failure else "")
         self.console.say(f"previous boot ended: {self.previous_end}")
         meta = {"boot-ended": self.previous_end}
-        if state is not None and state.secure_boot:
-            meta["secure-boot"] = state.secure_boot  # the previous boot's, kept in its state file
+        if state is not None:
+            meta.update(state.about)  # the previous boot's image and Secure Boot, kept in its state file
         archived = False
         for dump in dumps:
             archived |= self.show_pstore_dump(dump, meta)
@@ -258,7 +261,7 @@ class Init:
             self._archive("reset", f"previous boot ended: {self.previous_end}\n".encode(), meta)
         if self.app_dir is not None:
             try:
-                lastboot.save_running(state_path, self.secure_boot)
+                lastboot.save_running(state_path, self.about)
             except OSError as e:
                 self.console.say(f"could not write {state_path}: {e}")
 
@@ -544,7 +547,7 @@ class Init:
         if self.app_dir is not None:
             try:
                 lastboot.save_ended(os.path.join(self.app_dir, lastboot.STATE_FILE), category, reason,
-                                    self.secure_boot)
+                                    self.about)
             except OSError as e:
                 self.console.say(f"could not record how this boot ended: {e}")
         os.sync()

@@ -67,11 +67,12 @@ def list_dumps(esp: espfs.EspImage, dumps: list[Dump], log: bytes | None, out: T
               f"{_size(esp.free())} free\n")
     out.write(f"crash history ({HISTORY_DIR}): {len(dumps) or 'no'} record{'s' if len(dumps) != 1 else ''}\n")
     if dumps:
-        out.write(f"  {'#':>6}  {'kind':<14} {'size':>10}  {'how that boot ended':<40} check\n")
+        out.write(f"  {'#':>6}  {'kind':<14} {'size':>10}  {'image':<20} {'how that boot ended':<40} check\n")
     for d in dumps:
         ended = d.record.meta.get("ended") or d.record.meta.get("boot-ended", "-")
-        out.write(f"  {d.sequence:>6}  {d.record.kind:<14} {_size(len(d.data)):>10}  {ended[:40]:<40} "
-                  f"{_status(d.record)}\n")
+        image = d.record.meta.get("image", "-").split(" (")[0]  # the version; --show gives the build id
+        out.write(f"  {d.sequence:>6}  {d.record.kind:<14} {_size(len(d.data)):>10}  {image[:20]:<20} "
+                  f"{ended[:40]:<40} {_status(d.record)}\n")
     if log is not None:
         out.write(f"last runtime log ({RUNTIME_LOG}): {_size(len(log))}, not archived yet (the appliance has "
                   "not booted since it was written); --show runtime prints it\n")

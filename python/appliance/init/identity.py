@@ -1,0 +1,42 @@
+"""The running image's version and build id, from os-release (the UKI's .osrel).
+
+The build writes ``IMAGE_VERSION=`` and ``BUILD_ID=`` there (appliance.build.identity);
+the init says them at every boot and every record on the ESP carries them.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+OS_RELEASE = "/usr/lib/os-release"
+MAX_BYTES = 16 * 1024
+
+
+class Identity(NamedTuple):
+    version: str
+    build_id: str
+
+    def describe(self) -> str:
+        return f"{self.version or 'unknown'} ({self.build_id or 'no build id'})"
+
+
+def parse(data: bytes) -> dict[str, str]:
+    """os-release's KEY=value lines (values unquoted); anything else is ignored."""
+    fields = {}
+    for line in data[:MAX_BYTES].decode("utf-8", "replace").splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and key.isidentifier():
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+                value = value[1:-1]
+            fields[key] = value
+    return fields
+
+
+def read(path: str = OS_RELEASE) -> Identity:
+    try:
+        with open(path, "rb") as f:
+            fields = parse(f.read(MAX_BYTES))
+    except OSError:
+        fields = {}
+    return Identity(fields.get("IMAGE_VERSION", ""), fields.get("BUILD_ID", ""))
