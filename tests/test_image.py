@@ -62,20 +62,30 @@ def test_listed_modules_are_in_the_image(repo: Path, initrd: dict[str, inspect.E
     assert len(present) < 120  # trimmed, not the whole kernel
 
 
-def test_disk_image_boots_through_shim_from_the_removable_media_path(built_raw: Path, built_efi: Path,
-                                                                    tmp_path: Path) -> None:
+def test_disk_image_boots_through_shim_and_systemd_boot(built_raw: Path, built_efi: Path, tmp_path: Path) -> None:
     """make image's default (SECURE_BOOT=shim): Debian's shim at the removable-media path,
-    MokManager beside it, our signed UKI where shim looks, our certificate at the root."""
+    MokManager beside it, systemd-boot (signed by us) where shim looks, our certificate at
+    the root; systemd-boot's configuration and one committed entry running our UKI."""
     from appliance.build import signing
+    from appliance.init import bootentries, uki
     from appliance.media.espfs import EspImage
     parts = gpt.read_partitions(str(built_raw))
     assert [p.is_esp for p in parts] == [True]
     esp = EspImage(built_raw)
-    assert esp.read("/EFI/BOOT/grubx64.efi") == built_efi.read_bytes()
     shim = esp.read("/EFI/BOOT/BOOTX64.EFI")
-    assert shim[:2] == b"MZ" and shim != built_efi.read_bytes() and b"Microsoft" in shim
+    assert shim[:2] == b"MZ" and b"Microsoft" in shim
     assert esp.read("/EFI/BOOT/mmx64.efi")[:2] == b"MZ"
     key = signing.ensure_key(signing.default_keys_dir())
+    (tmp_path / "sd-boot.efi").write_bytes(esp.read("/EFI/BOOT/grubx64.efi"))
+    signing.verify(tmp_path / "sd-boot.efi", key.cert)
+    assert b"#### LoaderInfo: systemd-boot " in (tmp_path / "sd-boot.efi").read_bytes()
+    assert esp.read(bootentries.LOADER_CONF).decode() == bootentries.LOADER_CONF_TEXT
+    version = uki.read_path(str(built_efi)).identity.version
+    assert esp.list(bootentries.ENTRIES_DIR) == ["appliance-000001.conf"]  # committed: no boot counter
+    path = bootentries.uki_path(1, version)
+    assert esp.read(f"{bootentries.ENTRIES_DIR}/appliance-000001.conf").decode() == bootentries.entry_text(
+        1, version, path)
+    assert esp.read(path) == built_efi.read_bytes()
     signing.verify(built_efi, key.cert)
     der = esp.read("/ENROLL_THIS_KEY_IN_MOKMANAGER.cer")
     assert der == signing.der(key.cert, tmp_path / "key.cer").read_bytes() and der[:1] == b"\x30"  # DER: a SEQUENCE

@@ -174,3 +174,37 @@ def test_a_core_that_stops_pinging_dumps_its_threads_and_is_killed(tmp_path: Pat
     text = stderr.decode()
     assert text.count("in first_a_then_b") == 1 and text.count("in first_b_then_a") == 1, text
     assert "Fatal Python error: Aborted" in text
+
+
+HEALTHY_CORE = """
+import os, time
+fd = int(os.environ["APPLIANCE_WATCHDOG_FD"])
+os.write(fd, b"healthy\\n")  # not a ping: the software watchdog stays unarmed
+time.sleep(1.5)
+"""
+
+
+def test_a_core_saying_healthy_is_healthy_at_once_and_arms_no_watchdog(tmp_path: Path) -> None:
+    script = tmp_path / "core.py"
+    script.write_text(textwrap.dedent(HEALTHY_CORE))
+    r, w = os.pipe2(os.O_CLOEXEC)
+    dog_r, dog_w = os.pipe2(os.O_CLOEXEC)
+    pid = spawn([sys.executable, str(script)], {**os.environ, "APPLIANCE_WATCHDOG_FD": "3"}, w,
+                watchdog_fd=dog_w)
+    os.close(w)
+    os.close(dog_w)
+    said: list[str] = []
+    healthy: list[bool] = []
+    dog = watchdog.SoftWatchdog(0.5)  # would fire during the core's sleep, were it armed
+    sup = Supervisor(pid, r, on_stderr=lambda _: None, say=said.append, watchdog=(dog_r, dog),
+                     healthy_after=600, on_healthy=lambda: healthy.append(True))
+    sup.install_signals()
+    try:
+        outcome = sup.run()
+    finally:
+        sup.restore_signals()
+        os.close(r)
+        os.close(dog_r)
+    assert exitstatus.decode(outcome.status).describe() == "exited with status 0 (requested restart)"
+    assert healthy == [True] and not dog.armed
+    assert any(s.startswith("the core says it is healthy (") for s in said), said

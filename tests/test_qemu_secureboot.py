@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from appliance.build import disk, shim, signing
+from appliance.build import bootmgr, disk, shim, signing
 from appliance.harness.machine import Machine
-from appliance.init import records
+from appliance.init import records, uki
 from appliance.media.espfs import EspImage
 
 pytestmark = pytest.mark.qemu
@@ -62,7 +62,7 @@ def test_signed_image_boots_with_secure_boot_enforced_and_the_kernel_locked_down
         m.expect(r"init: ESP mounted: /dev/vda1", 60)  # vfat and virtio_blk: signed modules under lockdown
         m.expect(r"demo core: ready", 60)
         m.power_cut()
-    assert m.esp_read("/appliance/last-boot.txt").startswith(b"state = running\nsecure-boot = on (lockdown: integrity)")
+    assert b"\nsecure-boot = on (lockdown: integrity)\n" in m.esp_read("/appliance/last-boot.txt")
 
 
 def test_a_changed_byte_or_another_key_is_refused(signed: tuple[Path, signing.Key], qemu_ready: None,
@@ -106,10 +106,13 @@ def shim_image(signed: tuple[Path, signing.Key], unsigned_efi: Path, built_raw: 
     return raw, key
 
 
-def test_stock_pc_with_our_key_enrolled_as_a_mok_boots_through_shim(
-        shim_image: tuple[Path, signing.Key], qemu_ready: None, tmp_path: Path, log_dir: Path) -> None:
-    raw, key = shim_image
-    m = Machine(raw, tmp_path, name="secureboot-shim-mok", secure_boot="ms", mok_cert=key.cert, log_dir=log_dir)
+def test_stock_pc_with_our_key_enrolled_as_a_mok_boots_make_images_image(
+        built_raw: Path, qemu_ready: None, tmp_path: Path, log_dir: Path) -> None:
+    """What make image built, as shipped: shim, then systemd-boot, then the UKI, each
+    checked against the key make image made and signed with."""
+    key = signing.ensure_key(signing.default_keys_dir())
+    m = Machine(built_raw, tmp_path, name="secureboot-shim-mok", secure_boot="ms", mok_cert=key.cert,
+                log_dir=log_dir)
     with m:
         m.expect(r"EFI stub: UEFI Secure Boot is enabled", 180)
         m.wait_boot(timeout=120)
@@ -164,12 +167,18 @@ def test_stock_pc_first_boot_enrolls_our_key_through_mokmanager_as_a_person_woul
 @pytest.fixture(scope="module")
 def signed_test_images(test_raw: Path, built_raw: Path, tmp_path_factory: pytest.TempPathFactory
                        ) -> dict[str, tuple[Path, signing.Key]]:
+    """Laid out as make image does (systemd-boot, its entry, the UKI; shim first for ms),
+    every EFI program signed with a key made for the test."""
     d = tmp_path_factory.mktemp("signed-test")
     key = signing.ensure_key(d / "keys")
     efi = d / "appliance.efi"
     signing.sign(test_raw.parent / "appliance.efi", efi, key)  # the test image is built unsigned
-    disk.make_disk(efi, d / "own.raw")
-    disk.make_disk(efi, d / "ms.raw", files=shim_layout(built_raw, efi, key, d))
+    boot_manager = d / "systemd-bootx64.efi"
+    boot_manager.write_bytes(EspImage(test_raw).read(bootmgr.REMOVABLE_PATH))  # unsigned there too
+    files = bootmgr.esp_files(efi, uki.read_path(str(efi)).identity.version, boot_manager, d / "esp", key)
+    disk.make_disk(efi, d / "own.raw", files=files)
+    disk.make_disk(efi, d / "ms.raw", files={**files, **shim_layout(built_raw, files[bootmgr.REMOVABLE_PATH], key,
+                                                                    d)})
     return {"own": (d / "own.raw", key), "ms": (d / "ms.raw", key)}
 
 

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from appliance.build import disk, identity, inspect, mirror, mkosi, render, shim, signing
+from appliance.build import bootmgr, debfiles, disk, identity, inspect, mirror, mkosi, render, shim, signing
 
 
 def _step(n: int, total: int, what: str) -> float:
@@ -59,31 +59,37 @@ def cmd_image(args: argparse.Namespace) -> int:
         print(f"build: error: {e}", file=sys.stderr)
         return 1
     efi = build / "appliance.efi"
-    files = {disk.REMOVABLE_PATH: efi}
+    sources = render_dir / "pkgmngr/etc/apt/sources.list.d"
     try:
         if key is None:
             shutil.copy2(out / "appliance.efi", efi)
         else:
             signing.sign(out / "appliance.efi", efi, key)  # sbverify checks it
             print(f"build: UKI signed for Secure Boot ({args.secure_boot}) with {key.cert}", file=sys.stderr)
+        boot_manager = bootmgr.fetch(sources, Path(args.cache_dir).resolve() / "systemd-boot")
+        files = bootmgr.esp_files(efi, version, boot_manager, build / "esp", key)
         if args.secure_boot == "shim":
-            found = shim.fetch(render_dir / "pkgmngr/etc/apt/sources.list.d", Path(args.cache_dir).resolve() / "shim")
+            found = shim.fetch(sources, Path(args.cache_dir).resolve() / "shim")
             assert key is not None  # shim implies a key: signing_key gave one
-            files = shim.layout(found, efi, signing.der(key.cert, build / shim.MOK_ENROLL_FILE))
-    except (signing.SigningError, shim.ShimError) as e:
+            files.update(shim.layout(found, files[bootmgr.REMOVABLE_PATH],
+                                     signing.der(key.cert, build / shim.MOK_ENROLL_FILE)))
+    except (signing.SigningError, debfiles.DebError) as e:
         print(f"build: error: {e}", file=sys.stderr)
         return 1
 
     _step(3, 4, "laying out the GPT disk image with the ESP")
     raw = build / "appliance.raw"
-    layout = disk.make_disk(efi, raw, free=args.esp_free_mib * disk.MIB, files=files)
+    # Room for two more images beside the first (the previous one and a staged update),
+    # then the crash history's reserve.
+    spare = 2 * efi.stat().st_size + args.esp_free_mib * disk.MIB
+    layout = disk.make_disk(efi, raw, free=spare, files=files)
     disk.make_bmap(raw, build / "appliance.bmap")
 
     _step(4, 4, "checking the result")
     report = inspect.size_report(efi)
     print(report.summary(), file=sys.stderr)
-    print(f"build: ESP {layout.esp_size // disk.MIB} MiB, at least {args.esp_free_mib} MiB free for crash history",
-          file=sys.stderr)
+    print(f"build: ESP {layout.esp_size // disk.MIB} MiB: room for 2 more images (a staged update, the previous "
+          f"one) and at least {args.esp_free_mib} MiB for crash history", file=sys.stderr)
     print(f"build: done in {time.monotonic() - started:.1f} s: {raw} ({raw.stat().st_size // disk.MIB} MiB), {efi}",
           file=sys.stderr)
     return 0
@@ -169,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     img.add_argument("--hw-watchdog-seconds", type=int, default=render.INIT_DEFAULTS.hw_watchdog_seconds)
     img.add_argument("--secure-boot", choices=["off", "direct", "shim"],
                      default=os.environ.get("SECURE_BOOT") or "shim",
-                     help="off: unsigned; direct: the signed UKI as BOOTX64.EFI (your keys in db); shim: Debian's "
-                          "Microsoft-signed shim first, our key enrolled as a MOK (stock PCs)")
+                     help="off: unsigned; direct: signed, systemd-boot as BOOTX64.EFI (your keys in db); "
+                          "shim: Debian's Microsoft-signed shim first, our key enrolled as a MOK (stock PCs)")
     img.add_argument("--keys-dir", default=os.environ.get("KEYS_DIR") or str(signing.default_keys_dir()))
     img.add_argument("--sb-key", default=os.environ.get("SB_KEY") or "")
     img.add_argument("--sb-cert", default=os.environ.get("SB_CERT") or "")

@@ -64,7 +64,7 @@ def make_disk(uki: Path, out: Path, free: int = 64 * MIB,
               disk_id: uuid.UUID | None = None, part_id: uuid.UUID | None = None,
               files: dict[str, Path] | None = None) -> Layout:
     """Write ``out``: GPT, one ESP with the UKI at the removable-media path, or with
-    ``files`` (ESP path -> file) instead (shim, its MokManager and the UKI)."""
+    ``files`` (ESP path -> file) instead (the boot manager, the entries, the UKI...)."""
     files = files or {REMOVABLE_PATH: uki}
     layout = plan(sum(f.stat().st_size for f in files.values()), free)
     tmp = out.with_name(out.name + ".tmp")
@@ -77,7 +77,9 @@ def make_disk(uki: Path, out: Path, free: int = 64 * MIB,
     _run(["mkfs.fat", "-F", "32", "-n", FAT_LABEL, f"--offset={sectors}",
           str(tmp), str(layout.esp_size // 1024)])
     img = f"{tmp}@@{layout.esp_offset}"
-    _run(["mmd", "-i", img, "::/EFI", "::/EFI/BOOT"])
+    dirs = sorted({"/".join(path.split("/")[:i]) for path in [REMOVABLE_PATH, *files]
+                   for i in range(2, path.count("/") + 1)}, key=lambda d: (d.count("/"), d))
+    _run(["mmd", "-i", img, *(f"::{d}" for d in dirs)])  # parents first
     for path, source in files.items():
         _run(["mcopy", "-i", img, str(source), f"::{path}"])
     tmp.rename(out)

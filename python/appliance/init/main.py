@@ -28,7 +28,9 @@ from appliance.init import (
     modules,
     mounts,
     pstore,
+    records,
     secureboot,
+    trial,
 )
 from appliance.init.cgroup import CoreCgroup
 from appliance.init.console import Console, uptime
@@ -78,6 +80,7 @@ class Init:
         self.failures_of_init = initfailure.Failures(console.say)
         self.previous_log_kept = False  # the previous boot's log could not be archived: it stays
         self.about: dict[str, str] = {}  # what this boot says of itself: lastboot.ABOUT
+        self.slots: trial.Slots | None = None  # the images on the ESP, and the one booted
 
     def step_done(self, name: str) -> None:
         self.steps.append((name, uptime()))
@@ -110,10 +113,25 @@ class Init:
             self.console.say(f"could not route Ctrl-Alt-Del to the init: {e} (continuing: best-effort)")
         self.failures_of_init.run("finding and mounting the ESP", self.setup_esp)
         self.failures_of_init.run("accounting for the previous boot", self.account_for_previous_boot)
+        self.failures_of_init.run("looking at the update trial", self.look_at_update_trial)
         self.failures_of_init.run("starting the runtime log", self.start_runtime_log)
         self.failures_of_init.keep(self.log.init_line if self.log else None)
         self.step_done("previous log")
         self.run_core()
+
+    def look_at_update_trial(self) -> None:
+        if self.esp is not None:
+            self.slots = trial.at_boot(self.esp_mount, self.app_dir, self.history_records, self.console.say)
+
+    def history_records(self) -> list[records.Record]:
+        return [self.history.read(e) for e in self.history.entries()] if self.history is not None else []
+
+    def commit_update(self) -> None:
+        """The core has run healthy: an image on trial becomes the default."""
+        if self.slots is not None and self.slots.booted is not None and self.app_dir is not None \
+                and self.slots.booted.entry.tries_left is not None:
+            self.console.say(trial.commit(self.esp_mount, self.slots, self.app_dir))
+            self.slots = None
 
     def early_mounts(self) -> None:
         failed = []
@@ -412,6 +430,7 @@ class Init:
                 self.failures = 0
                 self._save_failures()
                 self.console.say("the core has run healthy: crash-loop counter reset")
+            self.failures_of_init.run("committing the update", self.commit_update)
 
         def pet_from_the_loop() -> None:
             if self.watchdogs:

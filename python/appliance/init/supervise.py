@@ -29,6 +29,7 @@ FLUSH_INTERVAL = 0.2
 READ_CHUNK = 256 * 1024  # at most this much of the core's stderr per turn of the loop
 FINAL_READ = 16 * 1024 * 1024
 WATCHDOG_FD = 3  # where the core finds its software watchdog's pipe
+HEALTHY = b"healthy"  # a word on that pipe: the core says it is healthy (an update on trial is committed)
 DUMP_GRACE = 3.0  # seconds a hung core gets to write its threads' tracebacks before SIGKILL
 
 
@@ -109,6 +110,7 @@ class Supervisor:
         self.say = say
         self.grace = grace
         self.healthy_after = healthy_after
+        self.healthy_said = False  # the core wrote HEALTHY to its pipe to the init
         self.on_healthy = on_healthy
         self.kill_rest = kill_rest
         self.later = later  # (seconds after the start, work): done once, if the core still runs
@@ -245,8 +247,11 @@ class Supervisor:
                     self._kill(signal.SIGKILL)
                     killed_note = kill_note
                     kill_at = None
-                if healthy_pending and self.healthy_after is not None and now - started >= self.healthy_after:
+                if healthy_pending and self.healthy_after is not None and (
+                        self.healthy_said or now - started >= self.healthy_after):
                     healthy_pending = False
+                    if self.healthy_said:
+                        self.say(f"the core says it is healthy ({now - started:.1f} s after it started)")
                     self.on_healthy()
                 if self.later is not None and now - started >= self.later[0]:
                     work, self.later = self.later[1], None
@@ -285,6 +290,12 @@ class Supervisor:
         if not data:  # the core closed it: no more pings can come; the watchdog stays armed
             sel.unregister(fd)
             return
+        words = data.split()
+        if HEALTHY in words:  # the core says it is healthy: not a ping, unless it wrote more
+            self.healthy_said = True
+            words = [w for w in words if w != HEALTHY]
+            if not words:
+                return
         note = dog.feed(data, self.clock())
         if note:
             self.say(note)
