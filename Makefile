@@ -45,10 +45,13 @@ image: deps ## build build/appliance.raw (and .efi, .bmap); CORE=, PROFILE=debug
 
 # The test image boots the UKI directly (SECURE_BOOT=off): shim costs its many boots about 4 s
 # each under TCG; the shipped layout is tested on the demo image and in test_qemu_secureboot.py.
-test-image: deps ## build build/test/appliance.raw with the crash-matrix test core
+test-image: deps ## build build/test/appliance.raw with the crash-matrix test core (and build/test-v2, an update to it)
 	$(PY) -m appliance.build image --build-dir $(BUILD)/test --cache-dir $(CACHE_DIR) \
 		--core tests/cores/matrix --core-memory-max 256M --history-records 4 --hw-watchdog-seconds 15 \
 		--secure-boot off
+	$(PY) -m appliance.build image --build-dir $(BUILD)/test-v2 --cache-dir $(CACHE_DIR) \
+		--core tests/cores/matrix --core-memory-max 256M --history-records 4 --hw-watchdog-seconds 15 \
+		--secure-boot off --image-version test-v2
 
 size: deps ## print the UKI's size breakdown (kernel, initrd, largest directories)
 	$(PY) -m appliance.build size $(BUILD)/appliance.efi

@@ -43,6 +43,12 @@ def test_raw() -> Path:
 
 
 @pytest.fixture(scope="session")
+def test_v2_efi() -> Path:
+    """The test image's UKI built again as version test-v2: an update to stage."""
+    return _need(BUILD / "test-v2/appliance.efi", "run `make test-image`")
+
+
+@pytest.fixture(scope="session")
 def qemu_ready() -> None:
     """Skip, saying why, where QEMU or OVMF is truly absent; nowhere else."""
     from appliance.harness.qemu import FirmwareError, find_ovmf

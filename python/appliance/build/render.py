@@ -25,6 +25,7 @@ IMAGE_CORE_DIR = "usr/lib/appliance/core"
 IMAGE_CONFIG = "etc/appliance/init.conf"
 # Subpackages that run inside the image; the host-side ones stay out of it.
 IN_IMAGE_PACKAGES = ("init",)
+IN_IMAGE_MODULES = ("update.py",)  # for the core: appliance.update
 
 
 class CoreError(Exception):
@@ -127,6 +128,8 @@ def render(settings: Settings, out: Path) -> None:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for sub in IN_IMAGE_PACKAGES:
         shutil.copytree(package / sub, pydest / sub, ignore=ignore)
+    for module in IN_IMAGE_MODULES:
+        shutil.copy2(package / module, pydest / module)
 
     coredest = extra / IMAGE_CORE_DIR
     if settings.core.is_dir():

@@ -70,6 +70,13 @@ def make_dirs(path: str) -> None:
     fsync_dir(parent or ".")
 
 
+def rename(old: str, new: str) -> None:
+    """Rename durably (a new name, in the same directory): see the module's note."""
+    os.rename(old, new)
+    fsync_path(new)
+    fsync_dir(os.path.dirname(new) or ".")
+
+
 def remove(path: str) -> None:
     """Unlink and make the removal durable."""
     os.unlink(path)

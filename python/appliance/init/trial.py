@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
-from appliance.init import bootentries, records
+from appliance.init import bootentries, fsutil, records
 from appliance.init.bootentries import Entry
 
 LOADER_GUID = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"  # systemd-boot's variables
@@ -106,11 +106,15 @@ def describe(slots: Slots) -> str:
     return f"boot entry {b.entry.name}: image {b.version}, committed"
 
 
+def log_line(line: str) -> bytes:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return f"{stamp} {line.replace(chr(10), ' ')}\n".encode()
+
+
 def log(app_dir: str, line: str) -> None:
     """Append to the update log, with the time (UTC); keep it bounded."""
     path = os.path.join(app_dir, UPDATE_LOG)
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    data = f"{stamp} {line.replace(chr(10), ' ')}\n".encode()
+    data = log_line(line)
     try:
         if os.path.getsize(path) + len(data) > LOG_MAX:
             with open(path, "rb") as f:
@@ -132,14 +136,6 @@ def log(app_dir: str, line: str) -> None:
         os.close(fd)
 
 
-def _sync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def commit(esp_root: str, slots: Slots, app_dir: str | None) -> str:
     """Make the booted image (on trial) the committed one: drop its counter. Then remove
     images older than the one before it. What to say."""
@@ -147,8 +143,7 @@ def commit(esp_root: str, slots: Slots, app_dir: str | None) -> str:
     assert b is not None and b.entry.tries_left is not None
     directory = esp_root + bootentries.ENTRIES_DIR
     done = Entry(b.entry.generation, None)
-    os.rename(os.path.join(directory, b.entry.name), os.path.join(directory, done.name))
-    _sync_dir(directory)
+    fsutil.rename(os.path.join(directory, b.entry.name), os.path.join(directory, done.name))
     if app_dir:
         log(app_dir, f"committed {b.version} (generation {b.entry.generation})")
     committed = [i for i in slots.images if i.entry.tries_left is None and i.entry.generation < b.entry.generation]
@@ -159,12 +154,10 @@ def commit(esp_root: str, slots: Slots, app_dir: str | None) -> str:
 
 def remove(esp_root: str, image: Image) -> None:
     """The entry first (so systemd-boot never sees an entry without its UKI), then the UKI."""
-    directory = esp_root + bootentries.ENTRIES_DIR
-    os.unlink(os.path.join(directory, image.entry.name))
-    _sync_dir(directory)
+    fsutil.remove(os.path.join(esp_root + bootentries.ENTRIES_DIR, image.entry.name))
     if image.uki.startswith(bootentries.IMAGES_DIR + "/") and ".." not in image.uki:
         try:
-            os.unlink(esp_root + image.uki)
+            fsutil.remove(esp_root + image.uki)
         except FileNotFoundError:
             pass
 

@@ -33,6 +33,11 @@ class Uki(NamedTuple):
     sections: dict[str, Section]
     os_release: dict[str, str]
     cmdline: str
+    signature_size: int = 0  # bytes of Authenticode signatures (the certificate table); 0: unsigned
+
+    @property
+    def signed(self) -> bool:
+        return self.signature_size > 0
 
     @property
     def identity(self) -> identity.Identity:
@@ -66,6 +71,13 @@ def read(f: BinaryIO) -> Uki:
             raise UkiError(f"built for machine type {machine:#06x}, not x86-64 ({MACHINE_X86_64:#06x})")
         if count > MAX_SECTIONS:
             raise UkiError(f"{count} sections (the PE format allows {MAX_SECTIONS})")
+        signature_size = 0
+        if optional >= 152:  # PE32+ with a certificate table entry (data directory 4)
+            header = _read(f, pe + 24, optional, size, "the optional header")
+            if struct.unpack_from("<H", header, 0)[0] == 0x20B:
+                cert_offset, cert_size = struct.unpack_from("<II", header, 144)
+                if cert_size and cert_offset + cert_size <= size:
+                    signature_size = cert_size
         table = _read(f, pe + 24 + optional, 40 * count, size, "the section table")
         sections: dict[str, Section] = {}
         for i in range(count):
@@ -85,7 +97,7 @@ def read(f: BinaryIO) -> Uki:
             return _read(f, s.offset, min(s.size, SMALL_SECTION), size, name).rstrip(b"\0")
 
         return Uki(machine, sections, identity.parse(small(".osrel")),
-                   small(".cmdline").decode("utf-8", "replace").strip())
+                   small(".cmdline").decode("utf-8", "replace").strip(), signature_size)
     except (OSError, struct.error, ValueError) as e:
         raise UkiError(f"unreadable: {e}") from None
 

@@ -88,6 +88,10 @@ class EspImage:
     def delete(self, path: str) -> None:
         self._run("mdel", "-i", self.image, f"::{path}")
 
+    def rename(self, old: str, new: str) -> None:
+        """Within one directory (``new`` may be a path or a bare name)."""
+        self._run("mren", "-i", self.image, f"::{old}", new.rsplit("/", 1)[-1])
+
 
 # What fsck.fat -n says of a FAT whose only fault is the dirty flag left by a power
 # cut (offset 65 = 0x41 is that flag, differing from the backup boot sector).

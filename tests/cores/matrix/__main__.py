@@ -68,7 +68,42 @@ def deadlock() -> None:
         t.join()
 
 
+def image_version() -> str:
+    with open("/usr/lib/os-release") as f:
+        for line in f:
+            if line.startswith("IMAGE_VERSION="):
+                return line.split("=", 1)[1].strip().strip('"')
+    return ""
+
+
+def crash_if_this_version_must() -> None:
+    """/esp/appliance-test/crash-version names an image version whose core crashes at
+    once (an update gone wrong), while every other version runs."""
+    path = os.path.join(ESP, "appliance-test", "crash-version") if ESP else ""
+    if path and os.path.exists(path):
+        with open(path) as f:
+            bad = f.read().strip()
+        if bad == image_version():
+            raise RuntimeError(f"matrix core: image {bad} crashes at once")
+
+
+def stage_update() -> None:
+    """Stage /esp/appliance-test/update.efi with appliance.update, as a core would after
+    fetching it; the next boot (which tries it) says it is healthy."""
+    from appliance import update
+    source = os.path.join(ESP, "appliance-test", "update.efi")
+    staged = update.stage(source)
+    os.unlink(source)
+    with open(ACTION, "w") as f:
+        f.write("healthy")
+    os.sync()
+    print(f"matrix core: staged {staged.version} as generation {staged.generation} ({staged.entry})", flush=True)
+    sys.exit(0)
+
+
 def main() -> None:
+    print(f"matrix core: image {image_version()}", flush=True)
+    crash_if_this_version_must()
     action = take_action()
     print(f"matrix core: action {action or '(none)'}", flush=True)
     if action == "":
@@ -138,6 +173,12 @@ def main() -> None:
         idle()
     elif action == "deadlock":
         deadlock()
+    elif action == "stage":
+        stage_update()
+    elif action == "healthy":
+        from appliance import update
+        update.healthy()
+        idle()
     else:
         print(f"matrix core: unknown action {action!r}", flush=True)
         idle()

@@ -1,0 +1,154 @@
+"""Staging an update onto the ESP: one new image, tried on the next boots.
+
+Used on the device (``appliance.update.stage``, the ESP mounted at /esp) and from a host
+(``make update``, the ESP of a stick or disk image through mtools): both give an
+``EspFiles``. The order of the writes is the design for power loss on FAT, which has no
+atomic replace of an existing file:
+
+1. the UKI under a name no entry names yet, read back and compared;
+2. its entry under a temporary name (systemd-boot reads only ``*.conf``);
+3. the entry renamed to ``appliance-<generation>+<tries>.conf``: from here on the next
+   boot tries it.
+
+A cut before step 3 leaves files no entry names; the next staging removes them. The
+current and previous images are never touched while staging.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections.abc import Callable
+from typing import NamedTuple, Protocol
+
+from appliance.init import bootentries, fsutil, uki
+from appliance.init.bootentries import Entry
+
+DEFAULT_TRIES = 3
+RESERVE = 16 * 1024 * 1024  # left free for the crash history (the init's esp_free_floor)
+
+
+class StageError(Exception):
+    pass
+
+
+class EspFiles(Protocol):
+    def list(self, directory: str) -> list[str]: ...
+    def read(self, path: str) -> bytes: ...
+    def write(self, path: str, data: bytes) -> None: ...
+    def rename(self, old: str, new: str) -> None: ...
+    def delete(self, path: str) -> None: ...
+    def free(self) -> int: ...
+
+
+class MountedEsp:
+    """The ESP as a mounted file system (on the device: /esp)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    def _p(self, path: str) -> str:
+        return self.root + path
+
+    def list(self, directory: str) -> list[str]:
+        try:
+            return sorted(os.listdir(self._p(directory)))
+        except FileNotFoundError:
+            return []
+
+    def read(self, path: str) -> bytes:
+        with open(self._p(path), "rb") as f:
+            return f.read()
+
+    def write(self, path: str, data: bytes) -> None:
+        """A new file (no name of a file in use): written, then made durable."""
+        fsutil.make_dirs(os.path.dirname(self._p(path)))
+        with open(self._p(path), "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        fsutil.fsync_dir(os.path.dirname(self._p(path)))
+
+    def rename(self, old: str, new: str) -> None:
+        fsutil.rename(self._p(old), self._p(new))
+
+    def delete(self, path: str) -> None:
+        fsutil.remove(self._p(path))
+
+    def free(self) -> int:
+        st = os.statvfs(self.root)
+        return st.f_bavail * st.f_frsize
+
+
+class Staged(NamedTuple):
+    version: str
+    build_id: str
+    generation: int
+    tries: int
+    entry: str  # its file name
+    uki: str  # its ESP path
+
+
+def check(data: bytes, secure_boot: bool = False) -> uki.Uki:
+    """The file is a whole UKI for x86-64 (and, with Secure Boot on, signed)."""
+    try:
+        found = uki.read(io.BytesIO(data))
+    except uki.UkiError as e:
+        raise StageError(f"not an image to stage: {e}") from None
+    if not found.identity.version:
+        raise StageError("not an appliance image: its .osrel has no IMAGE_VERSION (build it with make image)")
+    if secure_boot and not found.signed:
+        raise StageError("Secure Boot is on and the image is not signed: it could not boot (build it with "
+                         "SECURE_BOOT=shim or direct, with the key this machine trusts)")
+    return found
+
+
+def _entries(esp: EspFiles) -> list[tuple[str, Entry]]:
+    return [(name, e) for name in esp.list(bootentries.ENTRIES_DIR) if (e := bootentries.parse_name(name))]
+
+
+def clean(esp: EspFiles, say: Callable[[str], None] = lambda _: None) -> None:
+    """Remove what a cut left (temporary entries, images no entry names) and any staged
+    image not tried yet: at most one is staged at a time."""
+    for name in esp.list(bootentries.ENTRIES_DIR):
+        if name.endswith(".tmp"):
+            esp.delete(f"{bootentries.ENTRIES_DIR}/{name}")
+    for name, e in _entries(esp):
+        if e.tries_left is not None and e.tries_done == 0:
+            say(f"replacing the staged image of generation {e.generation}, not tried yet")
+            esp.delete(f"{bootentries.ENTRIES_DIR}/{name}")
+    named = {e.generation for _, e in _entries(esp)}
+    for name in esp.list(bootentries.IMAGES_DIR):
+        generation = name[:6]
+        if not (generation.isdigit() and int(generation) in named):
+            esp.delete(f"{bootentries.IMAGES_DIR}/{name}")
+
+
+def stage(esp: EspFiles, data: bytes, tries: int = DEFAULT_TRIES, reserve: int = RESERVE,
+          secure_boot: bool = False, say: Callable[[str], None] = lambda _: None) -> Staged:
+    """Stage ``data`` (a UKI) to be tried on the next boots, ``tries`` times at most."""
+    if not 1 <= tries <= 9:
+        raise StageError(f"tries={tries}: from 1 to 9")
+    found = check(data, secure_boot)
+    version = found.identity.version
+    entries = _entries(esp)
+    if not entries:
+        raise StageError("this ESP has no boot entries: it was not made by make image with systemd-boot "
+                         "(flash a current image once; then updates can be staged)")
+    clean(esp, say=say)
+    free = esp.free()
+    if free - len(data) < reserve:
+        raise StageError(f"not enough room on the ESP: {len(data) >> 20} MiB to write, {free >> 20} MiB free, "
+                         f"and {reserve >> 20} MiB stay free for the crash history")
+    generation = max(e.generation for _, e in _entries(esp) or entries) + 1
+    path = bootentries.uki_path(generation, version)
+    esp.write(path, data)
+    if hashlib.sha256(esp.read(path)).digest() != hashlib.sha256(data).digest():
+        esp.delete(path)
+        raise StageError(f"{path} did not read back as written: the medium may be failing")
+    entry = Entry(generation, tries)
+    tmp = f"{bootentries.ENTRIES_DIR}/{entry.name}.tmp"
+    esp.write(tmp, bootentries.entry_text(generation, version, path).encode())
+    esp.rename(tmp, f"{bootentries.ENTRIES_DIR}/{entry.name}")
+    return Staged(version, found.identity.build_id, generation, tries, entry.name, path)

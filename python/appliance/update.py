@@ -1,0 +1,64 @@
+"""Updates from the core, on the device.
+
+    from appliance import update
+
+    update.stage("/tmp/appliance.efi")  # a UKI from `make image`, fetched as the core likes
+    update.healthy()                   # this image works: commit it now (else after 10 minutes)
+    update.status()                    # the images on the ESP, the one running, the update log
+
+``stage`` checks the file before it touches the ESP (a whole UKI for x86-64, made by
+``make image``; signed when Secure Boot is on; room for it with the crash history's
+reserve left), then writes it so that a power cut at any moment leaves the machine
+booting a good image. The next boots try it; see the README, "Updates".
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from appliance.init import secureboot, staging, trial
+from appliance.init.staging import Staged, StageError
+
+__all__ = ["StageError", "Staged", "healthy", "stage", "status"]
+
+
+def _esp() -> str:
+    esp = os.environ.get("APPLIANCE_ESP", "")
+    if not esp:
+        raise StageError("no ESP is mounted (the init said why on the console): nothing can be staged")
+    return esp
+
+
+def stage(path: str, tries: int = staging.DEFAULT_TRIES) -> Staged:
+    """Stage the UKI at ``path``: tried on the next boots, ``tries`` failed boots at most."""
+    esp = _esp()
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        staged = staging.stage(staging.MountedEsp(esp), data, tries, secure_boot=secureboot.read().enabled is True)
+    except OSError as e:
+        raise StageError(f"writing to the ESP failed: {e}; the images on it are as they were") from e
+    trial.log(os.path.join(esp, "appliance"), f"staged {staged.version} ({staged.build_id}) as generation "
+                                              f"{staged.generation}, {staged.tries} tries, from the core")
+    return staged
+
+
+def healthy() -> None:
+    """Say that this image works: an update on trial is committed now, and the crash-loop
+    counter is reset, without waiting for the core to have run 10 minutes."""
+    os.write(int(os.environ.get("APPLIANCE_WATCHDOG_FD", "3")), b"healthy\n")
+
+
+def status() -> dict[str, Any]:
+    esp = _esp()
+    slots, problems = trial.scan(esp)
+    try:
+        with open(os.path.join(esp, "appliance", trial.UPDATE_LOG), "rb") as f:
+            log = f.read().decode("utf-8", "replace").splitlines()[-20:]
+    except OSError:
+        log = []
+    return {"booted": slots.booted.version if slots.booted else None,
+            "images": [{"version": i.version, "generation": i.entry.generation, "entry": i.entry.name,
+                        "on_trial": i.entry.tries_left is not None} for i in slots.images],
+            "log": log, "problems": problems}

@@ -1,0 +1,91 @@
+"""Updates in the field: staged from a host or from the core, tried, committed or rolled
+back by the machine itself, with the crash history kept throughout."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import pytest
+
+from appliance.harness.machine import Machine
+from appliance.init import records, trial, uki
+from appliance.media import update
+
+pytestmark = pytest.mark.qemu
+
+READY = r"matrix core: ready"
+
+
+def version(efi: Path) -> str:
+    return uki.read_path(str(efi)).identity.version
+
+
+def history(m: Machine) -> list[records.Record]:
+    return [records.decode(m.esp_read(f"/appliance/history/{n}")) for n in m.esp_list("/appliance/history")]
+
+
+def test_an_update_staged_from_a_host_is_tried_committed_and_kept(
+        test_raw: Path, test_v2_efi: Path, qemu_ready: None, tmp_path: Path, log_dir: Path) -> None:
+    v1, v2 = version(test_raw.parent / "appliance.efi"), version(test_v2_efi)
+    m = Machine(test_raw, tmp_path, name="update-from-host", log_dir=log_dir)
+    m.esp_write("/appliance-test/action", b"raise")  # a crash under v1: its record must survive the update
+    with m:
+        m.wait_boot(timeout=120)
+        m.expect(rf"init: boot entry appliance-000001\.conf: image {re.escape(v1)}, committed", 30)
+        m.expect(r"init: rebooting at", 60)
+    out = io.StringIO()
+    assert update.update(str(m.disk), str(test_v2_efi), out=out) == 0, out.getvalue()
+    assert f"the next boot tries {v2}" in out.getvalue()
+    m.esp_write("/appliance-test/action", b"healthy")  # v2's core says it is healthy once it runs
+    with m:
+        m.wait_boot(timeout=120)
+        m.expect(rf"init: image {re.escape(v2)} ", 10)
+        m.expect(r"init: previous boot ended: core crash \(exited with status 1\)", 30)
+        m.expect(rf"init: trying update {re.escape(v2)}: try 1 of 3", 30)
+        m.expect(r"init: the core says it is healthy", 60)
+        m.expect(rf"init: update {re.escape(v2)} committed: it is the default image from now on", 10)
+        m.power_cut()
+    for _ in range(2):  # still v2, committed, on the next boots
+        with m:
+            m.wait_boot(timeout=120)
+            m.expect(rf"init: boot entry appliance-000002\.conf: image {re.escape(v2)}, committed", 30)
+            m.expect(READY, 60)
+            m.power_cut()
+    assert m.esp_list("/loader/entries") == ["appliance-000001.conf", "appliance-000002.conf"]  # v1 kept as previous
+    kept = history(m)
+    crash = [r for r in kept if r.kind == "runtime-log"]
+    assert len(crash) == 1 and crash[0].meta["image"].startswith(v1 + " (")
+    assert b"matrix core: raised on purpose" in crash[0].payload
+    log = m.esp_read("/appliance/" + trial.UPDATE_LOG).decode()
+    assert f"staged {v2} " in log and "from a host" in log and f"committed {v2} (generation 2)" in log
+
+
+def test_an_update_that_crashes_is_rolled_back_by_the_machine_itself(
+        test_raw: Path, test_v2_efi: Path, qemu_ready: None, tmp_path: Path, log_dir: Path) -> None:
+    v1, v2 = version(test_raw.parent / "appliance.efi"), version(test_v2_efi)
+    m = Machine(test_raw, tmp_path, name="update-rollback", log_dir=log_dir)
+    m.esp_write("/appliance-test/update.efi", test_v2_efi.read_bytes())  # as if the core had fetched it
+    m.esp_write("/appliance-test/action", b"stage")
+    m.esp_write("/appliance-test/crash-version", v2.encode())  # v2's core crashes at once
+    with m:
+        m.wait_boot(timeout=120)
+        m.expect(rf"matrix core: staged {re.escape(v2)} as generation 2 \(appliance-000002\+3\.conf\)", 60)
+        m.expect(r"init: rebooting at", 30)
+        for n in (1, 2, 3):  # each try crashes; nobody touches the machine
+            m.wait_boot(timeout=120)
+            m.expect(rf"init: trying update {re.escape(v2)}: try {n} of 3", 60)
+            m.expect(rf"RuntimeError: matrix core: image {re.escape(v2)} crashes at once", 60)  # live, not a dump
+            m.expect(r"init: rebooting at", 60)
+        m.wait_boot(timeout=120)
+        m.expect(rf"init: image {re.escape(v1)} ", 10)
+        line = m.expect(rf"init: update to {re.escape(v2)} rolled back after 3 failed boots: ([^\n]*)", 60)
+        m.expect(READY, 60)
+        m.power_cut()
+    assert line.group(1).count("core crash (exited with status 1)") == 3, line.group(1)
+    assert m.esp_list("/loader/entries") == ["appliance-000001.conf"]
+    crashes = [r for r in history(m) if r.meta.get("image", "").startswith(v2 + " (")]
+    assert len(crashes) >= 3 and all(b"crashes at once" in r.payload for r in crashes)
+    log = m.esp_read("/appliance/" + trial.UPDATE_LOG).decode()
+    assert "from the core" in log and f"update to {v2} rolled back after 3 failed boots" in log
