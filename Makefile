@@ -22,7 +22,7 @@ export CORE MIRROR SECURITY_MIRROR SECURE_BOOT KEYS_DIR SB_KEY SB_CERT SIGN_DEBU
 HOST_STAMP := $(BUILD)/.host-ready
 VENV_STAMP := $(VENV)/.ready
 
-.PHONY: help deps image test-image qemu flash dumps test lint unit qemu-test fuzz soak size bench bench-build clean distclean
+.PHONY: help deps image test-image qemu flash update dumps test lint unit qemu-test fuzz soak size bench bench-build clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -63,6 +63,11 @@ IMAGE ?= $(BUILD)/appliance.raw
 flash: deps ## write the image to a USB stick: DEV=/dev/sdX [YES=1] [ALLOW_NON_REMOVABLE=sdX] [IMAGE=]
 	@test -n "$(DEV)" || { echo "make flash: name the stick: make flash DEV=/dev/sdX (lsblk lists disks)"; exit 2; }
 	$(PY) -m appliance.media.flash "$(DEV)" --image "$(IMAGE)" $(if $(filter 1 yes true,$(YES)),--yes) \
+		$(if $(ALLOW_NON_REMOVABLE),--allow-non-removable "$(ALLOW_NON_REMOVABLE)")
+
+update: deps ## stage the image make image built onto a stick or image, keeping its history: DEV=/dev/sdX or IMG=path [TRIES=3]
+	@test -n "$(DEV)$(IMG)" || { echo "make update: say where to: make update DEV=/dev/sdX or IMG=path"; exit 2; }
+	$(PY) -m appliance.media.update "$(or $(DEV),$(IMG))" --image $(BUILD)/appliance.efi $(if $(TRIES),--tries $(TRIES)) \
 		$(if $(ALLOW_NON_REMOVABLE),--allow-non-removable "$(ALLOW_NON_REMOVABLE)")
 
 dumps: deps ## crash dumps off a stick or image: DEV=/dev/sdX or IMG=path [SHOW=N|all|runtime] [SAVE=dir] [CLEAR=1]

@@ -1,0 +1,90 @@
+"""Staging an update onto an ESP (a directory here; the QEMU tests boot it)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from appliance.init import bootentries, staging
+from appliance.media import update
+from tests.test_trial import make_esp
+from tests.test_uki import a_uki, make_pe
+
+V2 = make_pe(a_uki(osrel=b"ID=debian\nIMAGE_ID=appliance\nIMAGE_VERSION=2.0\nBUILD_ID=222222222222\n"))
+
+
+class SmallEsp(staging.MountedEsp):
+    def __init__(self, root: str, free: int) -> None:
+        super().__init__(root)
+        self.free_bytes = free
+
+    def free(self) -> int:
+        return self.free_bytes
+
+
+def esp(tmp_path: Path, free: int = 1 << 30) -> SmallEsp:
+    root, _ = make_esp(tmp_path, {"appliance-000001.conf": "1.0"}, "appliance-000001.conf")
+    return SmallEsp(root, free)
+
+
+def entries(e: staging.MountedEsp) -> list[str]:
+    return e.list(bootentries.ENTRIES_DIR)
+
+
+def test_staging_writes_the_image_then_its_counted_entry(tmp_path: Path) -> None:
+    e = esp(tmp_path)
+    staged = staging.stage(e, V2)
+    assert staged == staging.Staged("2.0", "222222222222", 2, 3, "appliance-000002+3.conf",
+                                    "/EFI/appliance/000002-2.0.efi")
+    assert entries(e) == ["appliance-000001.conf", "appliance-000002+3.conf"]
+    assert e.read(staged.uki) == V2
+    assert e.read(f"{bootentries.ENTRIES_DIR}/{staged.entry}").decode() == bootentries.entry_text(2, "2.0", staged.uki)
+
+
+@pytest.mark.parametrize("data, why", [
+    (V2[:-10], "truncated"),
+    (b"#!/bin/sh\necho not an image\n" * 10, "no MZ signature"),
+    (make_pe(a_uki(osrel=b"ID=debian\n")), "no IMAGE_VERSION"),
+])
+def test_what_is_not_a_whole_image_is_refused_before_the_esp_is_touched(tmp_path: Path, data: bytes, why: str) -> None:
+    e = esp(tmp_path)
+    before = sorted(str(p) for p in Path(e.root).rglob("*"))
+    with pytest.raises(staging.StageError, match=why):
+        staging.stage(e, data)
+    assert sorted(str(p) for p in Path(e.root).rglob("*")) == before
+
+
+def test_an_image_too_big_for_the_reserve_or_unsigned_under_secure_boot_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(staging.StageError, match=r"not enough room on the ESP.*16 MiB stay free"):
+        staging.stage(esp(tmp_path / "a", free=staging.RESERVE + len(V2) - 1), V2)
+    with pytest.raises(staging.StageError, match="Secure Boot is on and the image is not signed"):
+        staging.stage(esp(tmp_path / "b"), V2, secure_boot=True)
+
+
+def test_what_a_power_cut_left_is_cleaned_and_one_staged_image_replaces_another(tmp_path: Path) -> None:
+    e = esp(tmp_path)
+    e.write("/EFI/appliance/000002-2.0.efi", V2[:100])  # cut while the image was written
+    e.write(f"{bootentries.ENTRIES_DIR}/appliance-000002+3.conf.tmp", b"title")  # cut before the rename
+    said: list[str] = []
+    first = staging.stage(e, V2, say=said.append)
+    assert first.generation == 2 and e.read(first.uki) == V2
+    second = staging.stage(e, V2, tries=2, say=said.append)  # not tried yet: replaced
+    assert said == ["replacing the staged image of generation 2, not tried yet"]
+    assert entries(e) == ["appliance-000001.conf", "appliance-000002+2.conf"]
+    assert e.list(bootentries.IMAGES_DIR) == ["000001-1.0.efi", "000002-2.0.efi"] and second.generation == 2
+
+
+def test_an_esp_without_entries_or_a_wrong_target_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "bare").mkdir()
+    with pytest.raises(staging.StageError, match="no boot entries"):
+        staging.stage(staging.MountedEsp(str(tmp_path / "bare")), V2)
+    image = tmp_path / "v2.efi"
+    image.write_bytes(V2)
+    out = io.StringIO()
+    assert update.update(str(tmp_path / "absent.raw"), str(image), out=out) == 2
+    assert update.update("/dev/null", str(image), out=out) == 2
+    assert update.update(str(image), str(tmp_path / "absent.efi"), out=out) == 2
+    text = out.getvalue()
+    assert "No such file" in text and "neither a disk nor a disk image file" in text and "make image" in text
