@@ -5,12 +5,13 @@ import signal
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from appliance.init import exitstatus, lastboot, pstore, watchdog
 from appliance.init.kernel import Kernel
-from appliance.init.supervise import Supervisor, spawn
+from appliance.init.supervise import Outcome, Supervisor, spawn
 
 # --- pstore ----------------------------------------------------------------------------------
 
@@ -147,25 +148,31 @@ def subreaper() -> None:
     Kernel().set_child_subreaper()
 
 
-def test_a_core_that_stops_pinging_dumps_its_threads_and_is_killed(tmp_path: Path) -> None:
+def supervise_with_watchdog(tmp_path: Path, code: str, dog: watchdog.SoftWatchdog, said: list[str],
+                            stderr: bytearray, **kw: Any) -> Outcome:
+    """Run ``code`` as the core, with its pipe to the init, under a Supervisor."""
     script = tmp_path / "core.py"
-    script.write_text(textwrap.dedent(DEADLOCKED_CORE))
+    script.write_text(textwrap.dedent(code))
     r, w = os.pipe2(os.O_CLOEXEC)
     dog_r, dog_w = os.pipe2(os.O_CLOEXEC)
     pid = spawn([sys.executable, str(script)], {**os.environ, "APPLIANCE_WATCHDOG_FD": "3"}, w,
                 watchdog_fd=dog_w)
     os.close(w)
     os.close(dog_w)
-    stderr = bytearray()
-    said: list[str] = []
-    sup = Supervisor(pid, r, on_stderr=stderr.extend, say=said.append, watchdog=(dog_r, watchdog.SoftWatchdog(30)))
+    sup = Supervisor(pid, r, on_stderr=stderr.extend, say=said.append, watchdog=(dog_r, dog), **kw)
     sup.install_signals()
     try:
-        outcome = sup.run()
+        return sup.run()
     finally:
         sup.restore_signals()
         os.close(r)
         os.close(dog_r)
+
+
+def test_a_core_that_stops_pinging_dumps_its_threads_and_is_killed(tmp_path: Path) -> None:
+    stderr = bytearray()
+    said: list[str] = []
+    outcome = supervise_with_watchdog(tmp_path, DEADLOCKED_CORE, watchdog.SoftWatchdog(30), said, stderr)
     cause = exitstatus.decode(outcome.status, note=outcome.note)
     assert cause.signal == signal.SIGABRT, cause
     assert cause.describe() == "killed by signal 6 (SIGABRT); the software watchdog fired: no ping for 1 s"
@@ -185,26 +192,11 @@ time.sleep(1.5)
 
 
 def test_a_core_saying_healthy_is_healthy_at_once_and_arms_no_watchdog(tmp_path: Path) -> None:
-    script = tmp_path / "core.py"
-    script.write_text(textwrap.dedent(HEALTHY_CORE))
-    r, w = os.pipe2(os.O_CLOEXEC)
-    dog_r, dog_w = os.pipe2(os.O_CLOEXEC)
-    pid = spawn([sys.executable, str(script)], {**os.environ, "APPLIANCE_WATCHDOG_FD": "3"}, w,
-                watchdog_fd=dog_w)
-    os.close(w)
-    os.close(dog_w)
     said: list[str] = []
     healthy: list[bool] = []
     dog = watchdog.SoftWatchdog(0.5)  # would fire during the core's sleep, were it armed
-    sup = Supervisor(pid, r, on_stderr=lambda _: None, say=said.append, watchdog=(dog_r, dog),
-                     healthy_after=600, on_healthy=lambda: healthy.append(True))
-    sup.install_signals()
-    try:
-        outcome = sup.run()
-    finally:
-        sup.restore_signals()
-        os.close(r)
-        os.close(dog_r)
+    outcome = supervise_with_watchdog(tmp_path, HEALTHY_CORE, dog, said, bytearray(), healthy_after=600,
+                                      on_healthy=lambda: healthy.append(True))
     assert exitstatus.decode(outcome.status).describe() == "exited with status 0 (requested restart)"
     assert healthy == [True] and not dog.armed
     assert any(s.startswith("the core says it is healthy (") for s in said), said
