@@ -360,6 +360,7 @@ def test_dumps_lists_history_runtime_log_and_torn_records(crashed_image: Path) -
     assert "!! torn record: 210 of 250 bytes present" in out
     assert "last runtime log (/appliance/runtime.log): 28 B, not archived yet" in out
     assert "crash-loop counter: 2 failure(s) in a row" in out
+    assert "boot entries (/loader/entries): none" in out and "update log (/appliance/updates.log): none" in out
     assert "dumps: 1 record(s) torn or corrupt: 3 (torn record: 210 of 250 bytes present)" in out
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from appliance.harness.machine import Machine
 from appliance.init import records, trial, uki
-from appliance.media import update
+from appliance.media import dumps, update
 
 pytestmark = pytest.mark.qemu
 
@@ -89,3 +89,8 @@ def test_an_update_that_crashes_is_rolled_back_by_the_machine_itself(
     assert len(crashes) >= 3 and all(b"crashes at once" in r.payload for r in crashes)
     log = m.esp_read("/appliance/" + trial.UPDATE_LOG).decode()
     assert "from the core" in log and f"update to {v2} rolled back after 3 failed boots" in log
+    out = io.StringIO()  # make dumps: the records marked with the version that crashed, and the update log
+    dumps.run(str(m.disk), out=out)
+    listing = out.getvalue()
+    assert listing.count(f" {v2} ") >= 3 and "boot entries (/loader/entries): appliance-000001.conf" in listing
+    assert re.search(rf"^  \S+ update to {re.escape(v2)} rolled back after 3 failed boots", listing, re.M), listing

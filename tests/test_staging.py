@@ -88,3 +88,61 @@ def test_an_esp_without_entries_or_a_wrong_target_is_refused(tmp_path: Path) -> 
     assert update.update(str(image), str(tmp_path / "absent.efi"), out=out) == 2
     text = out.getvalue()
     assert "No such file" in text and "neither a disk nor a disk image file" in text and "make image" in text
+
+
+class PowerCut(Exception):
+    pass
+
+
+class CutAfter(SmallEsp):
+    """An ESP where the power goes after ``n`` writes, renames or deletions (the one in
+    progress is left half done for a write)."""
+
+    def __init__(self, root: str, n: int) -> None:
+        super().__init__(root, 1 << 30)
+        self.left = n
+
+    def _tick(self) -> None:
+        if self.left == 0:
+            raise PowerCut()
+        self.left -= 1
+
+    def write(self, path: str, data: bytes) -> None:
+        if self.left == 0:
+            super().write(path, data[: len(data) // 2])  # torn
+        self._tick()
+        super().write(path, data)
+
+    def rename(self, old: str, new: str) -> None:
+        self._tick()
+        super().rename(old, new)
+
+    def delete(self, path: str) -> None:
+        self._tick()
+        super().delete(path)
+
+
+def test_a_power_cut_at_each_step_of_staging_leaves_only_whole_entries(tmp_path: Path) -> None:
+    """After a cut at any step, every entry systemd-boot would read runs a whole image,
+    the running image is untouched, and staging again succeeds."""
+    for n in range(8):
+        root, _ = make_esp(tmp_path / str(n), {"appliance-000001.conf": "1.0"}, "appliance-000001.conf")
+        e = CutAfter(root, n)
+        try:
+            staging.stage(e, V2)
+            finished = True
+        except PowerCut:
+            finished = False
+        whole = staging.MountedEsp(root)
+        for name in entries(whole):
+            if name.endswith(".conf"):
+                text = whole.read(f"{bootentries.ENTRIES_DIR}/{name}").decode()
+                uki = next(line.split(" ", 1)[1] for line in text.splitlines() if line.startswith("efi "))
+                assert whole.read(uki) in (V2, b"MZ uki 1.0"), (n, name)
+        assert whole.read("/EFI/appliance/000001-1.0.efi") == b"MZ uki 1.0"
+        assert staging.stage(whole, V2).generation == 2
+        if finished:
+            assert n >= 3  # image, temporary entry, rename: nothing shorter stages
+            break
+    else:
+        raise AssertionError("staging never finished within 8 steps")

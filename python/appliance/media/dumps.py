@@ -21,13 +21,14 @@ import sys
 from collections.abc import Callable
 from typing import NamedTuple, TextIO
 
-from appliance.init import backoff, history, records
+from appliance.init import backoff, bootentries, history, records, trial
 from appliance.media import blockdev, espfs
 
 APP_DIR = "/appliance"  # the init's directory on the ESP (appliance.init.main.APP_DIR)
 HISTORY_DIR = f"{APP_DIR}/history"
 RUNTIME_LOG = f"{APP_DIR}/runtime.log"
 BACKOFF = f"{APP_DIR}/{backoff.STATE_FILE}"
+UPDATE_LOG = f"{APP_DIR}/{trial.UPDATE_LOG}"
 
 
 class Dump(NamedTuple):
@@ -84,6 +85,14 @@ def list_dumps(esp: espfs.EspImage, dumps: list[Dump], log: bytes | None, out: T
             out.write(f"crash-loop counter: {failures} failure(s) in a row\n")
         except (ValueError, espfs.EspError) as e:
             out.write(f"crash-loop counter: {BACKOFF} unreadable ({e})\n")
+    entries = [n for n in esp.list(bootentries.ENTRIES_DIR) if bootentries.parse_name(n)]
+    out.write(f"boot entries ({bootentries.ENTRIES_DIR}): {', '.join(entries) or 'none'}\n")
+    if esp.exists(UPDATE_LOG):
+        lines = esp.read(UPDATE_LOG).decode("utf-8", "replace").splitlines()
+        out.write(f"update log ({UPDATE_LOG}), newest last{' (the last 20)' if len(lines) > 20 else ''}:\n")
+        out.write("".join(f"  {line}\n" for line in lines[-20:]))
+    else:
+        out.write(f"update log ({UPDATE_LOG}): none (no update was staged)\n")
 
 
 def show(d: Dump, out: TextIO) -> None:
