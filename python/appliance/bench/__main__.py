@@ -10,8 +10,10 @@ turnaround. Prints a table and writes it as JSON (build/bench/bench.json).
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,6 +28,8 @@ from appliance.build import disk, inspect, mirror, mkosi, render, shim
 from appliance.build.__main__ import main as build_main
 from appliance.harness.machine import HarnessTimeout, Machine
 from appliance.harness.qemu import kvm_works
+from appliance.init import uki
+from appliance.media import update
 from appliance.media.espfs import EspImage
 
 CORE = "bench/core.py"
@@ -111,6 +115,26 @@ def enrollable_cert(image: Path, out: Path) -> Path | None:
     return out
 
 
+def rollback_turnaround(test_raw: Path, v2_efi: Path, work: Path, log_dir: Path) -> float:
+    """Seconds from the first boot after a crash-looping update was staged to the previous
+    image's core running again (3 failed tries and their back-offs, then the rollback),
+    with the test images (make test-image): v2's core crashes at every boot."""
+    v2 = uki.read_path(str(v2_efi)).identity.version
+    m = Machine(test_raw, work, name="bench-rollback", log_dir=log_dir)
+    m.esp_write("/appliance-test/version-action", f"{v2} raise".encode())
+    out = io.StringIO()
+    if update.update(str(m.disk), str(v2_efi), out=out) != 0:
+        raise RuntimeError(f"staging {v2_efi} failed: {out.getvalue().strip()}")
+    started = time.monotonic()  # the machine is powered on: its first boot tries the update
+    with m:
+        m.expect(rf"init: update to {re.escape(v2)} rolled back after 3 failed boots", 900)
+        m.expect(r"matrix core: ready", 120)
+        took = time.monotonic() - started
+        m.power_cut()
+    shutil.rmtree(work, ignore_errors=True)
+    return took
+
+
 # -- the report ---------------------------------------------------------------------------
 
 def sizes(efi: Path, raw: Path) -> dict[str, int]:
@@ -137,6 +161,9 @@ def report(result: dict[str, Any]) -> str:
     rows += figures.boot_rows(boots_a, boots_b)
     turn = figures.spread(ours["crash_turnaround"])
     rows.append(("crash -> dump printed by the next boot", turn.text(), "n/a: nothing kept", ""))
+    if ours.get("rollback") is not None:
+        rows.append(("crash-looping update staged -> previous core ready", f"{ours['rollback']:.2f} s",
+                     "n/a: no updates", ""))
     text = figures.table(rows)
     if ours.get("secure_boot_boots"):
         on = [figures.Boot(*b) for b in ours["secure_boot_boots"]]
@@ -209,6 +236,13 @@ def main(argv: list[str] | None = None) -> int:
         result["ours"]["boots"], result["systemd"]["boots"] = boots["ours"], boots["systemd"]
         result["ours"]["secure_boot_boots"] = boots["ours-secure-boot"]
         result["ours"]["crash_turnaround"] = turnaround
+        test_raw, v2_efi = bench.parent / "test/appliance.raw", bench.parent / "test-v2/appliance.efi"
+        if test_raw.exists() and v2_efi.exists():
+            with tempfile.TemporaryDirectory(dir=bench) as work:
+                result["ours"]["rollback"] = rollback_turnaround(test_raw, v2_efi, Path(work) / "rollback", logs)
+            say(f"update rolled back: previous core ready {result['ours']['rollback']:.2f} s after the first try")
+        else:
+            say("no test images (make test-image): the update rollback figure is skipped")
         result["accel"] = "kvm" if kvm_works() else "tcg"
     except (RuntimeError, HarnessTimeout, OSError) as e:
         say(f"failed: {e}")

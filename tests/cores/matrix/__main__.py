@@ -76,15 +76,27 @@ def image_version() -> str:
     return ""
 
 
-def crash_if_this_version_must() -> None:
-    """/esp/appliance-test/crash-version names an image version whose core crashes at
-    once (an update gone wrong), while every other version runs."""
-    path = os.path.join(ESP, "appliance-test", "crash-version") if ESP else ""
+def action_of_this_version() -> str:
+    """/esp/appliance-test/version-action holds "VERSION ACTION": the action of every
+    boot of that image version (an update gone wrong), while other versions run on."""
+    path = os.path.join(ESP, "appliance-test", "version-action") if ESP else ""
     if path and os.path.exists(path):
         with open(path) as f:
-            bad = f.read().strip()
-        if bad == image_version():
-            raise RuntimeError(f"matrix core: image {bad} crashes at once")
+            version, _, action = f.read().strip().partition(" ")
+        if version == image_version():
+            return action
+    return ""
+
+
+def hang_the_machine() -> None:
+    """Take the only CPU from everything else, the init included: nothing pets the
+    hardware watchdog any more, which resets the machine."""
+    with open("/proc/sys/kernel/sched_rt_runtime_us", "w") as f:
+        f.write("-1")  # no share of the CPU kept back for others
+    print("matrix core: hanging the machine", flush=True)
+    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(99))
+    while True:
+        pass
 
 
 def stage_update() -> None:
@@ -103,8 +115,7 @@ def stage_update() -> None:
 
 def main() -> None:
     print(f"matrix core: image {image_version()}", flush=True)
-    crash_if_this_version_must()
-    action = take_action()
+    action = action_of_this_version() or take_action()
     print(f"matrix core: action {action or '(none)'}", flush=True)
     if action == "":
         idle()
@@ -173,6 +184,8 @@ def main() -> None:
         idle()
     elif action == "deadlock":
         deadlock()
+    elif action == "hang":
+        hang_the_machine()
     elif action == "stage":
         stage_update()
     elif action == "healthy":
