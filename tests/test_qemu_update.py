@@ -121,3 +121,29 @@ def test_an_update_that_panics_or_hangs_is_rolled_back_too(
         m.expect(READY, 60)
         m.power_cut()
     assert len(re.findall(cause, line.group(1))) == 3, line.group(1)
+
+
+@pytest.mark.parametrize("step", ["writing the image", "writing its entry", "renaming its entry"])
+def test_a_power_cut_while_the_core_stages_leaves_a_machine_that_boots_a_good_image(
+        step: str, test_raw: Path, test_v2_efi: Path, qemu_ready: None, tmp_path: Path, log_dir: Path) -> None:
+    """The power goes as the core begins a step of staging; the next boot runs v1, or v2
+    on trial once its entry was whole, and a new staging then succeeds."""
+    v1, v2 = version(test_raw.parent / "appliance.efi"), version(test_v2_efi)
+    m = Machine(test_raw, tmp_path, name=f"update-cut-{step.split()[0]}", log_dir=log_dir)
+    m.esp_write("/appliance-test/update.efi", test_v2_efi.read_bytes())
+    m.esp_write("/appliance-test/action", b"stage")
+    with m:
+        m.wait_boot(timeout=120)
+        m.expect(rf"matrix core: staging: {step}", 60)
+        m.power_cut()
+    with m:
+        m.wait_boot(timeout=120)
+        m.expect(rf"init: (boot entry appliance-000001\.conf: image {re.escape(v1)}, committed|"
+                 rf"trying update {re.escape(v2)}: try 1 of 3)", 60)
+        m.expect(READY, 60)
+        m.power_cut()
+    assert "appliance-000001.conf" in m.esp_list("/loader/entries")  # the running image was never touched
+    assert m.esp_read(f"/EFI/appliance/000001-{v1}.efi") == (test_raw.parent / "appliance.efi").read_bytes()
+    out = io.StringIO()
+    assert update.update(str(m.disk), str(test_v2_efi), out=out) == 0, out.getvalue()  # leftovers cleaned
+    assert [e for e in m.esp_list("/loader/entries") if not e.endswith(".conf")] == []

@@ -15,6 +15,7 @@ booting a good image. The next boots try it; see the README, "Updates".
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from appliance.init import secureboot, staging, trial
@@ -30,13 +31,15 @@ def _esp() -> str:
     return esp
 
 
-def stage(path: str, tries: int = staging.DEFAULT_TRIES) -> Staged:
-    """Stage the UKI at ``path``: tried on the next boots, ``tries`` failed boots at most."""
+def stage(path: str, tries: int = staging.DEFAULT_TRIES, step: Callable[[str], None] = lambda _: None) -> Staged:
+    """Stage the UKI at ``path``: tried on the next boots, ``tries`` failed boots at most.
+    ``step`` hears each step as it begins (to show progress)."""
     esp = _esp()
     with open(path, "rb") as f:
         data = f.read()
     try:
-        staged = staging.stage(staging.MountedEsp(esp), data, tries, secure_boot=secureboot.read().enabled is True)
+        staged = staging.stage(staging.MountedEsp(esp), data, tries, secure_boot=secureboot.read().enabled is True,
+                                step=step)
     except OSError as e:
         raise StageError(f"writing to the ESP failed: {e}; the images on it are as they were") from e
     trial.log(os.path.join(esp, "appliance"), f"staged {staged.version} ({staged.build_id}) as generation "

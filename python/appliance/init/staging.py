@@ -125,9 +125,14 @@ def clean(esp: EspFiles, say: Callable[[str], None] = lambda _: None) -> None:
             esp.delete(f"{bootentries.IMAGES_DIR}/{name}")
 
 
+STEPS = ("writing the image", "reading it back", "writing its entry", "renaming its entry")
+
+
 def stage(esp: EspFiles, data: bytes, tries: int = DEFAULT_TRIES, reserve: int = RESERVE,
-          secure_boot: bool = False, say: Callable[[str], None] = lambda _: None) -> Staged:
-    """Stage ``data`` (a UKI) to be tried on the next boots, ``tries`` times at most."""
+          secure_boot: bool = False, say: Callable[[str], None] = lambda _: None,
+          step: Callable[[str], None] = lambda _: None) -> Staged:
+    """Stage ``data`` (a UKI) to be tried on the next boots, ``tries`` times at most.
+    ``step`` hears each of STEPS as it begins (the tests cut the power there)."""
     if not 1 <= tries <= 9:
         raise StageError(f"tries={tries}: from 1 to 9")
     found = check(data, secure_boot)
@@ -143,12 +148,16 @@ def stage(esp: EspFiles, data: bytes, tries: int = DEFAULT_TRIES, reserve: int =
                          f"and {reserve >> 20} MiB stay free for the crash history")
     generation = max(e.generation for _, e in _entries(esp) or entries) + 1
     path = bootentries.uki_path(generation, version)
+    step(STEPS[0])
     esp.write(path, data)
+    step(STEPS[1])
     if hashlib.sha256(esp.read(path)).digest() != hashlib.sha256(data).digest():
         esp.delete(path)
         raise StageError(f"{path} did not read back as written: the medium may be failing")
     entry = Entry(generation, tries)
     tmp = f"{bootentries.ENTRIES_DIR}/{entry.name}.tmp"
+    step(STEPS[2])
     esp.write(tmp, bootentries.entry_text(generation, version, path).encode())
+    step(STEPS[3])
     esp.rename(tmp, f"{bootentries.ENTRIES_DIR}/{entry.name}")
     return Staged(version, found.identity.build_id, generation, tries, entry.name, path)

@@ -104,7 +104,7 @@ def stage_update() -> None:
     fetching it; the next boot (which tries it) says it is healthy."""
     from appliance import update
     source = os.path.join(ESP, "appliance-test", "update.efi")
-    staged = update.stage(source)
+    staged = update.stage(source, step=lambda s: print(f"matrix core: staging: {s}", flush=True))
     os.unlink(source)
     with open(ACTION, "w") as f:
         f.write("healthy")
