@@ -6,6 +6,8 @@ import io
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from appliance.init import bootentries, staging
 from appliance.media import update
@@ -146,3 +148,36 @@ def test_a_power_cut_at_each_step_of_staging_leaves_only_whole_entries(tmp_path:
             break
     else:
         raise AssertionError("staging never finished within 8 steps")
+
+
+def test_an_image_signed_by_another_key_than_the_running_one_is_refused(test_raw: Path, test_v2_efi: Path,
+                                                                        tmp_path: Path) -> None:
+    from appliance.build import signing
+    from appliance.init import uki
+    ours, other = signing.ensure_key(tmp_path / "ours"), signing.ensure_key(tmp_path / "other")
+    signed: dict[str, bytes] = {}
+    for name, source, key in (("v1", test_raw.parent / "appliance.efi", ours), ("v2", test_v2_efi, ours),
+                              ("v2-other", test_v2_efi, other)):
+        signing.sign(source, tmp_path / f"{name}.efi", key)
+        signed[name] = (tmp_path / f"{name}.efi").read_bytes()
+    with open(tmp_path / "v1.efi", "rb") as f:
+        certs = uki.certificates(f, uki.read(f))
+    assert len(certs) == 1 and certs[0][:1] == b"\x30"  # the signer's certificate, DER
+    e = esp(tmp_path)
+    e.write("/EFI/appliance/000001-1.0.efi", signed["v1"])  # the image the ESP runs, signed with ours
+    with pytest.raises(staging.StageError, match="signed by another key"):
+        staging.stage(e, signed["v2-other"])
+    with pytest.raises(staging.StageError, match="this one is not"):
+        staging.stage(e, test_v2_efi.read_bytes())
+    assert staging.stage(e, signed["v2"], secure_boot=True).generation == 2
+
+
+@given(st.binary(max_size=300))
+def test_any_certificate_table_gives_certificates_or_a_reason(table: bytes) -> None:
+    from appliance.init import uki
+    data = make_pe(a_uki()) + table
+    u = uki.read(io.BytesIO(data))._replace(signature_offset=len(data) - len(table), signature_size=len(table))
+    try:
+        assert all(isinstance(c, bytes) for c in uki.certificates(io.BytesIO(data), u))
+    except uki.UkiError as e:
+        assert str(e)

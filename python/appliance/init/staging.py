@@ -104,6 +104,39 @@ def check(data: bytes, secure_boot: bool = False) -> uki.Uki:
     return found
 
 
+def current_certificates(esp: EspFiles) -> list[bytes]:
+    """The certificates in the signature of the newest committed image (none: unsigned)."""
+    committed = sorted(e.generation for _, e in _entries(esp) if e.tries_left is None)
+    if not committed:
+        return []
+    for name in esp.list(bootentries.IMAGES_DIR):
+        if name.startswith(f"{committed[-1]:06d}-") and name.endswith(".efi"):
+            data = esp.read(f"{bootentries.IMAGES_DIR}/{name}")
+            try:
+                f = io.BytesIO(data)
+                return uki.certificates(f, uki.read(f))
+            except uki.UkiError:
+                return []
+    return []
+
+
+def check_signer(data: bytes, found: uki.Uki, current: list[bytes]) -> None:
+    """An image signed by the running image's key, when that one is signed: another key
+    (or none) would be refused by the firmware or shim at every try."""
+    if not current:
+        return
+    try:
+        mine = uki.certificates(io.BytesIO(data), found)
+    except uki.UkiError as e:
+        raise StageError(f"its signature cannot be read: {e}") from None
+    if not mine:
+        raise StageError("the image this machine runs is signed and this one is not: with Secure Boot on it "
+                         "would be refused (build it with the same SECURE_BOOT and key)")
+    if not set(mine) & set(current):
+        raise StageError("signed by another key than the image this machine runs: the firmware or shim would "
+                         "refuse it at every try (build it with the same key: KEYS_DIR=, SB_KEY=/SB_CERT=)")
+
+
 def _entries(esp: EspFiles) -> list[tuple[str, Entry]]:
     return [(name, e) for name in esp.list(bootentries.ENTRIES_DIR) if (e := bootentries.parse_name(name))]
 
@@ -141,6 +174,7 @@ def stage(esp: EspFiles, data: bytes, tries: int = DEFAULT_TRIES, reserve: int =
     if not entries:
         raise StageError("this ESP has no boot entries: it was not made by make image with systemd-boot "
                          "(flash a current image once; then updates can be staged)")
+    check_signer(data, found, current_certificates(esp))
     clean(esp, say=say)
     free = esp.free()
     if free - len(data) < reserve:
