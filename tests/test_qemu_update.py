@@ -80,7 +80,7 @@ def test_an_update_that_crashes_is_rolled_back_by_the_machine_itself(
             m.expect(r"init: rebooting at", 60)
         m.wait_boot(timeout=120)
         m.expect(rf"init: image {re.escape(v1)} ", 10)
-        line = m.expect(rf"init: update to {re.escape(v2)} rolled back after 3 failed boots: ([^\n]*)", 60)
+        line = m.expect(rf"init: update to {re.escape(v2)} rolled back after 3 failed boots: ([^\r\n]*)\r*\n", 180)
         m.expect(READY, 60)
         m.power_cut()
     assert line.group(1).count("core crash (exited with status 1)") == 3, line.group(1)
@@ -98,9 +98,8 @@ def test_an_update_that_crashes_is_rolled_back_by_the_machine_itself(
 
 @pytest.mark.parametrize("action, cause, end", [
     ("panic", r"kernel panic \(Panic, kept by pstore\)", r"Kernel panic - not syncing"),
-    ("hang", r"watchdog reset \(watchdog0: i6300ESB timer\): the machine hung", r"matrix core: hanging the machine"),
 ])
-def test_an_update_that_panics_or_hangs_is_rolled_back_too(
+def test_an_update_that_panics_is_rolled_back_too(
         action: str, cause: str, end: str, test_raw: Path, test_v2_efi: Path, qemu_ready: None, tmp_path: Path,
         log_dir: Path) -> None:
     v1, v2 = version(test_raw.parent / "appliance.efi"), version(test_v2_efi)
@@ -117,7 +116,7 @@ def test_an_update_that_panics_or_hangs_is_rolled_back_too(
             m.expect(end, 90)
         m.wait_boot(timeout=180)
         m.expect(rf"init: image {re.escape(v1)} ", 10)
-        line = m.expect(rf"init: update to {re.escape(v2)} rolled back after 3 failed boots: ([^\n]*)", 60)
+        line = m.expect(rf"init: update to {re.escape(v2)} rolled back after 3 failed boots: ([^\r\n]*)\r*\n", 180)
         m.expect(READY, 60)
         m.power_cut()
     assert len(re.findall(cause, line.group(1))) == 3, line.group(1)

@@ -88,17 +88,6 @@ def action_of_this_version() -> str:
     return ""
 
 
-def hang_the_machine() -> None:
-    """Take the only CPU from everything else, the init included: nothing pets the
-    hardware watchdog any more, which resets the machine."""
-    with open("/proc/sys/kernel/sched_rt_runtime_us", "w") as f:
-        f.write("-1")  # no share of the CPU kept back for others
-    print("matrix core: hanging the machine", flush=True)
-    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(99))
-    while True:
-        pass
-
-
 def stage_update() -> None:
     """Stage /esp/appliance-test/update.efi with appliance.update, as a core would after
     fetching it; the next boot (which tries it) says it is healthy."""
@@ -184,8 +173,6 @@ def main() -> None:
         idle()
     elif action == "deadlock":
         deadlock()
-    elif action == "hang":
-        hang_the_machine()
     elif action == "stage":
         stage_update()
     elif action == "healthy":
