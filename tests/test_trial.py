@@ -117,3 +117,10 @@ def test_the_update_log_stays_bounded(tmp_path: Path) -> None:
     data = (tmp_path / trial.UPDATE_LOG).read_bytes()
     assert len(data) <= trial.LOG_MAX and data.endswith(b"x\n") and b"event 1199 " in data
     assert data.split(b"\n")[0].count(b" event ") == 1  # whole lines only
+
+
+def test_a_host_appending_to_the_update_log_keeps_it_bounded_too() -> None:
+    old = b"".join(trial.log_line(f"event {i} " + "x" * 60) for i in range(1200))
+    new = trial.appended(old, "staged 2.0")
+    assert len(new) <= trial.LOG_MAX and new.endswith(b" staged 2.0\n") and new.startswith(b"20")
+    assert trial.appended(b"", "staged 2.0").endswith(b" staged 2.0\n")

@@ -40,10 +40,6 @@ class Entry(NamedTuple):
         return f"appliance-{self.generation:06d}+{self.tries_left}{done}.conf"
 
     @property
-    def on_trial(self) -> bool:
-        return self.tries_left is not None and self.tries_left > 0
-
-    @property
     def failed(self) -> bool:
         """Tried as often as allowed without being committed: systemd-boot skips it."""
         return self.tries_left == 0

@@ -100,7 +100,7 @@ def describe(slots: Slots) -> str:
     b = slots.booted
     if b is None:
         return "no boot entry was selected (booted without systemd-boot): updates cannot be tried"
-    if b.entry.on_trial or (b.entry.tries_left is not None):
+    if b.entry.tries_left is not None:
         total = (b.entry.tries_left or 0) + b.entry.tries_done
         return f"trying update {b.version}: try {b.entry.tries_done} of {total} (committed once the core runs healthy)"
     return f"boot entry {b.entry.name}: image {b.version}, committed"
@@ -111,6 +111,19 @@ def log_line(line: str) -> bytes:
     return f"{stamp} {line.replace(chr(10), ' ')}\n".encode()
 
 
+def trimmed(old: bytes) -> bytes:
+    """The newer half of a log, in whole lines."""
+    keep = old[len(old) // 2:]
+    return keep[keep.find(b"\n") + 1:]
+
+
+def appended(old: bytes, line: str) -> bytes:
+    """The update log ``old`` with ``line`` added, kept within LOG_MAX (for a host, which
+    rewrites the file through mtools)."""
+    data = log_line(line)
+    return (trimmed(old) if len(old) + len(data) > LOG_MAX else old) + data
+
+
 def log(app_dir: str, line: str) -> None:
     """Append to the update log, with the time (UTC); keep it bounded."""
     path = os.path.join(app_dir, UPDATE_LOG)
@@ -119,13 +132,7 @@ def log(app_dir: str, line: str) -> None:
         if os.path.getsize(path) + len(data) > LOG_MAX:
             with open(path, "rb") as f:
                 old = f.read()
-            keep = old[len(old) // 2:]
-            keep = keep[keep.find(b"\n") + 1:]
-            with open(path + ".tmp", "wb") as f:
-                f.write(keep)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(path + ".tmp", path)
+            fsutil.atomic_write(path, trimmed(old))
     except FileNotFoundError:
         pass
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)

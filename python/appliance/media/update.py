@@ -46,7 +46,7 @@ def update(target: str, image: str, tries: int = staging.DEFAULT_TRIES, allow_no
         line = (f"staged {staged.version} ({staged.build_id}) as generation {staged.generation}, "
                 f"{staged.tries} tries, from a host")
         log = esp.read("/appliance/" + trial.UPDATE_LOG) if esp.exists("/appliance/" + trial.UPDATE_LOG) else b""
-        esp.write("/appliance/" + trial.UPDATE_LOG, log + trial.log_line(line))
+        esp.write("/appliance/" + trial.UPDATE_LOG, trial.appended(log, line))
     except (staging.StageError, espfs.EspError, OSError) as e:
         out.write(f"update: {e}; the images on {target} are as they were\n")
         return 1
