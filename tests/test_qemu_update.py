@@ -98,8 +98,10 @@ def test_an_update_that_crashes_is_rolled_back_by_the_machine_itself(
 
 @pytest.mark.parametrize("action, cause, end", [
     ("panic", r"kernel panic \(Panic, kept by pstore\)", r"Kernel panic - not syncing"),
+    # At once, before the drivers' usual time: the init arms the watchdog before a trial's core.
+    ("hang", r"watchdog reset \(watchdog0: i6300ESB timer\): the machine hung", r"matrix core: hanging the machine"),
 ])
-def test_an_update_that_panics_is_rolled_back_too(
+def test_an_update_that_panics_or_hangs_is_rolled_back_too(
         action: str, cause: str, end: str, test_raw: Path, test_v2_efi: Path, qemu_ready: None, tmp_path: Path,
         log_dir: Path) -> None:
     v1, v2 = version(test_raw.parent / "appliance.efi"), version(test_v2_efi)

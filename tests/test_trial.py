@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from appliance.init import bootentries, records, trial
+from appliance.init import bootentries, fsutil, records, trial
 from appliance.init.bootentries import Entry
 
 
@@ -124,3 +127,71 @@ def test_a_host_appending_to_the_update_log_keeps_it_bounded_too() -> None:
     new = trial.appended(old, "staged 2.0")
     assert len(new) <= trial.LOG_MAX and new.endswith(b" staged 2.0\n") and new.startswith(b"20")
     assert trial.appended(b"", "staged 2.0").endswith(b" staged 2.0\n")
+
+
+class PowerCut(Exception):
+    pass
+
+
+def systemd_boot(esp: str) -> str:
+    """Which entry systemd-boot boots (the newest generation not out of tries), counting the
+    try as it does, by renaming the entry: the name it leaves."""
+    entries = [e for n in os.listdir(Path(esp, "loader/entries")) if (e := bootentries.parse_name(n))]
+    chosen = max((e for e in entries if not e.failed), key=lambda e: (e.generation, e.tries_left is None))
+    if chosen.tries_left is None:
+        return chosen.name
+    tried = Entry(chosen.generation, chosen.tries_left - 1, chosen.tries_done + 1)
+    os.rename(Path(esp, "loader/entries", chosen.name), Path(esp, "loader/entries", tried.name))
+    return tried.name
+
+
+@pytest.mark.parametrize("cut", range(5))
+@pytest.mark.parametrize("torn_rename", [False, True])
+def test_a_power_cut_at_each_step_of_committing_leaves_a_machine_that_boots_a_good_image(
+        cut: int, torn_rename: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The power goes before the ``cut``-th change commit makes (a torn rename: FAT wrote
+    the new name and not yet the removal of the old). The next boot runs the update or the
+    image before it, whole; a half-done commit is finished or done again; nothing else."""
+    esp, efivars = make_esp(tmp_path, {"appliance-000001.conf": "1.0", "appliance-000002.conf": "1.1",
+                                       "appliance-000003+2-1.conf": "1.2"}, "appliance-000003+2-1.conf")
+    app = esp + "/appliance"
+    done = 0
+
+    def step(real: Callable[..., None]) -> Callable[..., None]:
+        def wrapped(*args: str) -> None:
+            nonlocal done
+            if done == cut:
+                if torn_rename and real is os_rename:
+                    shutil.copy(args[0], args[1])
+                raise PowerCut()
+            done += 1
+            real(*args)
+        return wrapped
+
+    os_rename = fsutil.rename
+    slots = trial.at_boot(esp, app, list, lambda _: None, efivars)
+    with monkeypatch.context() as patch:
+        patch.setattr(fsutil, "rename", step(fsutil.rename))
+        patch.setattr(fsutil, "remove", step(fsutil.remove))
+        patch.setattr(trial, "log", step(trial.log))
+        try:
+            trial.commit(esp, slots, app)
+        except PowerCut:
+            pass
+    # The next boot: whatever systemd-boot picks runs a whole image, 1.2 or 1.1.
+    selected = systemd_boot(esp)
+    (Path(efivars) / f"LoaderEntrySelected-{trial.LOADER_GUID}").write_bytes(
+        b"\x06\0\0\0" + (selected + "\0").encode("utf-16-le"))
+    said: list[str] = []
+    slots = trial.at_boot(esp, app, list, said.append, efivars)
+    assert slots.booted is not None and slots.booted.version in ("1.2", "1.1"), said
+    assert Path(esp + slots.booted.uki).read_bytes() == b"MZ uki " + slots.booted.version.encode()
+    names = sorted(p.name for p in Path(esp, "loader/entries").iterdir())
+    assert len({bootentries.parse_name(n).generation for n in names}) == len(names), names  # type: ignore[union-attr]
+    for image in slots.images:  # every entry left runs a whole image
+        assert Path(esp + image.uki).read_bytes() == b"MZ uki " + image.version.encode()
+    if slots.booted.entry.tries_left is not None:  # cut before the commit counted: the core commits again
+        trial.commit(esp, slots, app)
+    # Committed in the end; an image older than the previous one may stay until the next commit.
+    assert sorted(p.name for p in Path(esp, "loader/entries").iterdir())[-2:] == [
+        "appliance-000002.conf", "appliance-000003.conf"]

@@ -120,8 +120,17 @@ class Init:
         self.run_core()
 
     def look_at_update_trial(self) -> None:
-        if self.esp is not None:
-            self.slots = trial.at_boot(self.esp_mount, self.app_dir, self.history_records, self.console.say)
+        if self.esp is None:
+            return
+        self.slots = trial.at_boot(self.esp_mount, self.app_dir, self.history_records, self.console.say)
+        booted = self.slots.booted
+        if booted is not None and booted.entry.tries_left is not None and not self.watchdogs:
+            # An image on trial may hang the machine before the drivers' usual time (2 s
+            # after the core starts): the hardware watchdog is armed before the core runs,
+            # so that such a hang resets the machine and costs the image one of its tries.
+            self.load_deferred_modules()
+            self.open_watchdogs()
+
 
     def history_records(self) -> list[records.Record]:
         return [self.history.read(e) for e in self.history.entries()] if self.history is not None else []

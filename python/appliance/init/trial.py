@@ -37,6 +37,9 @@ class Image(NamedTuple):
 class Slots(NamedTuple):
     images: list[Image]  # by generation, oldest first
     booted: Image | None  # None: not booted through systemd-boot (or it did not say)
+    # Entries that name a generation another entry names too: a rename cut short by a
+    # power loss (FAT writes the new name before it removes the old one).
+    stale: tuple[Image, ...] = ()
 
     def get(self, generation: int) -> Image | None:
         return next((i for i in self.images if i.entry.generation == generation), None)
@@ -87,13 +90,18 @@ def scan(esp_root: str, efivars: str = EFIVARS) -> tuple[Slots, list[str]]:
             problems.append(f"cannot read boot entry {name}: {e}")
             continue
         images.append(Image(entry, version, uki))
-    images.sort(key=lambda i: i.entry.generation)
+    # Of two entries for one generation, the later state of the rename wins: committed
+    # over counted, more tries done over fewer (systemd-boot's own renames).
+    images.sort(key=lambda i: (i.entry.generation, i.entry.tries_left is None, i.entry.tries_done))
+    kept = {i.entry.generation: i for i in images}
+    stale = tuple(i for i in images if kept[i.entry.generation] is not i)
+    images = list(kept.values())
     booted = None
     selected = selected_entry(efivars)
     if selected:
         chosen = bootentries.parse_name(selected)
         booted = next((i for i in images if chosen and i.entry.generation == chosen.generation), None)
-    return Slots(images, booted), problems
+    return Slots(images, booted, stale), problems
 
 
 def describe(slots: Slots) -> str:
@@ -209,6 +217,11 @@ def at_boot(esp_root: str, app_dir: str | None, read_history: Callable[[], list[
     say(describe(slots))
     if app_dir is None:
         return slots
+    for image in slots.stale:  # only the entry: the UKI is the kept entry's too
+        kept = next(i for i in slots.images if i.entry.generation == image.entry.generation)
+        say(f"update: boot entries {image.entry.name} and {kept.entry.name} name one image (a rename cut "
+            f"short): removing the first")
+        fsutil.remove(os.path.join(esp_root + bootentries.ENTRIES_DIR, image.entry.name))
     for line in rolled_back(esp_root, slots, app_dir, read_history):
         say(line)
     return scan(esp_root, efivars)[0] if slots.booted else slots

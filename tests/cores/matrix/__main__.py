@@ -8,6 +8,7 @@ it prints "matrix core: ready" and idles.
 """
 
 import ctypes
+import glob
 import os
 import signal
 import subprocess
@@ -86,6 +87,25 @@ def action_of_this_version() -> str:
         if version == image_version():
             return action
     return ""
+
+
+def hang_the_machine() -> None:
+    """Take the only CPU from everything else, the init included: nothing pets the
+    hardware watchdog any more, which resets the machine."""
+    with open("/proc/sys/kernel/sched_rt_runtime_us", "w") as f:
+        f.write("-1")  # no share of the CPU kept back for others
+    # Since Linux 6.12 a "fair server" still gives ordinary tasks 5% of each CPU; it is
+    # set in debugfs, where 0 turns it off.
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(b"debugfs", b"/sys/kernel/debug", b"debugfs", 0, None) != 0:
+        print(f"matrix core: cannot mount debugfs: {os.strerror(ctypes.get_errno())}", flush=True)
+    for cpu in glob.glob("/sys/kernel/debug/sched/fair_server/cpu*/runtime"):
+        with open(cpu, "w") as f:
+            f.write("0")
+    print("matrix core: hanging the machine", flush=True)
+    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(99))
+    while True:
+        pass
 
 
 def stage_update() -> None:
@@ -173,6 +193,8 @@ def main() -> None:
         idle()
     elif action == "deadlock":
         deadlock()
+    elif action == "hang":
+        hang_the_machine()
     elif action == "stage":
         stage_update()
     elif action == "healthy":
