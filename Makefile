@@ -3,7 +3,8 @@
 # Variables: CORE=path (your program), PROFILE=default|debug, MIRROR=url (Debian
 # mirror; default: the host's own), CACHE_DIR (mkosi's package cache and incremental
 # image, kept outside the clone), VERSION (the image's; default: date and build id),
-# TIMEOUT_MULTIPLIER (QEMU tests), QEMU_ACCEL=kvm|tcg.
+# HOSTNAME (the machine's host name, given on make's command line: the shell's own
+# HOSTNAME is ignored; default: appliance), TIMEOUT_MULTIPLIER (QEMU tests), QEMU_ACCEL=kvm|tcg.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -17,6 +18,7 @@ CACHE_DIR ?= $(HOME)/.cache/appliance-image
 PROFILE ?= default
 ESP_FREE_MIB ?= 64
 CORE ?=
+HOSTNAME_ARG := $(if $(filter command line,$(origin HOSTNAME)),--hostname '$(HOSTNAME)',)
 export CORE MIRROR SECURITY_MIRROR SECURE_BOOT KEYS_DIR SB_KEY SB_CERT SIGN_DEBUG_WITH_THIS_KEY VERSION
 
 HOST_STAMP := $(BUILD)/.host-ready
@@ -41,17 +43,17 @@ deps: $(HOST_STAMP) $(VENV_STAMP) ## install what building and testing need (apt
 
 image: deps ## build build/appliance.raw (and .efi, .bmap); CORE=, PROFILE=debug
 	$(PY) -m appliance.build image --build-dir $(BUILD) --cache-dir $(CACHE_DIR) --profile $(PROFILE) \
-		--esp-free-mib $(ESP_FREE_MIB)
+		--esp-free-mib $(ESP_FREE_MIB) $(HOSTNAME_ARG)
 
 # The test image boots the UKI directly (SECURE_BOOT=off): shim costs its many boots about 4 s
 # each under TCG; the shipped layout is tested on the demo image and in test_qemu_secureboot.py.
 test-image: deps ## build build/test/appliance.raw with the crash-matrix test core (and build/test-v2, an update to it)
 	$(PY) -m appliance.build image --build-dir $(BUILD)/test --cache-dir $(CACHE_DIR) \
 		--core tests/cores/matrix --core-memory-max 256M --history-records 4 --hw-watchdog-seconds 15 \
-		--secure-boot off
+		--secure-boot off --hostname matrix
 	$(PY) -m appliance.build image --build-dir $(BUILD)/test-v2 --cache-dir $(CACHE_DIR) \
 		--core tests/cores/matrix --core-memory-max 256M --history-records 4 --hw-watchdog-seconds 15 \
-		--secure-boot off --image-version test-v2
+		--secure-boot off --image-version test-v2 --hostname matrix
 
 size: deps ## print the UKI's size breakdown (kernel, initrd, largest directories)
 	$(PY) -m appliance.build size $(BUILD)/appliance.efi

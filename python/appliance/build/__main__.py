@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from appliance.build import bootmgr, debfiles, disk, identity, inspect, mirror, mkosi, render, shim, signing
+from appliance.init import machine
 
 
 def _step(n: int, total: int, what: str) -> float:
@@ -30,6 +31,7 @@ def cmd_image(args: argparse.Namespace) -> int:
         key = signing_key(args)
         if args.image_version:
             identity.check_version(args.image_version)
+        render.check_hostname(args.hostname)
     except (render.CoreError, mirror.MirrorError, signing.SigningError, identity.IdentityError) as e:
         print(f"build: error: {e}", file=sys.stderr)
         return 2
@@ -39,6 +41,7 @@ def cmd_image(args: argparse.Namespace) -> int:
         repo=repo, core=core.resolve(), mirrors=mirrors, profile=args.profile,
         runtime_log_cap=args.runtime_log_cap, core_memory_max=args.core_memory_max or None,
         history_records=args.history_records, hw_watchdog_seconds=args.hw_watchdog_seconds,
+        hostname=args.hostname,
     )
     render_dir = build / "render"
     render.render(settings, render_dir)
@@ -164,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     img.add_argument("--profile", default="default", choices=["default", "debug"])
     img.add_argument("--image-version", default=os.environ.get("VERSION") or "",
                      help="the image's version (VERSION=; default: the date and the build id's start)")
+    img.add_argument("--hostname", default=machine.DEFAULT_HOSTNAME,
+                     help="the machine's host name (make image HOSTNAME=; default: %(default)s)")
     img.add_argument("--mirror", default=os.environ.get("MIRROR", ""))
     # Unset or empty (make exports variables that are not set as empty): the host's own;
     # "none": build without the security archive.

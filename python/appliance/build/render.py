@@ -15,6 +15,7 @@ from pathlib import Path
 import jinja2
 
 from appliance.build.mirror import Mirrors
+from appliance.init import machine
 from appliance.init.config import Config
 
 INIT_DEFAULTS = Config()
@@ -39,6 +40,7 @@ class Settings:
     mirrors: Mirrors
     profile: str = "default"
     release: str = "trixie"
+    hostname: str = machine.DEFAULT_HOSTNAME
     # The init's settings baked into the image; their defaults are the init's own.
     runtime_log_cap: int = INIT_DEFAULTS.runtime_log_cap
     history_records: int = INIT_DEFAULTS.history_records
@@ -87,6 +89,19 @@ def read_module_list(path: Path) -> list[str]:
         if name:
             names.append(name)
     return names
+
+
+def check_hostname(name: str) -> None:
+    if not machine.valid_hostname(name):
+        raise CoreError(f"HOSTNAME={name!r} is not a host name: lower-case letters, digits and '-' in "
+                        "dot-separated labels, at most 64 characters")
+
+
+def hosts_file(hostname: str) -> str:
+    """/etc/hosts: localhost, and the machine's own name on 127.0.1.1 as Debian does."""
+    names = hostname if "." not in hostname else f"{hostname} {hostname.split('.')[0]}"
+    return (f"127.0.0.1\tlocalhost\n127.0.1.1\t{names}\n"
+            "::1\t\tlocalhost ip6-localhost ip6-loopback\nff02::1\t\tip6-allnodes\nff02::2\t\tip6-allrouters\n")
 
 
 def _environment(repo: Path) -> jinja2.Environment:
@@ -139,6 +154,11 @@ def render(settings: Settings, out: Path) -> None:
         coredest.mkdir(parents=True)
         shutil.copy2(entry, coredest / entry.name)
         core_path = f"/{IMAGE_CORE_DIR}/{entry.name}"
+
+    check_hostname(settings.hostname)
+    (extra / "etc").mkdir(exist_ok=True)
+    (extra / "etc/hostname").write_text(settings.hostname + "\n")
+    (extra / "etc/hosts").write_text(hosts_file(settings.hostname))
 
     config = extra / IMAGE_CONFIG
     config.parent.mkdir(parents=True)

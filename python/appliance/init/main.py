@@ -25,6 +25,7 @@ from appliance.init import (
     identity,
     initfailure,
     lastboot,
+    machine,
     modules,
     mounts,
     pstore,
@@ -100,6 +101,8 @@ class Init:
         self.console.say(f"image {self.about['image']}")
         self.early_mounts()
         self.load_config()
+        self.failures_of_init.run("setting the host name and the loopback interface",
+                                  lambda: machine.set_up(self.console.say))
         self.step_done("mounts")
         # Best-effort from here to the core: a bug in a step (or bytes that defeat it) is
         # said and kept, and the core runs all the same.
@@ -130,7 +133,6 @@ class Init:
             # so that such a hang resets the machine and costs the image one of its tries.
             self.load_deferred_modules()
             self.open_watchdogs()
-
 
     def history_records(self) -> list[records.Record]:
         return [self.history.read(e) for e in self.history.entries()] if self.history is not None else []
@@ -384,6 +386,7 @@ class Init:
             "PATH": "/usr/bin:/usr/sbin",
             "HOME": "/root",
             "LANG": "C.UTF-8",
+            "TZ": "UTC",
             "TERM": os.environ.get("TERM", "linux"),
             "PYTHONUNBUFFERED": "1",
             "APPLIANCE_ESP": self.esp_mount if self.esp else "",  # mounted: perhaps read-only or full

@@ -108,6 +108,89 @@ def hang_the_machine() -> None:
         pass
 
 
+def check_the_machine() -> None:
+    """Each thing a Python program expects of its machine, tried: one line each, then a count."""
+    import locale
+    import multiprocessing
+    import operator
+    import pwd
+    import socket
+    import ssl
+    import zoneinfo
+
+    def loopback() -> str:
+        for family, address in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+            with socket.socket(family, socket.SOCK_STREAM) as server:
+                server.bind((address, 0))
+                server.listen()
+                with socket.create_connection(server.getsockname()[:2], timeout=5) as client:
+                    peer, _ = server.accept()
+                    client.sendall(b"x")
+                    assert peer.recv(1) == b"x"
+                    peer.close()
+        return "127.0.0.1 and ::1 answer"
+
+    def hostname() -> str:
+        name = socket.gethostname()
+        with open("/etc/hostname") as f:
+            assert name == f.read().strip(), name
+        own = socket.gethostbyname(name)
+        assert socket.gethostbyname("localhost") == "127.0.0.1" and own.startswith("127."), own
+        return f"{name} is {own}, localhost is 127.0.0.1"
+
+    def user() -> str:
+        root = pwd.getpwuid(os.getuid())
+        assert root.pw_name == "root" and root.pw_dir == os.environ["HOME"] == "/root", root
+        assert os.path.isdir(root.pw_dir) and os.path.expanduser("~") == "/root"
+        return f"{root.pw_name}, HOME {root.pw_dir}"
+
+    def environment() -> str:
+        assert "/usr/bin" in os.environ["PATH"].split(":"), os.environ["PATH"]
+        assert os.environ["LANG"] == "C.UTF-8" and locale.getpreferredencoding() == "UTF-8"
+        assert sys.getfilesystemencoding() == "utf-8"
+        return f"PATH {os.environ['PATH']}, LANG {os.environ['LANG']}"
+
+    def timezone() -> str:
+        assert os.environ["TZ"] == "UTC" and time.tzname[0] == "UTC", time.tzname
+        utc = zoneinfo.ZoneInfo("UTC")
+        assert utc.utcoffset(None).total_seconds() == 0  # type: ignore[union-attr]
+        return "TZ UTC, zoneinfo UTC"
+
+    def certificates() -> str:
+        paths = ssl.get_default_verify_paths()
+        hashed = glob.glob(os.path.join(paths.openssl_capath, "*.0"))
+        context = ssl.create_default_context()
+        context.load_verify_locations(cafile="/etc/ssl/certs/ca-certificates.crt")
+        cas = context.cert_store_stats()["x509_ca"]
+        assert len(hashed) > 50 and cas > 50 and context.verify_mode == ssl.CERT_REQUIRED, (len(hashed), cas)
+        return f"{len(hashed)} CA certificates in {paths.openssl_capath}"
+
+    def processes() -> str:
+        for method in multiprocessing.get_all_start_methods():
+            ctx = multiprocessing.get_context(method)
+            with ctx.Pool(2) as pool:
+                assert pool.map(operator.neg, range(4)) == [0, -1, -2, -3], method
+            value = ctx.Value("i", 0)  # a lock: POSIX semaphores in /dev/shm
+            with value.get_lock():
+                value.value += 1
+        return "start methods " + ", ".join(multiprocessing.get_all_start_methods())
+
+    def interpreter() -> str:
+        out = subprocess.run([sys.executable, "-c", "import sys; print(sys.version_info[:2])"],
+                             capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+        return f"{sys.executable} runs: {out}"
+
+    checks = [loopback, hostname, user, environment, timezone, certificates, processes, interpreter]
+    failed = 0
+    for check in checks:
+        try:
+            print(f"matrix core: machine: {check.__name__}: ok: {check()}", flush=True)
+        except Exception as e:  # noqa: BLE001 - each check says what went wrong, then the next one runs
+            failed += 1
+            print(f"matrix core: machine: {check.__name__}: FAILED: {type(e).__name__}: {e}", flush=True)
+    print(f"matrix core: machine: {len(checks)} checks, {failed} failed", flush=True)
+
+
 def stage_update() -> None:
     """Stage /esp/appliance-test/update.efi with appliance.update, as a core would after
     fetching it; the next boot (which tries it) says it is healthy."""
@@ -195,6 +278,9 @@ def main() -> None:
         deadlock()
     elif action == "hang":
         hang_the_machine()
+    elif action == "machine":
+        check_the_machine()
+        idle()
     elif action == "stage":
         stage_update()
     elif action == "healthy":
