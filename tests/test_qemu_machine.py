@@ -12,7 +12,9 @@ from appliance.harness.machine import Machine
 
 pytestmark = pytest.mark.qemu
 
-CHECKS = ("loopback", "hostname", "user", "environment", "timezone", "certificates", "processes", "interpreter")
+READY = r"matrix core: ready"
+CHECKS = ("loopback", "hostname", "user", "environment", "timezone", "certificates", "processes", "interpreter",
+          "dependencies")
 
 
 def test_the_core_finds_the_machine_a_python_program_expects(test_raw: Path, qemu_ready: None, tmp_path: Path,
@@ -30,3 +32,21 @@ def test_the_core_finds_the_machine_a_python_program_expects(test_raw: Path, qem
     assert results == {name: "ok" for name in CHECKS}, failures
     assert end.group(1) == str(len(CHECKS)) and end.group(2) == "0"
     assert re.search(r"machine: hostname: ok: matrix is 127\.0\.1\.1, localhost is 127\.0\.0\.1", console)
+    assert re.search(r"machine: dependencies: ok: markupsafe from /usr/local/lib/python3\.13/dist-packages/markupsafe, "
+                     r"_speedups\.cpython-313-x86_64-linux-gnu\.so", console)
+
+
+def test_a_crash_inside_a_dependency_shows_the_library_frame_with_its_source(
+        test_raw: Path, qemu_ready: None, tmp_path: Path, log_dir: Path) -> None:
+    m = Machine(test_raw, tmp_path, name="library-crash", log_dir=log_dir)
+    m.esp_write("/appliance-test/action", b"library-crash")
+    with m:
+        m.wait_boot(timeout=120)
+        m.expect(r"matrix core: crashing in a library", 60)
+        m.wait_boot(timeout=120)
+        m.expect(r"init: ===== previous boot's runtime log: begin", 60)
+        frame = m.expect(r"init: \| core:   File \"/usr/local/lib/python3\.13/dist-packages/markupsafe/__init__\.py\", "
+                         r"line \d+, in __mod__\r*\ninit: \| core:     ([^\r\n]*)\r*\n", 30)
+        m.expect(READY, 60)
+        m.power_cut()
+    assert frame.group(1).strip(), "the library frame has no source line"

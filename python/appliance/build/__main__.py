@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from appliance.build import bootmgr, debfiles, disk, identity, inspect, mirror, mkosi, render, shim, signing
+from appliance.build import bootmgr, debfiles, deps, disk, identity, inspect, mirror, mkosi, render, shim, signing
 from appliance.init import machine
 
 
@@ -24,7 +24,7 @@ def cmd_image(args: argparse.Namespace) -> int:
     core = Path(args.core) if args.core else repo / "examples/demo-core.py"
     started = time.monotonic()
 
-    _step(1, 4, f"checking the core {core} and rendering the build settings")
+    _step(1, 5, f"checking the core {core} and rendering the build settings")
     try:
         render.check_core(core)
         mirrors = mirror.host_mirrors(args.mirror or None, args.security_mirror)
@@ -45,6 +45,25 @@ def cmd_image(args: argparse.Namespace) -> int:
     )
     render_dir = build / "render"
     render.render(settings, render_dir)
+
+    _step(2, 5, "installing the core's Python dependencies (wheels for the image's Python, through pip)")
+    pip_log = build / "logs" / deps.LOG_NAME
+    try:
+        got = deps.install(core, render_dir / "extra", Path(args.cache_dir).resolve() / "pip", pip_log)
+    except deps.DepsError as e:
+        print(f"build: error: {e}", file=sys.stderr)
+        tail = pip_log.read_text(errors="replace").splitlines()[-15:] if pip_log.exists() else []
+        for line in tail:
+            print(f"build: pip: {line}", file=sys.stderr)
+        print(f"build: pip's whole output: {pip_log}", file=sys.stderr)
+        return 2
+    if got is None:
+        print("build: the core asks for no dependencies (requirements.txt or pyproject.toml beside it)",
+              file=sys.stderr)
+    else:
+        print(f"build: {len(got.packages)} dependenc{'y' if len(got.packages) == 1 else 'ies'}, "
+              f"{got.size / disk.MIB:.1f} MiB: "
+              + ", ".join(f"{n} {v}" for n, v in got.packages), file=sys.stderr)
     build_id = identity.build_id([("extra", render_dir / "extra"), *((name, repo / name) for name in
                                                                      identity.CONFIG_INPUTS)],
                                  {"profile": args.profile, "secure-boot": args.secure_boot})
@@ -52,7 +71,7 @@ def cmd_image(args: argparse.Namespace) -> int:
     identity.write_fragment(render_dir / "extra", version, build_id)
     print(f"build: image {version} (build id {build_id})", file=sys.stderr)
 
-    _step(2, 4, "building the image tree and the UKI with mkosi (first run: downloads packages)")
+    _step(3, 5, "building the image tree and the UKI with mkosi (first run: downloads packages)")
     out = build / "mkosi"
     out.mkdir(parents=True, exist_ok=True)
     cmd = mkosi.mkosi_command(repo, render_dir, out, Path(args.cache_dir).resolve(), args.profile)
@@ -80,7 +99,7 @@ def cmd_image(args: argparse.Namespace) -> int:
         print(f"build: error: {e}", file=sys.stderr)
         return 1
 
-    _step(3, 4, "laying out the GPT disk image with the ESP")
+    _step(4, 5, "laying out the GPT disk image with the ESP")
     raw = build / "appliance.raw"
     # Room for two more images beside the first (the previous one and a staged update),
     # then the crash history's reserve.
@@ -88,7 +107,7 @@ def cmd_image(args: argparse.Namespace) -> int:
     layout = disk.make_disk(efi, raw, free=spare, files=files)
     disk.make_bmap(raw, build / "appliance.bmap")
 
-    _step(4, 4, "checking the result")
+    _step(5, 5, "checking the result")
     report = inspect.size_report(efi)
     print(report.summary(), file=sys.stderr)
     print(f"build: ESP {layout.esp_size // disk.MIB} MiB: room for 2 more images (a staged update, the previous "

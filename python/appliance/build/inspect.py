@@ -13,6 +13,8 @@ from pathlib import Path, PurePosixPath
 
 import pefile
 
+from appliance.build.deps import SITE_DIR as DEPS_DIR
+
 MIB = 1024 * 1024
 CPIO_MAGIC = (b"070701", b"070702")
 TRAILER = "TRAILER!!!"
@@ -101,16 +103,24 @@ class SizeReport:
     initrd_uncompressed: int
     cmdline: str
     top: list[tuple[str, int]]
+    dependencies: list[tuple[str, int]] = field(default_factory=list)  # the core's, by top-level name
 
     def summary(self) -> str:
-        return (f"size: UKI {self.uki / MIB:.1f} MiB = kernel {self.kernel / MIB:.1f} MiB"
+        text = (f"size: UKI {self.uki / MIB:.1f} MiB = kernel {self.kernel / MIB:.1f} MiB"
                 f" + initrd {self.initrd_compressed / MIB:.1f} MiB"
                 f" (uncompressed {self.initrd_uncompressed / MIB:.1f} MiB)")
+        if self.dependencies:
+            total = sum(size for _, size in self.dependencies)
+            text += f"\nsize: the core's Python dependencies: {total / MIB:.2f} MiB of it (uncompressed)"
+        return text
 
     def full(self) -> str:
         lines = [self.summary(), f"size: kernel command line: {self.cmdline}",
                  "size: largest directories in the initrd:"]
         lines += [f"size:   {size / MIB:7.2f} MiB  /{path}" for path, size in self.top]
+        if self.dependencies:
+            lines.append(f"size: the core's Python dependencies, in /{DEPS_DIR}:")
+            lines += [f"size:   {size / MIB:7.2f} MiB  {name}" for name, size in self.dependencies]
         return "\n".join(lines)
 
 
@@ -118,11 +128,16 @@ def size_report(uki: Path, top: int = 12, depth: int = 3) -> SizeReport:
     secs = sections(uki)
     raw = decompress(secs[".initrd"])
     per_dir: dict[str, int] = defaultdict(int)
+    per_dep: dict[str, int] = defaultdict(int)
+    deps_parts = PurePosixPath(DEPS_DIR).parts
     for e in parse_cpio(raw):
         if e.is_file:
-            parent = PurePosixPath(e.path).parent
-            key = "/".join(parent.parts[:depth])
+            path = PurePosixPath(e.path)
+            key = "/".join(path.parent.parts[:depth])
             per_dir[key] += e.size
+            parts = path.parts[1:] if path.parts[:1] == (".",) else path.parts
+            if parts[:len(deps_parts)] == deps_parts and len(parts) > len(deps_parts):
+                per_dep[parts[len(deps_parts)]] += e.size
     largest = sorted(per_dir.items(), key=lambda kv: kv[1], reverse=True)[:top]
     return SizeReport(
         uki=uki.stat().st_size,
@@ -131,4 +146,5 @@ def size_report(uki: Path, top: int = 12, depth: int = 3) -> SizeReport:
         initrd_uncompressed=len(raw),
         cmdline=secs.get(".cmdline", b"").rstrip(b"\0").decode(errors="replace").strip(),
         top=largest,
+        dependencies=sorted(per_dep.items(), key=lambda kv: kv[1], reverse=True),
     )

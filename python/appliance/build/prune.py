@@ -26,7 +26,8 @@ LIB_DIRS = ("usr/lib/x86_64-linux-gnu", "usr/lib64", "usr/lib")
 # a thread on pthread_exit/cancel.
 ALWAYS_LIBS = ("libgcc_s.so.1", "ld-linux-x86-64.so.2")
 # ELF files that are roots besides the executables: Python's C extensions, the core's.
-ROOT_TREES = ("usr/lib/python3.13/lib-dynload", "usr/lib/python3", "usr/lib/appliance")
+ROOT_TREES = ("usr/lib/python3.13/lib-dynload", "usr/lib/python3", "usr/lib/appliance",
+              "usr/local/lib/python3.13")  # the core's dependencies (build/deps.py)
 
 
 def _is_elf(path: Path) -> bool:

@@ -149,6 +149,7 @@ def render(settings: Settings, out: Path) -> None:
     coredest = extra / IMAGE_CORE_DIR
     if settings.core.is_dir():
         shutil.copytree(settings.core, coredest, ignore=ignore)
+        shutil.rmtree(coredest / "wheels", ignore_errors=True)  # the core's own wheels: installed, not copied
         core_path = "/" + IMAGE_CORE_DIR
     else:
         coredest.mkdir(parents=True)

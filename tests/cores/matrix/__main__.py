@@ -180,7 +180,13 @@ def check_the_machine() -> None:
                              capture_output=True, text=True, timeout=60, check=True).stdout.strip()
         return f"{sys.executable} runs: {out}"
 
-    checks = [loopback, hostname, user, environment, timezone, certificates, processes, interpreter]
+    def dependencies() -> str:
+        import markupsafe
+        from markupsafe import _speedups  # the C extension: a cp313 wheel
+        assert markupsafe.escape("<") == "&lt;"
+        return f"markupsafe from {os.path.dirname(markupsafe.__file__)}, {os.path.basename(_speedups.__file__)}"
+
+    checks = [loopback, hostname, user, environment, timezone, certificates, processes, interpreter, dependencies]
     failed = 0
     for check in checks:
         try:
@@ -278,6 +284,10 @@ def main() -> None:
         deadlock()
     elif action == "hang":
         hang_the_machine()
+    elif action == "library-crash":
+        import markupsafe
+        print("matrix core: crashing in a library", flush=True)
+        markupsafe.Markup("%s and %s") % ("one",)  # raises inside markupsafe: its frame has its source line
     elif action == "machine":
         check_the_machine()
         idle()
