@@ -1,5 +1,6 @@
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,18 @@ def test_security_mirror_override(monkeypatch: pytest.MonkeyPatch) -> None:
     import subprocess
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, INDEXTARGETS, ""))
     assert mirror.host_mirrors(None, None).security == "http://mirror.example/debian-security"
+
+
+def test_mkosi_output_goes_to_a_log_and_its_steps_are_said(tmp_path: Path) -> None:
+    script = ("import sys\nprint('\u2023 Installing Debian')\nprint('Get:1 noise ' * 5)\n"
+              "print('update-alternatives: error: noise')\nprint('packages: x pulls in systemd: refused')\n")
+    said: list[str] = []
+    mkosi.run_mkosi([sys.executable, "-c", script], log=tmp_path / "logs/mkosi.log", say=said.append)
+    assert [line.split("s  ", 1)[-1] if "mkosi:" in line else line for line in said] == [
+        "mkosi: Installing Debian", "build:   packages: x pulls in systemd: refused"]
+    assert "Get:1 noise" in (tmp_path / "logs/mkosi.log").read_text()
+    said.clear()
+    with pytest.raises(RuntimeError, match=rf"mkosi failed \(exit 3\): .* whole output is {tmp_path}/logs/mkosi.log"):
+        mkosi.run_mkosi([sys.executable, "-c", script + "sys.exit(3)\n"], log=tmp_path / "logs/mkosi.log",
+                        say=said.append)
+    assert said[-1] == "build: mkosi: packages: x pulls in systemd: refused"  # the tail, on failure

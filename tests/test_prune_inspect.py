@@ -40,6 +40,19 @@ def test_prune_keeps_what_runs_and_what_it_needs(tmp_path: Path) -> None:
     assert set(elf.needed((tmp_path / "usr/bin/python3").read_bytes())) <= libs | {"ld-linux-x86-64.so.2"}
 
 
+def test_prune_keeps_the_libraries_of_the_cores_packages(tmp_path: Path) -> None:
+    """A library the core loads with ctypes has no DT_NEEDED to it: its package's file list keeps it."""
+    fake_tree(tmp_path)
+    libdir = tmp_path / "usr/lib/x86_64-linux-gnu"
+    shutil.copy2(libdir / "libc.so.6", libdir / "libwanted.so.1")  # an ELF library nothing links to
+    (tmp_path / prune.PACKAGE_FILES).parent.mkdir(parents=True)
+    (tmp_path / prune.PACKAGE_FILES).write_text("/.\n/usr\n/usr/lib/x86_64-linux-gnu/libwanted.so.1\n/usr/bin/ls\n")
+    prune.prune(tmp_path)
+    libs = {p.name for p in libdir.iterdir()}
+    assert "libwanted.so.1" in libs and "libunused.so.1" not in libs
+    assert not (tmp_path / "usr/bin/ls").exists()  # executables are still pruned
+
+
 def test_cpio_parser_reads_what_cpio_writes(tmp_path: Path) -> None:
     src = tmp_path / "src"
     (src / "usr/bin").mkdir(parents=True)

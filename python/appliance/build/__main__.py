@@ -9,13 +9,39 @@ import sys
 import time
 from pathlib import Path
 
-from appliance.build import bootmgr, debfiles, deps, disk, identity, inspect, mirror, mkosi, render, shim, signing
+from appliance.build import (
+    bootmgr,
+    debfiles,
+    deps,
+    disk,
+    identity,
+    inspect,
+    mirror,
+    mkosi,
+    packages,
+    render,
+    shim,
+    signing,
+)
 from appliance.init import machine
 
 
-def _step(n: int, total: int, what: str) -> float:
-    print(f"build: [{n}/{total}] {what}", file=sys.stderr, flush=True)
-    return time.monotonic()
+class Steps:
+    """The build's steps, each said as it starts and timed when the next one starts."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.n, self.since = total, 0, 0.0
+
+    def __call__(self, what: str) -> None:
+        self.done()
+        self.n += 1
+        print(f"build: [{self.n}/{self.total}] {what}", file=sys.stderr, flush=True)
+        self.since = time.monotonic()
+
+    def done(self) -> None:
+        if self.n:
+            print(f"build: [{self.n}/{self.total}] took {time.monotonic() - self.since:.1f} s", file=sys.stderr,
+                  flush=True)
 
 
 def cmd_image(args: argparse.Namespace) -> int:
@@ -23,8 +49,9 @@ def cmd_image(args: argparse.Namespace) -> int:
     build = Path(args.build_dir).resolve()
     core = Path(args.core) if args.core else repo / "examples/demo-core.py"
     started = time.monotonic()
+    _step = Steps(5)
 
-    _step(1, 5, f"checking the core {core} and rendering the build settings")
+    _step(f"checking the core {core} and rendering the build settings")
     try:
         render.check_core(core)
         mirrors = mirror.host_mirrors(args.mirror or None, args.security_mirror)
@@ -32,7 +59,9 @@ def cmd_image(args: argparse.Namespace) -> int:
         if args.image_version:
             identity.check_version(args.image_version)
         render.check_hostname(args.hostname)
-    except (render.CoreError, mirror.MirrorError, signing.SigningError, identity.IdentityError) as e:
+        debs = packages.wanted(core, args.packages)
+    except (render.CoreError, mirror.MirrorError, signing.SigningError, identity.IdentityError,
+            packages.PackagesError) as e:
         print(f"build: error: {e}", file=sys.stderr)
         return 2
     print(f"build: mirror {mirrors.main}" + (f", security {mirrors.security}" if mirrors.security else
@@ -46,7 +75,7 @@ def cmd_image(args: argparse.Namespace) -> int:
     render_dir = build / "render"
     render.render(settings, render_dir)
 
-    _step(2, 5, "installing the core's Python dependencies (wheels for the image's Python, through pip)")
+    _step("installing the core's Python dependencies (wheels for the image's Python, through pip)")
     pip_log = build / "logs" / deps.LOG_NAME
     try:
         got = deps.install(core, render_dir / "extra", Path(args.cache_dir).resolve() / "pip", pip_log)
@@ -66,17 +95,20 @@ def cmd_image(args: argparse.Namespace) -> int:
               + ", ".join(f"{n} {v}" for n, v in got.packages), file=sys.stderr)
     build_id = identity.build_id([("extra", render_dir / "extra"), *((name, repo / name) for name in
                                                                      identity.CONFIG_INPUTS)],
-                                 {"profile": args.profile, "secure-boot": args.secure_boot})
+                                 {"profile": args.profile, "secure-boot": args.secure_boot,
+                                  "packages": " ".join(debs)})
     version = args.image_version or identity.default_version(build_id)
     identity.write_fragment(render_dir / "extra", version, build_id)
     print(f"build: image {version} (build id {build_id})", file=sys.stderr)
 
-    _step(3, 5, "building the image tree and the UKI with mkosi (first run: downloads packages)")
+    _step("building the image tree and the UKI with mkosi (first run: downloads packages)")
     out = build / "mkosi"
     out.mkdir(parents=True, exist_ok=True)
-    cmd = mkosi.mkosi_command(repo, render_dir, out, Path(args.cache_dir).resolve(), args.profile)
+    if debs:
+        print(f"build: Debian packages for the core: {' '.join(debs)}", file=sys.stderr)
+    cmd = mkosi.mkosi_command(repo, render_dir, out, Path(args.cache_dir).resolve(), args.profile, packages=debs)
     try:
-        mkosi.run_mkosi(cmd)
+        mkosi.run_mkosi(cmd, log=build / "logs" / "mkosi.log")
     except RuntimeError as e:
         print(f"build: error: {e}", file=sys.stderr)
         return 1
@@ -99,7 +131,7 @@ def cmd_image(args: argparse.Namespace) -> int:
         print(f"build: error: {e}", file=sys.stderr)
         return 1
 
-    _step(4, 5, "laying out the GPT disk image with the ESP")
+    _step("laying out the GPT disk image with the ESP")
     raw = build / "appliance.raw"
     # Room for two more images beside the first (the previous one and a staged update),
     # then the crash history's reserve.
@@ -107,11 +139,12 @@ def cmd_image(args: argparse.Namespace) -> int:
     layout = disk.make_disk(efi, raw, free=spare, files=files)
     disk.make_bmap(raw, build / "appliance.bmap")
 
-    _step(5, 5, "checking the result")
+    _step("checking the result")
     report = inspect.size_report(efi)
     print(report.summary(), file=sys.stderr)
     print(f"build: ESP {layout.esp_size // disk.MIB} MiB: room for 2 more images (a staged update, the previous "
           f"one) and at least {args.esp_free_mib} MiB for crash history", file=sys.stderr)
+    _step.done()
     print(f"build: done in {time.monotonic() - started:.1f} s: {raw} ({raw.stat().st_size // disk.MIB} MiB), {efi}",
           file=sys.stderr)
     return 0
@@ -188,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="the image's version (VERSION=; default: the date and the build id's start)")
     img.add_argument("--hostname", default=machine.DEFAULT_HOSTNAME,
                      help="the machine's host name (make image HOSTNAME=; default: %(default)s)")
+    img.add_argument("--packages", default=os.environ.get("PACKAGES", ""),
+                     help="Debian packages for the core, besides its packages.txt (PACKAGES=)")
     img.add_argument("--mirror", default=os.environ.get("MIRROR", ""))
     # Unset or empty (make exports variables that are not set as empty): the host's own;
     # "none": build without the security archive.

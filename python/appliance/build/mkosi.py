@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 
 def mkosi_command(repo: Path, render_dir: Path, output_dir: Path, cache_dir: Path,
-                  profile: str, *, extra_tree: Path | None = None, incremental: str = "incremental") -> list[str]:
+                  profile: str, *, extra_tree: Path | None = None, incremental: str = "incremental",
+                  packages: list[str] | None = None) -> list[str]:
     """The mkosi command line for one build (pure, so it is tested). ``repo`` is the
     directory with mkosi.conf; ``extra_tree`` defaults to the rendered ``extra``."""
     cmd = [
@@ -25,13 +29,49 @@ def mkosi_command(repo: Path, render_dir: Path, output_dir: Path, cache_dir: Pat
     ]
     if profile != "default":
         cmd.append(f"--profile={profile}")
+    if packages:  # the core's (build/packages.py); mkosi.postinst.chroot checks what they pulled in
+        cmd += [f"--package={','.join(packages)}", f"--environment=APPLIANCE_PACKAGES={' '.join(packages)}"]
     cmd += ["--force", "build"]
     return cmd
 
 
-def run_mkosi(cmd: list[str]) -> None:
-    """Run mkosi with its output on our stderr (its progress is the user's progress)."""
+# mkosi marks its steps with this; our own scripts say "packages:" (a refusal) and "prune:".
+STEP_MARK = "\u2023"
+SHOWN = ("packages:", "prune:")
+TAIL = 25
+
+
+def run_mkosi(cmd: list[str], log: Path | None = None, say: Callable[[str], None] | None = None) -> None:
+    """Run mkosi. With ``log``, its whole output goes there and only its steps (and our
+    scripts' refusals) are said, with the time since it started; a failure shows the
+    log's tail and path. Without, its output is on our stderr."""
     sys.stderr.flush()
-    result = subprocess.run(cmd, stdout=sys.stderr)
-    if result.returncode != 0:
-        raise RuntimeError(f"mkosi failed (exit {result.returncode}); its output is above. Command: {' '.join(cmd)}")
+    if log is None:
+        result = subprocess.run(cmd, stdout=sys.stderr)
+        if result.returncode != 0:
+            raise RuntimeError(f"mkosi failed (exit {result.returncode}); its output is above. "
+                               f"Command: {' '.join(cmd)}")
+        return
+    tell = say or (lambda line: print(line, file=sys.stderr, flush=True))
+    log.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    tail: deque[str] = deque(maxlen=TAIL)
+    with log.open("w") as f:
+        f.write("$ " + " ".join(cmd) + "\n")
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                              text=True, errors="replace") as proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                f.write(line)
+                line = line.rstrip()
+                tail.append(line)
+                stripped = line.strip()
+                if stripped.startswith(STEP_MARK) and not line.startswith(" "):
+                    tell(f"build:   {time.monotonic() - started:6.1f} s  mkosi: {stripped[1:].strip()}")
+                elif stripped.startswith(SHOWN):
+                    tell(f"build:   {stripped}")
+        code = proc.returncode
+    if code != 0:
+        for line in tail:
+            tell(f"build: mkosi: {line}")
+        raise RuntimeError(f"mkosi failed (exit {code}): the last lines are above; its whole output is {log}")

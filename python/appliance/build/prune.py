@@ -72,6 +72,24 @@ def library_closure(root: Path, roots: list[Path]) -> set[Path]:
     return keep
 
 
+# Written by mkosi.postinst.chroot while dpkg's database is still there: the files of the
+# core's own Debian packages (build/packages.py), whose libraries stay with what they need.
+PACKAGE_FILES = "usr/lib/appliance/packages.files"
+
+
+def package_libraries(root: Path) -> set[Path]:
+    """The library files of the core's packages (a ctypes library has no DT_NEEDED to it)."""
+    listing = root / PACKAGE_FILES
+    if not listing.is_file():
+        return set()
+    found = set()
+    for line in listing.read_text(errors="replace").splitlines():
+        p = root / line.strip().lstrip("/")
+        if line.strip() and ".so" in p.name and (p.is_file() or p.is_symlink()):
+            found.add(p)
+    return found
+
+
 def prune(root: Path, profile: str = "default") -> tuple[int, int]:
     """Remove what does not run. (files removed, bytes freed)."""
     keep_exec = {root / p for p in KEEP_EXECUTABLES["default"]}
@@ -96,12 +114,13 @@ def prune(root: Path, profile: str = "default") -> tuple[int, int]:
             if (p.is_file() or p.is_symlink()) and p not in keep_exec:
                 remove(p)
 
-    roots = [p for p in keep_exec if p.exists() and not p.is_symlink()]
+    wanted_libs = package_libraries(root)
+    roots = [p for p in keep_exec | wanted_libs if p.exists() and not p.is_symlink() and _is_elf(p)]
     for tree in ROOT_TREES:
         base = root / tree
         if base.is_dir():
             roots += [p for p in base.rglob("*") if p.is_file() and not p.is_symlink() and _is_elf(p)]
-    keep_libs = library_closure(root, roots)
+    keep_libs = library_closure(root, roots) | wanted_libs
 
     libdir = root / "usr/lib/x86_64-linux-gnu"
     for p in sorted(libdir.iterdir()) if libdir.is_dir() else []:
