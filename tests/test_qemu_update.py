@@ -124,6 +124,29 @@ def test_an_update_that_panics_or_hangs_is_rolled_back_too(
     assert len(re.findall(cause, line.group(1))) == 3, line.group(1)
 
 
+def test_power_lost_during_each_try_rolls_the_update_back(
+        test_raw: Path, test_v2_efi: Path, qemu_ready: None, tmp_path: Path, log_dir: Path) -> None:
+    """The power goes while v2 is on trial, three times: each is a failed try, said as such."""
+    v1, v2 = version(test_raw.parent / "appliance.efi"), version(test_v2_efi)
+    m = Machine(test_raw, tmp_path, name="update-rollback-power", log_dir=log_dir)
+    out = io.StringIO()
+    assert update.update(str(m.disk), str(test_v2_efi), out=out) == 0, out.getvalue()
+    for n in (1, 2, 3):
+        with m:
+            m.wait_boot(timeout=120)
+            m.expect(rf"init: trying update {re.escape(v2)}: try {n} of 3", 60)
+            m.expect(READY, 60)
+            m.power_cut()
+    with m:
+        m.wait_boot(timeout=120)
+        m.expect(rf"init: image {re.escape(v1)} ", 10)
+        line = m.expect(rf"init: update to {re.escape(v2)} rolled back after 3 failed boots: ([^\r\n]*)\r*\n", 60)
+        m.expect(READY, 60)
+        m.power_cut()
+    # The first try's end is said by the second boot (v2's own), the third's by v1's boot.
+    assert line.group(1).count("power loss") == 3, line.group(1)
+
+
 @pytest.mark.parametrize("step", ["writing the image", "writing its entry", "renaming its entry"])
 def test_a_power_cut_while_the_core_stages_leaves_a_machine_that_boots_a_good_image(
         step: str, test_raw: Path, test_v2_efi: Path, qemu_ready: None, tmp_path: Path, log_dir: Path) -> None:

@@ -135,6 +135,22 @@ def rollback_turnaround(test_raw: Path, v2_efi: Path, work: Path, log_dir: Path)
     return took
 
 
+def only_rollback(build: Path, runs: int) -> int:
+    """``--only-rollback``: the rollback row alone, measured ``runs`` times."""
+    test_raw, v2_efi = build / "test/appliance.raw", build / "test-v2/appliance.efi"
+    if not (test_raw.exists() and v2_efi.exists()):
+        say("no test images: run `make test-image` first")
+        return 2
+    took = []
+    with tempfile.TemporaryDirectory(dir=build) as work:
+        for i in range(runs):
+            took.append(rollback_turnaround(test_raw, v2_efi, Path(work) / f"rollback{i}", build / "bench/logs"))
+            say(f"update rolled back {i + 1}/{runs}: previous core ready {took[-1]:.2f} s after the first try")
+    print(f"crash-looping update staged -> previous core ready: {figures.spread(took).text()} "
+          f"({runs} runs, under {'kvm' if kvm_works() else 'tcg'} on {os.cpu_count()} CPUs)")
+    return 0
+
+
 # -- the report ---------------------------------------------------------------------------
 
 def sizes(efi: Path, raw: Path) -> dict[str, int]:
@@ -191,7 +207,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--crash-runs", type=int, default=3)
     p.add_argument("--cold", action="store_true", help="also build both from empty caches (slow)")
     p.add_argument("--no-rebuild", action="store_true", help="skip the warm rebuilds (measure boots only)")
+    p.add_argument("--only-rollback", action="store_true",
+                   help="only the update rollback row, --boots times, with the test images (make test-image)")
     args = p.parse_args(argv)
+    if args.only_rollback:
+        return only_rollback(Path(args.build_dir).resolve(), args.boots)
     repo = Path(args.repo).resolve()
     bench = Path(args.build_dir).resolve() / "bench"
     cache = Path(args.cache_dir).resolve()
