@@ -19,7 +19,7 @@ PROFILE ?= default
 ESP_FREE_MIB ?= 64
 CORE ?=
 HOSTNAME_ARG := $(if $(filter command line,$(origin HOSTNAME)),--hostname '$(HOSTNAME)',)
-export CORE PACKAGES MIRROR SECURITY_MIRROR SECURE_BOOT KEYS_DIR SB_KEY SB_CERT SIGN_DEBUG_WITH_THIS_KEY VERSION
+export CORE PACKAGES NETWORK NETWORK_WAIT MIRROR SECURITY_MIRROR SECURE_BOOT KEYS_DIR SB_KEY SB_CERT SIGN_DEBUG_WITH_THIS_KEY VERSION
 
 HOST_STAMP := $(BUILD)/.host-ready
 VENV_STAMP := $(VENV)/.ready
@@ -47,13 +47,16 @@ image: deps ## build build/appliance.raw (and .efi, .bmap); CORE=, PROFILE=debug
 
 # The test image boots the UKI directly (SECURE_BOOT=off): shim costs its many boots about 4 s
 # each under TCG; the shipped layout is tested on the demo image and in test_qemu_secureboot.py.
-test-image: deps ## build build/test/appliance.raw with the crash-matrix test core (and build/test-v2, an update to it)
+test-image: deps ## build build/test/appliance.raw with the crash-matrix test core (and build/test-v2, an update to it; build/test-net, NETWORK=dhcp)
 	$(PY) -m appliance.build image --build-dir $(BUILD)/test --cache-dir $(CACHE_DIR) \
 		--core tests/cores/matrix --core-memory-max 256M --history-records 4 --hw-watchdog-seconds 15 \
 		--secure-boot off --hostname matrix
 	$(PY) -m appliance.build image --build-dir $(BUILD)/test-v2 --cache-dir $(CACHE_DIR) \
 		--core tests/cores/matrix --core-memory-max 256M --history-records 4 --hw-watchdog-seconds 15 \
 		--secure-boot off --image-version test-v2 --hostname matrix
+	$(PY) -m appliance.build image --build-dir $(BUILD)/test-net --cache-dir $(CACHE_DIR) \
+		--core tests/cores/matrix --core-memory-max 256M --history-records 4 --hw-watchdog-seconds 15 \
+		--secure-boot off --hostname matrix --network dhcp
 
 size: deps ## print the UKI's size breakdown (kernel, initrd, largest directories)
 	$(PY) -m appliance.build size $(BUILD)/appliance.efi

@@ -49,6 +49,12 @@ def test_v2_efi() -> Path:
 
 
 @pytest.fixture(scope="session")
+def test_net_raw() -> Path:
+    """The test image built with NETWORK=dhcp."""
+    return _need(BUILD / "test-net/appliance.raw", "run `make test-image`")
+
+
+@pytest.fixture(scope="session")
 def qemu_ready() -> None:
     """Skip, saying why, where QEMU or OVMF is truly absent; nowhere else."""
     from appliance.harness.qemu import FirmwareError, find_ovmf

@@ -10,7 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-SLOW = ("enum", "json", "re", "uuid", "dataclasses", "inspect", "subprocess", "traceback", "signal")
+# socket: socket.py imports enum (typing on 3.11 would hide that); the network step imports it when asked.
+SLOW = ("enum", "json", "re", "uuid", "dataclasses", "inspect", "subprocess", "traceback", "signal", "socket")
 PYTHON_DIR = Path(__file__).resolve().parents[1] / "python"
 
 

@@ -3,7 +3,6 @@ environment (the rest is checked inside a booted image by test_qemu_machine.py).
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -38,21 +37,17 @@ def test_bringing_up_an_interface_that_is_up_changes_nothing() -> None:
         machine.interface_up("nosuchif0")
 
 
-def test_set_up_says_what_it_could_not_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_set_up_says_what_it_could_not_do(tmp_path: Path) -> None:
     (tmp_path / "hostname").write_text("kiosk-7\n")
-    set_to: list[str] = []
-    monkeypatch.setattr(socket, "sethostname", set_to.append)
+    kernel = tmp_path / "kernel-hostname"
+    kernel.write_text("(none)\n")
     said: list[str] = []
-    machine.set_up(said.append, str(tmp_path / "hostname"))
-    assert set_to == ["kiosk-7"] and said == ["host name kiosk-7; loopback up"]
-
-    def refuse(name: str) -> None:
-        raise PermissionError(1, "Operation not permitted")
-    monkeypatch.setattr(socket, "sethostname", refuse)
+    machine.set_up(said.append, str(tmp_path / "hostname"), str(kernel))
+    assert kernel.read_text() == "kiosk-7" and said == ["host name kiosk-7; loopback up"]
     said.clear()
-    machine.set_up(said.append, str(tmp_path / "none"))
+    machine.set_up(said.append, str(tmp_path / "none"), str(tmp_path / "no-such-dir/hostname"))
     assert said[0].startswith("cannot read") and said[1] == (
-        "could not set the host name appliance: Operation not permitted; loopback up")
+        "could not set the host name appliance: No such file or directory; loopback up")
 
 
 def test_the_image_gets_the_host_name_and_hosts_file(repo: Path, tmp_path: Path) -> None:

@@ -70,7 +70,7 @@ def cmd_image(args: argparse.Namespace) -> int:
         repo=repo, core=core.resolve(), mirrors=mirrors, profile=args.profile,
         runtime_log_cap=args.runtime_log_cap, core_memory_max=args.core_memory_max or None,
         history_records=args.history_records, hw_watchdog_seconds=args.hw_watchdog_seconds,
-        hostname=args.hostname,
+        hostname=args.hostname, network=args.network, network_wait_seconds=args.network_wait,
     )
     render_dir = build / "render"
     render.render(settings, render_dir)
@@ -95,7 +95,7 @@ def cmd_image(args: argparse.Namespace) -> int:
               + ", ".join(f"{n} {v}" for n, v in got.packages), file=sys.stderr)
     build_id = identity.build_id([("extra", render_dir / "extra"), *((name, repo / name) for name in
                                                                      identity.CONFIG_INPUTS)],
-                                 {"profile": args.profile, "secure-boot": args.secure_boot,
+                                 {"profile": args.profile, "secure-boot": args.secure_boot, "network": args.network,
                                   "packages": " ".join(debs)})
     version = args.image_version or identity.default_version(build_id)
     identity.write_fragment(render_dir / "extra", version, build_id)
@@ -106,7 +106,8 @@ def cmd_image(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if debs:
         print(f"build: Debian packages for the core: {' '.join(debs)}", file=sys.stderr)
-    cmd = mkosi.mkosi_command(repo, render_dir, out, Path(args.cache_dir).resolve(), args.profile, packages=debs)
+    cmd = mkosi.mkosi_command(repo, render_dir, out, Path(args.cache_dir).resolve(), args.profile, packages=debs,
+                              network=args.network != "off")
     try:
         mkosi.run_mkosi(cmd, log=build / "logs" / "mkosi.log")
     except RuntimeError as e:
@@ -221,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
                      help="the image's version (VERSION=; default: the date and the build id's start)")
     img.add_argument("--hostname", default=machine.DEFAULT_HOSTNAME,
                      help="the machine's host name (make image HOSTNAME=; default: %(default)s)")
+    img.add_argument("--network", choices=["off", "dhcp"], default=os.environ.get("NETWORK") or "off",
+                     help="dhcp: NIC drivers, and DHCPv4 on the first wired link (NETWORK=; default off)")
+    img.add_argument("--network-wait", type=float, default=float(os.environ.get("NETWORK_WAIT") or 0),
+                     help="seconds the core waits for the network at most (NETWORK_WAIT=; default 0: never)")
     img.add_argument("--packages", default=os.environ.get("PACKAGES", ""),
                      help="Debian packages for the core, besides its packages.txt (PACKAGES=)")
     img.add_argument("--mirror", default=os.environ.get("MIRROR", ""))

@@ -9,10 +9,14 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+# NETWORK=dhcp: the common wired NICs (paths under the kernel's module tree, as regexes).
+NIC_MODULES = ("/net/virtio_net\\.", "/net/ethernet/intel/e1000/", "/net/ethernet/intel/e1000e/",
+               "/net/ethernet/intel/igb/", "/net/ethernet/intel/igc/", "/net/ethernet/realtek/r8169\\.")
+
 
 def mkosi_command(repo: Path, render_dir: Path, output_dir: Path, cache_dir: Path,
                   profile: str, *, extra_tree: Path | None = None, incremental: str = "incremental",
-                  packages: list[str] | None = None) -> list[str]:
+                  packages: list[str] | None = None, network: bool = False) -> list[str]:
     """The mkosi command line for one build (pure, so it is tested). ``repo`` is the
     directory with mkosi.conf; ``extra_tree`` defaults to the rendered ``extra``."""
     cmd = [
@@ -29,6 +33,8 @@ def mkosi_command(repo: Path, render_dir: Path, output_dir: Path, cache_dir: Pat
     ]
     if profile != "default":
         cmd.append(f"--profile={profile}")
+    if network:  # NETWORK=dhcp: the common wired NICs' drivers (the init loads those whose device is present)
+        cmd += [f"--kernel-modules-include={','.join(NIC_MODULES)}"]
     if packages:  # the core's (build/packages.py); mkosi.postinst.chroot checks what they pulled in
         cmd += [f"--package={','.join(packages)}", f"--environment=APPLIANCE_PACKAGES={' '.join(packages)}"]
     cmd += ["--force", "build"]

@@ -51,6 +51,8 @@ class Settings:
     core_memory_max: str | None = INIT_DEFAULTS.core_memory_max
     core_watchdog_seconds: float = INIT_DEFAULTS.core_watchdog_seconds
     hw_watchdog_seconds: int = INIT_DEFAULTS.hw_watchdog_seconds
+    network: str = INIT_DEFAULTS.network
+    network_wait_seconds: float = INIT_DEFAULTS.network_wait_seconds
 
 
 def check_core(core: Path) -> Path:
@@ -175,5 +177,7 @@ def render(settings: Settings, out: Path) -> None:
         core_memory_max=settings.core_memory_max,
         core_watchdog_seconds=settings.core_watchdog_seconds,
         hw_watchdog_seconds=settings.hw_watchdog_seconds,
+        network=settings.network,
+        network_wait_seconds=settings.network_wait_seconds,
         profile=settings.profile,
     ))

@@ -136,6 +136,19 @@ class MachineSpec:
     extra: tuple[str, ...] = field(default_factory=tuple)
 
 
+def user_network(forward: dict[str, int] | None = None, nic: str = "virtio-net-pci") -> tuple[str, ...]:
+    """QEMU's arguments for a NIC on QEMU's user network, restricted: nothing leaves this
+    machine. Its DHCP server gives 10.0.2.15, router 10.0.2.2, DNS 10.0.2.3; ``forward``
+    maps "10.0.2.100:80" (in the guest) to a port on the host's loopback."""
+    rules = "".join(f",guestfwd=tcp:{guest}-tcp:127.0.0.1:{port}" for guest, port in (forward or {}).items())
+    return ("-netdev", f"user,id=net0,restrict=on{rules}", "-device", f"{nic},netdev=net0,romfile=")
+
+
+def silent_network(nic: str = "virtio-net-pci") -> tuple[str, ...]:
+    """A NIC whose link is up on a hub with nobody else: no DHCP server answers."""
+    return ("-netdev", "hubport,id=net0,hubid=0", "-device", f"{nic},netdev=net0,romfile=")
+
+
 def command(spec: MachineSpec, qemu: str = "qemu-system-x86_64") -> list[str]:
     """The full QEMU command: serial console on stdio, no network, nothing implicit."""
     cmd = [

@@ -8,6 +8,7 @@ from typing import NamedTuple
 from appliance.init import kvfile
 
 CONFIG_PATH = "/etc/appliance/init.conf"
+NETWORK_STATE = "/run/appliance/network"  # APPLIANCE_NETWORK: the network's state, for the core (network.py)
 
 
 class Config(NamedTuple):
@@ -26,6 +27,8 @@ class Config(NamedTuple):
     backoff_max_seconds: float = 300.0
     core_watchdog_seconds: float = 30.0  # the core's software watchdog, once it pings (it may set its own)
     hw_watchdog_seconds: int = 60  # the timeout given to every hardware watchdog the init pets
+    network: str = "off"  # off | dhcp (make image NETWORK=)
+    network_wait_seconds: float = 0.0  # hold the core back until the network is up, at most this (NETWORK_WAIT=)
     switches: Mapping[str, str] = {}  # appliance.* from the kernel command line (never mutated)
 
     @property

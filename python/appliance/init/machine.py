@@ -7,16 +7,15 @@ Both are a system call each; what fails is said and the boot goes on.
 
 from __future__ import annotations
 
+import _socket  # socket.py imports enum, which the init keeps off its start (tests/test_init_imports.py)
 import fcntl
-import re
-import socket
 import struct
 from collections.abc import Callable
 
 HOSTNAME_FILE = "/etc/hostname"
+KERNEL_HOSTNAME = "/proc/sys/kernel/hostname"  # writing it sets the name (sethostname)
 DEFAULT_HOSTNAME = "appliance"
-# RFC 1123 labels; Linux keeps at most 64 bytes.
-HOSTNAME_RE = re.compile(r"(?=.{1,64}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
+LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
@@ -25,7 +24,12 @@ IFREQ = "16sH22x"  # struct ifreq: the name, then ifr_flags in the union
 
 
 def valid_hostname(name: str) -> bool:
-    return HOSTNAME_RE.fullmatch(name) is not None
+    """RFC 1123: dot-separated labels of lower-case letters, digits and inner '-'; Linux
+    keeps at most 64 bytes."""
+    if not 1 <= len(name) <= 64:
+        return False
+    return all(0 < len(label) <= 63 and set(label) <= LABEL_CHARS and label[0] != "-" and label[-1] != "-"
+               for label in name.split("."))
 
 
 def read_hostname(path: str = HOSTNAME_FILE) -> tuple[str, str]:
@@ -42,22 +46,31 @@ def read_hostname(path: str = HOSTNAME_FILE) -> tuple[str, str]:
 
 def interface_up(name: str) -> bool:
     """Bring an interface up; whether it was down before. OSError when it cannot be."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    s = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    try:
         request = struct.pack(IFREQ, name.encode(), 0)
         flags = struct.unpack(IFREQ, fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, request))[1]
         if flags & IFF_UP:
             return False
         fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack(IFREQ, name.encode(), flags | IFF_UP))
         return True
+    finally:
+        s.close()
 
 
-def set_up(say: Callable[[str], None], hostname_file: str = HOSTNAME_FILE) -> None:
+def set_hostname(name: str, path: str = KERNEL_HOSTNAME) -> None:
+    with open(path, "w") as f:
+        f.write(name)
+
+
+def set_up(say: Callable[[str], None], hostname_file: str = HOSTNAME_FILE,
+           kernel_hostname: str = KERNEL_HOSTNAME) -> None:
     """Set the host name and bring up lo, and say so."""
     name, problem = read_hostname(hostname_file)
     if problem:
         say(problem)
     try:
-        socket.sethostname(name)
+        set_hostname(name, kernel_hostname)
         host = f"host name {name}"
     except OSError as e:
         host = f"could not set the host name {name}: {e.strerror}"

@@ -118,8 +118,13 @@ class Init:
         self.failures_of_init.run("accounting for the previous boot", self.account_for_previous_boot)
         self.failures_of_init.run("looking at the update trial", self.look_at_update_trial)
         self.failures_of_init.run("starting the runtime log", self.start_runtime_log)
-        self.failures_of_init.keep(self.log.init_line if self.log else None)
         self.step_done("previous log")
+        if self.config.network != "off":
+            from appliance.init import network  # socket, threading: only where the image asked for a network
+            self.failures_of_init.run("starting the network", lambda: network.start_if_asked(
+                self.config.network, self.config.network_wait_seconds, self.console.say, self.load_deferred_modules))
+            self.step_done("network")
+        self.failures_of_init.keep(self.log.init_line if self.log else None)
         self.run_core()
 
     def look_at_update_trial(self) -> None:
@@ -394,6 +399,8 @@ class Init:
             # The software watchdog: write to this fd to ping (the first write arms it).
             "APPLIANCE_WATCHDOG_FD": str(WATCHDOG_FD),
             "APPLIANCE_WATCHDOG_SEC": f"{self.config.core_watchdog_seconds:g}",
+            # The network's state (make image NETWORK=dhcp), key=value lines; empty: no network.
+            "APPLIANCE_NETWORK": config.NETWORK_STATE if self.config.network == "dhcp" else "",
         }
 
     def _flush(self) -> None:

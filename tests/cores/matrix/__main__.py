@@ -197,6 +197,26 @@ def check_the_machine() -> None:
     print(f"matrix core: machine: {len(checks)} checks, {failed} failed", flush=True)
 
 
+def fetch_over_the_network(url: str) -> None:
+    """Wait for the init's network (NETWORK=dhcp), say its state, fetch ``url``."""
+    import urllib.request
+    path = os.environ.get("APPLIANCE_NETWORK", "")
+    print(f"matrix core: network state file {path or '(none)'}", flush=True)
+    state: dict[str, str] = {}
+    for _ in range(240):
+        with open(path) as f:
+            state = dict(line.split("=", 1) for line in f.read().splitlines() if "=" in line)
+        if state.get("state") == "up":
+            break
+        time.sleep(0.5)
+    print(f"matrix core: network {state.get('state')} {state.get('interface')} {state.get('address')} "
+          f"gateway {state.get('gateway')} dns {state.get('dns')}", flush=True)
+    with open("/etc/resolv.conf") as f:
+        print(f"matrix core: resolv.conf: {' '.join(f.read().split())}", flush=True)
+    with urllib.request.urlopen(url, timeout=30) as r:
+        print(f"matrix core: fetched {url}: {r.read().decode().strip()}", flush=True)
+
+
 def stage_update() -> None:
     """Stage /esp/appliance-test/update.efi with appliance.update, as a core would after
     fetching it; the next boot (which tries it) says it is healthy."""
@@ -288,6 +308,9 @@ def main() -> None:
         import markupsafe
         print("matrix core: crashing in a library", flush=True)
         markupsafe.Markup("%s and %s") % ("one",)  # raises inside markupsafe: its frame has its source line
+    elif action.startswith("net-fetch "):
+        fetch_over_the_network(action.split(" ", 1)[1])
+        idle()
     elif action == "machine":
         check_the_machine()
         idle()
