@@ -125,3 +125,83 @@ def test_the_address_and_default_route_are_set_and_dropped_by_the_kernels_ioctls
     assert re.search(r"^lo\s+00000000\s+0100090A\s+0003", before, re.M), before
     assert "address 10.9.0.5\n" in before
     assert "address none (Cannot assign requested address)" in after and "0100090A" not in after, after
+
+
+class FakeClock:
+    """time.monotonic and time.sleep for the network module: sleeping moves the clock."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FakeClient:
+    def __init__(self, answers: list[dhcp.Reply | None]) -> None:
+        self.name, self.answers = "eth0", answers
+        self.renewals: list[float] = []
+
+    def renew(self, lease: dhcp.Reply) -> dhcp.Reply | None:
+        self.renewals.append(clock.now)
+        return self.answers.pop(0) if self.answers else None
+
+
+clock = FakeClock()
+
+
+def lease(seconds: int) -> dhcp.Reply:
+    return dhcp.Reply(dhcp.ACK, 1, "10.0.2.15", 24, ("10.0.2.2",), (), "10.0.2.2", seconds, seconds // 2,
+                      seconds * 7 // 8)
+
+
+@pytest.fixture
+def keeping(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[network.Network, list[str], list[str]]:
+    clock.now = 1000.0
+    monkeypatch.setattr("appliance.init.network.time", clock)  # its monotonic and sleep
+    monkeypatch.setattr(network, "carrier", lambda name: True)
+    dropped: list[str] = []
+    monkeypatch.setattr(network, "unconfigure", dropped.append)
+    said: list[str] = []
+    return network.Network(said.append, "kiosk", str(tmp_path / "run/network"), str(tmp_path / "resolv")), said, \
+        dropped
+
+
+def test_a_lease_is_renewed_at_t1_and_when_unrenewed_ends_with_the_address_dropped(
+        keeping: tuple[network.Network, list[str], list[str]]) -> None:
+    net, said, dropped = keeping
+    client = FakeClient([lease(100), None, None, None, None, None, None, None])
+    start = clock.now
+    net._keep(client, lease(100))  # type: ignore[arg-type]
+    assert client.renewals[0] - start == pytest.approx(50, abs=1)  # T1
+    assert client.renewals[1] - client.renewals[0] == pytest.approx(50, abs=1)  # renewed: T1 of the new lease
+    assert all(b > a for a, b in zip(client.renewals, client.renewals[1:], strict=False))  # retried, not spinning
+    assert len(client.renewals) < 10
+    assert dropped == ["eth0"] and said == [
+        "network: lease of 10.0.2.15 on eth0 ended without renewal: address dropped"]
+    assert clock.now - client.renewals[0] == pytest.approx(100, abs=1.5)  # the renewed lease's end
+    assert (Path(net.state_path)).read_text().startswith("state=down\ninterface=eth0\n")
+
+
+def test_a_lost_link_drops_the_address(keeping: tuple[network.Network, list[str], list[str]],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    net, said, dropped = keeping
+    monkeypatch.setattr(network, "carrier", lambda name: clock.now < 1030)
+    net._keep(FakeClient([]), lease(100))  # type: ignore[arg-type]
+    assert dropped == ["eth0"] and said == ["network: link lost on eth0: address 10.0.2.15 dropped"]
+
+
+def test_the_core_waits_for_the_network_only_as_long_as_asked(
+        keeping: tuple[network.Network, list[str], list[str]]) -> None:
+    net, said, _ = keeping
+    network.wait_until_up(net, 0, said.append)
+    assert said == []
+    network.wait_until_up(net, 0.05, said.append)
+    assert said == ["network: not up after 0.05 s (starting): starting the core without it"]
+    net._record(network.State("up", "eth0", "10.0.2.15/24"))
+    said.clear()
+    network.wait_until_up(net, 5, said.append)
+    assert said == []
