@@ -111,3 +111,20 @@ def test_mkosi_output_goes_to_a_log_and_its_steps_are_said(tmp_path: Path) -> No
         mkosi.run_mkosi([sys.executable, "-c", script + "sys.exit(3)\n"], log=tmp_path / "logs/mkosi.log",
                         say=said.append)
     assert said[-1] == "build: mkosi: packages: x pulls in systemd: refused"  # the tail, on failure
+
+
+def test_a_network_image_gets_the_nic_drivers_and_their_firmware(repo: Path, tmp_path: Path) -> None:
+    settings = render.Settings(repo=repo, core=repo / "examples/demo-core.py", mirrors=Mirrors("http://m", None),
+                               network="dhcp", network_wait_seconds=5)
+    render.render(settings, tmp_path / "r")
+    sources = (tmp_path / "r/pkgmngr/etc/apt/sources.list.d/mkosi.sources").read_text()
+    assert "Components: main non-free-firmware\n" in sources
+    cfg = kvfile.parse((tmp_path / "r/extra/etc/appliance/init.conf").read_bytes())
+    assert cfg["network"] == "dhcp" and float(cfg["network_wait_seconds"]) == 5
+    cmd = mkosi.mkosi_command(Path("/r"), Path("/b/render"), Path("/o"), Path("/c"), "default", network=True)
+    include = next(a for a in cmd if a.startswith("--kernel-modules-include="))
+    assert "/net/virtio_net\\." in include and "/net/ethernet/realtek/r8169\\." in include
+    assert "--package=firmware-realtek" in cmd
+    render.render(render.Settings(repo=repo, core=repo / "examples/demo-core.py", mirrors=Mirrors("http://m", None)),
+                  tmp_path / "r2")
+    assert "Components: main\n" in (tmp_path / "r2/pkgmngr/etc/apt/sources.list.d/mkosi.sources").read_text()

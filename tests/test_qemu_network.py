@@ -34,10 +34,11 @@ def served(tmp_path: Path) -> Iterator[int]:
         server.server_close()
 
 
+@pytest.mark.parametrize("nic", ["virtio-net-pci", "e1000e"])  # virtio-net, and an Intel NIC as PCs have
 def test_the_core_gets_a_lease_and_fetches_a_file_from_the_host(
-        test_net_raw: Path, qemu_ready: None, served: int, tmp_path: Path, log_dir: Path) -> None:
-    m = Machine(test_net_raw, tmp_path / "m", name="network-dhcp", log_dir=log_dir,
-                nic=user_network({"10.0.2.100:8080": served}))
+        nic: str, test_net_raw: Path, qemu_ready: None, served: int, tmp_path: Path, log_dir: Path) -> None:
+    m = Machine(test_net_raw, tmp_path / "m", name=f"network-dhcp-{nic}", log_dir=log_dir,
+                nic=user_network({"10.0.2.100:8080": served}, nic=nic))
     m.esp_write("/appliance-test/action", b"net-fetch http://10.0.2.100:8080/hello.txt")
     with m:
         m.wait_boot(timeout=120)

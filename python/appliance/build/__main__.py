@@ -106,8 +106,11 @@ def cmd_image(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if debs:
         print(f"build: Debian packages for the core: {' '.join(debs)}", file=sys.stderr)
+    # A network image has more packages: its own incremental cache, so that building it
+    # does not throw away the other images' (mkosi keeps one per cache directory).
     cmd = mkosi.mkosi_command(repo, render_dir, out, Path(args.cache_dir).resolve(), args.profile, packages=debs,
-                              network=args.network != "off")
+                              network=args.network != "off",
+                              incremental="incremental" if args.network == "off" else "incremental-network")
     try:
         mkosi.run_mkosi(cmd, log=build / "logs" / "mkosi.log")
     except RuntimeError as e:

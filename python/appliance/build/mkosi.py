@@ -9,7 +9,9 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-# NETWORK=dhcp: the common wired NICs (paths under the kernel's module tree, as regexes).
+# NETWORK=dhcp: the common wired NICs (paths under the kernel's module tree, as regexes),
+# and the firmware Debian ships for them (r8169's; Intel's wired NICs need none).
+NIC_FIRMWARE = ("firmware-realtek",)
 NIC_MODULES = ("/net/virtio_net\\.", "/net/ethernet/intel/e1000/", "/net/ethernet/intel/e1000e/",
                "/net/ethernet/intel/igb/", "/net/ethernet/intel/igc/", "/net/ethernet/realtek/r8169\\.")
 
@@ -34,7 +36,8 @@ def mkosi_command(repo: Path, render_dir: Path, output_dir: Path, cache_dir: Pat
     if profile != "default":
         cmd.append(f"--profile={profile}")
     if network:  # NETWORK=dhcp: the common wired NICs' drivers (the init loads those whose device is present)
-        cmd += [f"--kernel-modules-include={','.join(NIC_MODULES)}"]
+        # and their firmware (mkosi keeps only the files those drivers name).
+        cmd += [f"--kernel-modules-include={','.join(NIC_MODULES)}", f"--package={','.join(NIC_FIRMWARE)}"]
     if packages:  # the core's (build/packages.py); mkosi.postinst.chroot checks what they pulled in
         cmd += [f"--package={','.join(packages)}", f"--environment=APPLIANCE_PACKAGES={' '.join(packages)}"]
     cmd += ["--force", "build"]

@@ -129,6 +129,8 @@ def render(settings: Settings, out: Path) -> None:
         mirror=settings.mirrors.main,
         security_mirror=settings.mirrors.security,
         release=settings.release,
+        # NETWORK=: the NICs' firmware (firmware-realtek) lives in non-free-firmware.
+        components="main non-free-firmware" if settings.network != "off" else "main",
     ))
 
     extra = out / "extra"
