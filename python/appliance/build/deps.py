@@ -14,6 +14,7 @@ their ``.py`` files stay, so crash dumps show library frames with their source l
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -142,9 +143,5 @@ def install(core: Path, extra: Path, cache: Path, log: Path, python: str = sys.e
         result = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
     if result.returncode != 0:
         raise DepsError(explain(log.read_text(errors="replace"), want))
-    for scripts in (target / "bin",):  # console scripts: the image runs only the core
-        if scripts.is_dir():
-            for p in scripts.iterdir():
-                p.unlink()
-            scripts.rmdir()
+    shutil.rmtree(target / "bin", ignore_errors=True)  # console scripts: the image runs only the core
     return installed(target)
