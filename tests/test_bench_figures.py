@@ -37,12 +37,28 @@ def test_the_table_compares_ours_with_the_comparator() -> None:
     theirs = [figures.boot_from_line(LINE.replace("core-fork=2.000", "core-fork=4.000"), 20.0)]
     rows = figures.boot_rows(ours, theirs)
     assert rows[3] == ("QEMU start -> core ready", "11.00 s (10.00-12.00)", "20.00 s (20.00-20.00)", "0.55")
-    assert rows[4] == ("init start -> core started", "0.75 s (0.75-0.75)", "2.75 s (2.75-2.75)", "0.27")
-    assert rows[5][0] == "init's resident memory" and rows[5][1] == "10.0 MiB (10.0-10.0)"
+    assert rows[4] == ("kernel start -> /init", "1.25 s (1.25-1.25)", "1.25 s (1.25-1.25)", "1.00")
+    # Lines from before the bench core said how long the unpacking took: no figure, no ratio.
+    assert rows[5] == ("  of which the kernel unpacking the initrd", "n/a", "n/a", "n/a")
+    assert rows[6] == ("init start -> core started", "0.75 s (0.75-0.75)", "2.75 s (2.75-2.75)", "0.27")
+    assert rows[7][0] == "init's resident memory" and rows[7][1] == "10.0 MiB (10.0-10.0)"
     text = figures.table([("", "ours", "systemd", "ratio"), *rows])
     lines = text.splitlines()
     assert lines[0].split() == ["ours", "systemd", "ratio"] and set(lines[1]) <= {"-", " "}
     assert len({len(line) for line in lines}) == 1  # numbers right-aligned in their columns
+
+
+def test_the_kernels_part_and_its_unpacking_of_the_initrd() -> None:
+    ours = [figures.boot_from_line(LINE + " unpack=0.600", 10.0), figures.boot_from_line(LINE + " unpack=0.800", 11.0)]
+    theirs = [figures.boot_from_line(LINE.replace("init-exec=1.250", "init-exec=2.500") + " unpack=2.000", 10.0)]
+    assert ours[0].unpack == 0.6 and ours[0].kernel_part == 1.25
+    rows = {row[0]: row[1:] for row in figures.boot_rows(ours, theirs)}
+    assert rows["kernel start -> /init"] == ("1.25 s (1.25-1.25)", "2.50 s (2.50-2.50)", "0.50")
+    assert rows["  of which the kernel unpacking the initrd"] == ("0.70 s (0.60-0.80)", "2.00 s (2.00-2.00)", "0.35")
+    # A kernel whose records were not found (-1): the boot counts, the unpacking does not.
+    odd = figures.boot_from_line(LINE + " unpack=-1.000", 10.0)
+    assert odd.unpack == -1.0
+    assert figures.boot_rows([odd], theirs)[5][1] == "n/a"
 
 
 def test_secure_boot_is_compared_with_the_same_image_booted_with_it_off() -> None:

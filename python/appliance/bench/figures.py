@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 READY = re.compile(r"bench core: ready uptime=([0-9.]+) init-exec=(-?[0-9.]+) core-fork=([0-9.]+) "
-                   r"init-rss-kib=(-?\d+)")
+                   r"init-rss-kib=(-?\d+)(?: unpack=(-?[0-9.]+))?")
 MILESTONES = ("kernel start", "init start", "core started", "core ready")
 
 
@@ -26,6 +26,12 @@ class Boot(NamedTuple):
     core_started: float
     core_ready: float
     init_rss_kib: int
+    unpack: float = -1.0  # the kernel unpacking the initrd, from its own records; -1: not known
+
+    @property
+    def kernel_part(self) -> float:
+        """Kernel start -> /init: the kernel's part of the boot."""
+        return self.init_start - self.kernel_start
 
     @property
     def init_overhead(self) -> float:
@@ -43,10 +49,11 @@ def boot_from_line(line: str, seen_after_start: float) -> Boot:
     if not m:
         raise ValueError(f"not a bench core ready line: {line!r}")
     uptime, init_exec, core_fork, rss = float(m.group(1)), float(m.group(2)), float(m.group(3)), int(m.group(4))
+    unpack = float(m.group(5)) if m.group(5) is not None else -1.0
     kernel = seen_after_start - uptime
     if init_exec < 0:
         raise ValueError("the guest's kernel log had no 'Run /init as init process' record")
-    return Boot(kernel, kernel + init_exec, kernel + core_fork, seen_after_start, rss)
+    return Boot(kernel, kernel + init_exec, kernel + core_fork, seen_after_start, rss, unpack)
 
 
 class Spread(NamedTuple):
@@ -95,6 +102,12 @@ def boot_rows(ours: Sequence[Boot], theirs: Sequence[Boot]) -> list[tuple[str, s
         a = spread([b.milestone(name) for b in ours])
         b = spread([t.milestone(name) for t in theirs])
         rows.append((f"QEMU start -> {name}", a.text(), b.text(), ratio(a, b)))
+    a = spread([b.kernel_part for b in ours])
+    b = spread([t.kernel_part for t in theirs])
+    rows.append(("kernel start -> /init", a.text(), b.text(), ratio(a, b)))
+    a = spread([b.unpack for b in ours if b.unpack >= 0])
+    b = spread([t.unpack for t in theirs if t.unpack >= 0])
+    rows.append(("  of which the kernel unpacking the initrd", a.text(), b.text(), ratio(a, b)))
     a = spread([b.init_overhead for b in ours])
     b = spread([t.init_overhead for t in theirs])
     rows.append(("init start -> core started", a.text(), b.text(), ratio(a, b)))
