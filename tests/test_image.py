@@ -1,10 +1,12 @@
 """What `make image` built: opened, unpacked and checked, not booted."""
 
+import io
+import zipfile
 from pathlib import Path, PurePosixPath
 
 import pytest
 
-from appliance.build import inspect
+from appliance.build import inspect, stdlibzip
 from appliance.build.render import read_module_list
 from appliance.init import gpt
 from appliance.init.modules import module_name
@@ -100,3 +102,25 @@ def test_the_image_knows_who_it_is(built_efi: Path, initrd: dict[str, inspect.En
     inside = identity.parse(initrd["usr/lib/os-release"].data)
     assert (inside["IMAGE_VERSION"], inside["BUILD_ID"]) == found.identity
     assert "usr/lib/appliance/os-release.image" not in initrd  # merged, not left behind
+
+
+def test_the_standard_library_is_one_archive_with_its_sources(initrd: dict[str, inspect.Entry]) -> None:
+    """build/stdlibzip.py: every module with its source (for tracebacks) and unchecked bytecode
+    (anything else, zipimport would recompile from source at every boot)."""
+    archive = zipfile.ZipFile(io.BytesIO(initrd[stdlibzip.ARCHIVE].data))
+    names = set(archive.namelist())
+    for module in ("json/decoder", "asyncio/base_events", "email/message", "http/client", "typing", "threading"):
+        assert {f"{module}.py", f"{module}.pyc"} <= names, module
+    for info in archive.infolist():
+        if info.filename.endswith(".pyc"):
+            assert archive.read(info)[4:8] == b"\x01\x00\x00\x00", f"{info.filename}: not unchecked-hash bytecode"
+    # Loose: os.py (Python's landmark), venv (it reads files beside it), modules that are links
+    # (Debian's sitecustomize and _sysconfigdata), each with its bytecode; no bytecode alone.
+    loose = [p for p in initrd if p.startswith(stdlibzip.STDLIB + "/") and p.endswith(".py")
+             and not p.startswith(f"{stdlibzip.STDLIB}/venv/")]
+    assert sorted(p for p in loose if not initrd[p].is_symlink) == [f"{stdlibzip.STDLIB}/os.py"]
+    sources = {PurePosixPath(p).stem for p in loose}
+    orphans = [p for p in initrd if p.startswith(stdlibzip.STDLIB + "/") and p.endswith(".pyc")
+               and "/venv/" not in p and PurePosixPath(p).name.split(".")[0] not in sources]
+    assert orphans == []
+    assert len(names) > 1000  # the whole standard library, not a part of it

@@ -45,8 +45,13 @@ def test_a_crash_inside_a_dependency_shows_the_library_frame_with_its_source(
         m.expect(r"matrix core: crashing in a library", 60)
         m.wait_boot(timeout=120)
         m.expect(r"init: ===== previous boot's runtime log: begin", 60)
+        # The standard library's frames: their source is in /usr/lib/python313.zip, read through
+        # the module's loader (build/stdlibzip.py).
+        stdlib = m.expect(r"init: \| core:   File \"/usr/lib/python3[^\"\r\n]*/json/decoder\.py\", "
+                          r"line \d+, in raw_decode\r*\ninit: \| core:     ([^\r\n]*)\r*\n", 30)
         frame = m.expect(r"init: \| core:   File \"/usr/local/lib/python3\.13/dist-packages/markupsafe/__init__\.py\", "
                          r"line \d+, in __mod__\r*\ninit: \| core:     ([^\r\n]*)\r*\n", 30)
         m.expect(READY, 60)
         m.power_cut()
     assert frame.group(1).strip(), "the library frame has no source line"
+    assert "scan_once(" in stdlib.group(1), f"the standard library's frame shows {stdlib.group(1)!r}"

@@ -44,9 +44,9 @@ def mkosi_command(repo: Path, render_dir: Path, output_dir: Path, cache_dir: Pat
     return cmd
 
 
-# mkosi marks its steps with this; our own scripts say "packages:" (a refusal) and "prune:".
+# mkosi marks its steps with this; our own scripts say "packages:" (a refusal), "prune:" and "stdlib:".
 STEP_MARK = "\u2023"
-SHOWN = ("packages:", "prune:")
+SHOWN = ("packages:", "prune:", "stdlib:")
 TAIL = 25
 
 

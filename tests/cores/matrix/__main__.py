@@ -305,9 +305,17 @@ def main() -> None:
     elif action == "hang":
         hang_the_machine()
     elif action == "library-crash":
+        import json
+
         import markupsafe
+
+        def fill(fields: dict[str, str]) -> markupsafe.Markup:
+            return markupsafe.Markup("%s and %s") % (fields["one"],)  # raises inside markupsafe
+
         print("matrix core: crashing in a library", flush=True)
-        markupsafe.Markup("%s and %s") % ("one",)  # raises inside markupsafe: its frame has its source line
+        # Through the standard library (json, from the image's zip archive) into a dependency:
+        # every frame of both has its source line.
+        json.loads('{"one": "1"}', object_hook=fill)
     elif action.startswith("net-fetch "):
         fetch_over_the_network(action.split(" ", 1)[1])
         idle()
