@@ -151,6 +151,34 @@ def only_rollback(build: Path, runs: int) -> int:
     return 0
 
 
+def only_against(build: Path, other: Path, runs: int) -> int:
+    """``--against OTHER.raw``: our bench image and another image of the bench core (one
+    built from an earlier commit, say), booted interleaved ``runs`` times each; sizes and
+    the boot rows, this image against the other. For one change's effect on the boot."""
+    ours = build / "bench/ours/appliance.raw"
+    if not ours.exists():
+        say(f"no {ours}: run `make bench` once (it builds it), then --against")
+        return 2
+    rows: list[tuple[str, str, str, str]] = [("", "this image", other.name, "this/other")]
+    for key, label in (("uki", "UKI"), ("initrd", "  initrd (compressed)"),
+                       ("initrd_uncompressed", "  initrd (uncompressed)")):
+        mine, theirs = sizes(ours.with_suffix(".efi"), ours)[key], sizes(other.with_suffix(".efi"), other)[key]
+        rows.append((label, figures.mib(mine), figures.mib(theirs), f"{mine / theirs:.2f}"))
+    boots: dict[str, list[figures.Boot]] = {"ours": [], "other": []}
+    with tempfile.TemporaryDirectory(dir=build) as work:
+        for i in range(runs):
+            for name, image in (("ours", ours), ("other", other)):
+                boot = boot_once(image, Path(work) / f"{name}{i}", f"bench-against-{name}-{i + 1}",
+                                 build / "bench/logs")
+                say(f"{name} boot {i + 1}/{runs}: kernel start -> /init {boot.kernel_part:.2f} s, "
+                    f"core ready at {boot.core_ready:.2f} s")
+                boots[name].append(boot)
+    rows += figures.boot_rows(boots["ours"], boots["other"])
+    print(figures.table(rows))
+    print(f"\n{runs} boots of each, interleaved, under {'kvm' if kvm_works() else 'tcg'} on {os.cpu_count()} CPUs.")
+    return 0
+
+
 # -- the report ---------------------------------------------------------------------------
 
 def sizes(efi: Path, raw: Path) -> dict[str, int]:
@@ -209,7 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-rebuild", action="store_true", help="skip the warm rebuilds (measure boots only)")
     p.add_argument("--only-rollback", action="store_true",
                    help="only the update rollback row, --boots times, with the test images (make test-image)")
+    p.add_argument("--against", metavar="OTHER.raw", type=Path,
+                   help="only boots: our bench image against another image of the bench core, interleaved "
+                        "(with OTHER.efi beside it for the sizes)")
     args = p.parse_args(argv)
+    if args.against:
+        return only_against(Path(args.build_dir).resolve(), args.against.resolve(), args.boots)
     if args.only_rollback:
         return only_rollback(Path(args.build_dir).resolve(), args.boots)
     repo = Path(args.repo).resolve()
