@@ -27,7 +27,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-# Packages that read their own data files through __file__ (venv: its activate scripts).
+# Top-level names left loose: venv (it reads its activate scripts through __file__), the C
+# extensions, third-party directories, the bytecode caches themselves.
 LOOSE = ("venv", "lib-dynload", "site-packages", "dist-packages", "__pycache__")
 LANDMARK = "os.py"
 # The sources are compressed in the archive (only a traceback reads them); the bytecode is
@@ -68,8 +69,9 @@ def _member(z: zipfile.ZipFile, name: str, data: bytes, compress: bool) -> None:
 
 def zip_stdlib(stdlib: Path, archive: Path, cache_tag: str = "cpython-313") -> Zipped:
     """Move every module of ``stdlib`` whose unchecked bytecode is beside it into
-    ``archive`` (source compressed, bytecode stored), removing the loose files. Any other module stays
-    loose: the archive never holds source that zipimport would compile at each boot."""
+    ``archive`` (source compressed, bytecode stored), removing the loose files. Any other
+    module stays loose: the archive never holds source that zipimport would compile at
+    each boot."""
     done = Zipped()
     sources = sorted(p for p in stdlib.rglob("*.py")
                      if p.is_file() and not p.is_symlink()
