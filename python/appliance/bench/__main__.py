@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -160,10 +160,8 @@ def only_against(build: Path, other: Path, runs: int) -> int:
         say(f"no {ours}: run `make bench` once (it builds it), then --against")
         return 2
     rows: list[tuple[str, str, str, str]] = [("", "this image", other.name, "this/other")]
-    for key, label in (("uki", "UKI"), ("initrd", "  initrd (compressed)"),
-                       ("initrd_uncompressed", "  initrd (uncompressed)")):
-        mine, theirs = sizes(ours.with_suffix(".efi"), ours)[key], sizes(other.with_suffix(".efi"), other)[key]
-        rows.append((label, figures.mib(mine), figures.mib(theirs), f"{mine / theirs:.2f}"))
+    rows += size_rows(sizes(ours.with_suffix(".efi"), ours), sizes(other.with_suffix(".efi"), other),
+                      ("uki", "initrd", "initrd_uncompressed"))
     boots: dict[str, list[figures.Boot]] = {"ours": [], "other": []}
     with tempfile.TemporaryDirectory(dir=build) as work:
         for i in range(runs):
@@ -188,14 +186,22 @@ def sizes(efi: Path, raw: Path) -> dict[str, int]:
             "disk_image_allocated": raw.stat().st_blocks * 512}
 
 
+SIZE_LABELS = {"uki": "UKI", "kernel": "  kernel", "initrd": "  initrd (compressed)",
+               "initrd_uncompressed": "  initrd (uncompressed)", "disk_image": "disk image",
+               "disk_image_allocated": "  blocks used (what bmaptool writes)"}
+
+
+def size_rows(ours: dict[str, int], theirs: dict[str, int],
+              keys: Sequence[str] = tuple(SIZE_LABELS)) -> list[tuple[str, str, str, str]]:
+    """The table's rows for the sizes ``keys`` of two images (as ``sizes`` gives them)."""
+    return [(SIZE_LABELS[key], figures.mib(ours[key]), figures.mib(theirs[key]),
+             f"{ours[key] / theirs[key]:.2f}" if theirs[key] else "n/a") for key in keys]
+
+
 def report(result: dict[str, Any]) -> str:
     ours, theirs = result["ours"], result["systemd"]
     rows: list[tuple[str, str, str, str]] = [("", "ours", "systemd", "ours/systemd")]
-    for key, label in (("uki", "UKI"), ("kernel", "  kernel"), ("initrd", "  initrd (compressed)"),
-                       ("initrd_uncompressed", "  initrd (uncompressed)"), ("disk_image", "disk image"),
-                       ("disk_image_allocated", "  blocks used (what bmaptool writes)")):
-        a, b = ours["size"][key], theirs["size"][key]
-        rows.append((label, figures.mib(a), figures.mib(b), f"{a / b:.2f}" if b else "n/a"))
+    rows += size_rows(ours["size"], theirs["size"])
     for key, label in (("cold", "build from empty caches"), ("warm", "rebuild after a change to the core")):
         a, b = ours["build"].get(key), theirs["build"].get(key)
         rows.append((label, f"{a:.1f} s" if a is not None else "skipped", f"{b:.1f} s" if b is not None else "skipped",

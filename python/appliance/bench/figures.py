@@ -8,9 +8,10 @@ uptime the line carries.
 
 from __future__ import annotations
 
+import functools
 import re
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 READY = re.compile(r"bench core: ready uptime=([0-9.]+) init-exec=(-?[0-9.]+) core-fork=([0-9.]+) "
@@ -98,22 +99,19 @@ def table(rows: Sequence[tuple[str, str, str, str]]) -> str:
 
 def boot_rows(ours: Sequence[Boot], theirs: Sequence[Boot]) -> list[tuple[str, str, str, str]]:
     rows = []
+
+    def row(label: str, figure: Callable[[Boot], float | None], unit: str = "s", digits: int = 2) -> None:
+        """``figure`` of every boot that has it (None: the guest did not know it)."""
+        a = spread([x for x in map(figure, ours) if x is not None])
+        b = spread([x for x in map(figure, theirs) if x is not None])
+        rows.append((label, a.text(unit, digits), b.text(unit, digits), ratio(a, b)))
+
     for name in MILESTONES:
-        a = spread([b.milestone(name) for b in ours])
-        b = spread([t.milestone(name) for t in theirs])
-        rows.append((f"QEMU start -> {name}", a.text(), b.text(), ratio(a, b)))
-    a = spread([b.kernel_part for b in ours])
-    b = spread([t.kernel_part for t in theirs])
-    rows.append(("kernel start -> /init", a.text(), b.text(), ratio(a, b)))
-    a = spread([b.unpack for b in ours if b.unpack >= 0])
-    b = spread([t.unpack for t in theirs if t.unpack >= 0])
-    rows.append(("  of which the kernel unpacking the initrd", a.text(), b.text(), ratio(a, b)))
-    a = spread([b.init_overhead for b in ours])
-    b = spread([t.init_overhead for t in theirs])
-    rows.append(("init start -> core started", a.text(), b.text(), ratio(a, b)))
-    a = spread([float(b.init_rss_kib) / 1024 for b in ours])
-    b = spread([float(t.init_rss_kib) / 1024 for t in theirs])
-    rows.append(("init's resident memory", a.text("MiB", 1), b.text("MiB", 1), ratio(a, b)))
+        row(f"QEMU start -> {name}", functools.partial(Boot.milestone, name=name))
+    row("kernel start -> /init", lambda boot: boot.kernel_part)
+    row("  of which the kernel unpacking the initrd", lambda boot: boot.unpack if boot.unpack >= 0 else None)
+    row("init start -> core started", lambda boot: boot.init_overhead)
+    row("init's resident memory", lambda boot: float(boot.init_rss_kib) / 1024, "MiB", 1)
     return rows
 
 

@@ -47,9 +47,12 @@ EPOCH = (1980, 1, 1, 0, 0, 0)
 class Zipped:
     modules: int = 0
     left_loose: int = 0  # modules whose bytecode is not unchecked-hash (or missing)
-    files_removed: int = 0
     bytes_before: int = 0
     archive_bytes: int = 0
+
+    @property
+    def files_removed(self) -> int:
+        return 2 * self.modules  # each module's source and bytecode
 
 
 def _bytecode(source: Path, cache_tag: str) -> Path:
@@ -95,7 +98,6 @@ def zip_stdlib(stdlib: Path, archive: Path, cache_tag: str = "cpython-313") -> Z
     for p in moved:
         done.bytes_before += p.stat().st_size
         p.unlink()
-        done.files_removed += 1
     for d in sorted((p for p in stdlib.rglob("*") if p.is_dir() and not p.is_symlink()), reverse=True):
         if not any(d.iterdir()):  # a package left with nothing (its modules are in the archive)
             d.rmdir()
