@@ -111,3 +111,39 @@ def test_fsck_problems_sees_only_what_a_power_cut_cannot_explain(image: tuple[Pa
         f.seek(esp.first_lba * 512 + 13)
         f.write(b"\x00")  # sectors per cluster 0: a broken boot sector
     assert fsck_problems(copy) != []
+
+
+def _lose_a_cluster(disk: Path) -> None:
+    """Mark the first free cluster used in both FATs with no file owning it: what a cut
+    between a new file's FAT entry and its directory entry leaves."""
+    esp = gpt.read_partitions(str(disk))[0]
+    with disk.open("r+b") as f:
+        f.seek(esp.first_lba * 512)
+        boot = f.read(512)
+        sector = int.from_bytes(boot[11:13], "little")
+        reserved, fats = int.from_bytes(boot[14:16], "little"), boot[16]
+        fat_bytes = int.from_bytes(boot[36:40], "little") * sector
+        f.seek(esp.first_lba * 512 + reserved * sector)
+        fat = f.read(fat_bytes)
+        free = next(n for n in range(2, fat_bytes // 4) if fat[4 * n:4 * n + 4] == bytes(4))
+        for copy in range(fats):
+            f.seek(esp.first_lba * 512 + reserved * sector + copy * fat_bytes + 4 * free)
+            f.write((0x0FFFFFFF).to_bytes(4, "little"))
+
+
+def test_lost_clusters_count_as_a_cuts_leaving_only_where_the_init_will_check_the_fat(
+        image: tuple[Path, bytes, str], tmp_path: Path) -> None:
+    from appliance.init.esp import FAT32_STATE_OFFSET
+    from appliance.media.espfs import fsck_findings
+    raw, _, _ = image
+    copy = tmp_path / "copy.raw"
+    copy.write_bytes(raw.read_bytes())
+    _lose_a_cluster(copy)
+    clean = fsck_findings(copy)  # the flag says clean: the init would not look, so a fault
+    assert clean.lost_clusters == 0
+    assert any("Reclaimed 1 unused cluster" in p for p in clean.problems), clean
+    esp = gpt.read_partitions(str(copy))[0]
+    with copy.open("r+b") as f:
+        f.seek(esp.first_lba * 512 + FAT32_STATE_OFFSET)
+        f.write(b"\x01")
+    assert fsck_findings(copy) == ([], 1)

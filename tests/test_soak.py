@@ -1,6 +1,6 @@
 """The soak's checks between cuts (the soak itself is `make soak`, not part of `make test`)."""
 
-from appliance.harness.soak import check_backoff, lost_records
+from appliance.harness.soak import check_backoff, check_repair, lost_records
 
 
 def test_a_record_may_go_only_by_rotation() -> None:
@@ -18,3 +18,10 @@ def test_backoff_counter_checks() -> None:
     assert check_backoff(b"failures = 2\n", 3) == ""
     assert "more than the 3 boots" in check_backoff(b"failures = 9\n", 3)
     assert "unreadable" in check_backoff(b"\0\0garbage", 3)
+
+
+def test_clusters_lost_at_a_cut_must_be_checked_at_the_next_boot() -> None:
+    checked = "init: the FAT on /dev/vda1 was not unmounted cleanly: checking it\r\n"
+    assert check_repair(True, "init: appliance init 1.0\r\n" + checked) == ""
+    assert "not checked" in check_repair(True, "init: appliance init 1.0\r\ninit: core started: pid 9 at\r\n")
+    assert check_repair(False, "init: appliance init 1.0\r\n") == ""

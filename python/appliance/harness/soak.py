@@ -7,7 +7,9 @@ move the back-off counter. Each cycle boots the machine, waits until its core ru
 moment: during the core's life and end, or during the next boot's archiving, rotation
 and FAT check. Between cycles the ESP is read off the disk image and checked:
 
-- ``fsck.fat -n`` finds nothing but the dirty flag and the free-cluster hint;
+- ``fsck.fat -n`` finds nothing but the dirty flag, the free-cluster hint and, with the
+  dirty flag set, clusters no file owns (a cut between a file's FAT entries and its
+  directory entry), which the init's check at the next boot must then repair;
 - every history record is whole (length and checksum), or the init says it is torn at
   the next boot;
 - no record that was whole before the cut is gone, unless rotation took it (the
@@ -34,7 +36,7 @@ from pathlib import Path
 
 from appliance.harness.machine import HarnessTimeout, Machine
 from appliance.init import backoff, records
-from appliance.media.espfs import EspError, fsck_problems
+from appliance.media.espfs import EspError, fsck_findings
 
 CORE_STARTED = r"init: core started: pid \d+ at"
 # Where the cuts land: after the core started, within --window seconds (its stderr
@@ -43,6 +45,7 @@ CORE_STARTED = r"init: core started: pid \d+ at"
 LATE_SHARE = 0.4
 NEXT_BOOT_WINDOW = 2.5
 HISTORY = "/appliance/history"
+FAT_CHECKED = "was not unmounted cleanly: checking it"
 
 
 @dataclass
@@ -55,6 +58,8 @@ class Figures:
     torn_records_found: int = 0  # by the host, off the disk
     records_lost: int = 0
     fsck_repairs: int = 0  # boots whose init found the FAT dirty and ran fsck.fat -a
+    lost_clusters: int = 0  # clusters no file owned after a cut, left for the init's check
+    salvaged_files: int = 0  # FSCKnnnn.REC files those checks left in the ESP's root, now
     seconds: float = 0.0
     failures: list[str] = field(default_factory=list)
 
@@ -83,6 +88,13 @@ def check_backoff(data: bytes | None, boots: int) -> str:
     return f"back-off counter {n} is more than the {boots} boots so far" if n > boots else ""
 
 
+def check_repair(due: bool, console: str) -> str:
+    """A problem if clusters were lost at the last cut and the init's next boot did not check the FAT."""
+    if due and FAT_CHECKED not in console:
+        return "clusters lost at the last cut were not checked by the init at the next boot"
+    return ""
+
+
 class Soak:
     def __init__(self, image: Path, out: Path, target: int, machines: int, window: float, seed: int | None) -> None:
         self.image = image
@@ -98,8 +110,10 @@ class Soak:
         self.history_bound = int(saved.get("history_bound", 4))
         self.seen: dict[str, dict[str, str]] = saved.get("records", {})  # machine -> whole records before the cut
         self.torn: dict[str, list[str]] = saved.get("torn", {})  # machine -> torn records after the last cut
+        self.repair_due: dict[str, bool] = saved.get("repair_due", {})  # machine -> lost clusters after the last cut
         self._already = self.figures.seconds  # earlier runs'
         self._started = 0.0
+        self.salvaged: dict[str, int] = {}
         self.stop = threading.Event()  # SIGINT/SIGTERM: finish the cycles under way, then report
 
     def save(self) -> None:
@@ -107,7 +121,8 @@ class Soak:
             self.figures.seconds = self._already + time.monotonic() - self._started
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"figures": asdict(self.figures), "history_bound": self.history_bound,
-                                   "records": self.seen, "torn": self.torn}, indent=1))
+                                   "records": self.seen, "torn": self.torn, "repair_due": self.repair_due},
+                                  indent=1))
         os.replace(tmp, self.path)
 
     def fail(self, what: str) -> None:
@@ -134,7 +149,9 @@ class Soak:
             m.power_cut()
         log = m.output_since_start()
         text, self._offsets[name] = log[self._offsets.get(name, 0):], len(log)  # this cycle's console
-        problems = [f"fsck.fat -n: {p}" for p in fsck_problems(m.disk)]
+        fsck = fsck_findings(m.disk)
+        problems = [f"fsck.fat -n: {p}" for p in fsck.problems]
+        salvaged = [n for n in m.esp_list("/") if n.upper().startswith("FSCK") and n.upper().endswith(".REC")]
         whole: dict[str, str] = {}
         torn: list[str] = []
         for rec_name in m.esp_list(HISTORY):
@@ -156,7 +173,7 @@ class Soak:
             f.records_checked += len(whole) + len(torn)
             f.torn_records_found += len(torn)
             f.torn_records_reported += text.count(": torn record: ") + text.count(": corrupt record: ")
-            f.fsck_repairs += text.count("was not unmounted cleanly: checking it")
+            f.fsck_repairs += text.count(FAT_CHECKED)
             lost = lost_records(self.seen.get(name, {}), whole, self.history_bound)
             f.records_lost += len(lost)
             problems += [f"record lost: {n}" for n in lost]
@@ -164,6 +181,13 @@ class Soak:
             unreported = [n for n in self.torn.get(name, []) if n in torn and f"{n}: " not in text]
             problems += [f"torn record {n} not reported by the init" for n in unreported]
             self.torn[name] = torn
+            problem = check_repair(self.repair_due.get(name, False), text)
+            if problem:
+                problems.append(problem)
+            self.repair_due[name] = fsck.lost_clusters > 0
+            f.lost_clusters += fsck.lost_clusters
+            self.salvaged[name] = len(salvaged)
+            f.salvaged_files = sum(self.salvaged.values())
             problem = check_backoff(counter, f.boots)
             if problem:
                 problems.append(problem)
@@ -212,7 +236,8 @@ class Soak:
         print(f"soak: {f.cuts} cuts (target {self.target}), {f.boots} boots, {f.boots_reaching_the_core} reached "
               f"the core; {f.records_checked} records checked, {f.torn_records_found} torn found on the disk, "
               f"{f.torn_records_reported} reported by the init, {f.records_lost} lost; {f.fsck_repairs} FAT repairs "
-              f"by the init; {f.seconds / 60:.1f} min in all; {len(f.failures)} failures -> {self.path}")
+              f"by the init, {f.lost_clusters} lost clusters left for them ({f.salvaged_files} FSCK*.REC now); "
+              f"{f.seconds / 60:.1f} min in all; {len(f.failures)} failures -> {self.path}")
         for line in f.failures:
             print(f"  {line}")
 

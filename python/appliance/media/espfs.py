@@ -10,6 +10,7 @@ import re
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 from appliance.init import gpt
 from appliance.init.esp import ESP_NAME
@@ -107,8 +108,22 @@ FSCK_HARMLESS = [re.compile(p) for p in (
 )]
 
 
-def fsck_problems(disk: str | Path) -> list[str]:
-    """``fsck.fat -n`` on the disk's ESP: every line that is not harmless after a power cut."""
+# What fsck.fat -n says of clusters the FAT marks used and no file owns. vfat writes a
+# file's FAT entries and its directory entry as separate sectors, so a cut between the
+# two (a file created, or one replaced by a rename) leaves them; fsck.fat -a at the
+# next boot salvages them. A fault only where the dirty flag is clear: the init checks
+# a FAT only when the flag says it was not unmounted cleanly.
+FSCK_LOST_CLUSTERS = re.compile(r"Reclaimed (\d+) unused clusters? \(\d+ bytes\)")
+FSCK_DIRTY = re.compile(r"Dirty bit is set\.")
+
+
+class FsckFindings(NamedTuple):
+    problems: list[str]  # what a power cut cannot explain
+    lost_clusters: int  # what it can, and the init's check at the next boot repairs
+
+
+def fsck_findings(disk: str | Path) -> FsckFindings:
+    """``fsck.fat -n`` on the disk's ESP, sorted into faults and what a cut leaves."""
     esp = find_esp(str(disk))
     with tempfile.TemporaryDirectory() as tmp:
         part = Path(tmp) / "esp.img"
@@ -117,4 +132,19 @@ def fsck_problems(disk: str | Path) -> list[str]:
             part.write_bytes(f.read((esp.last_lba - esp.first_lba + 1) * 512))
         r = subprocess.run(["fsck.fat", "-n", str(part)], capture_output=True, text=True)
     lines = [line.strip() for line in (r.stdout + r.stderr).splitlines() if line.strip()]
-    return [line for line in lines if not any(p.match(line) for p in FSCK_HARMLESS)]
+    dirty = any(FSCK_DIRTY.match(line) for line in lines)
+    problems, lost = [], 0
+    for line in lines:
+        m = FSCK_LOST_CLUSTERS.match(line)
+        if m and dirty:
+            lost += int(m.group(1))
+        elif not any(p.match(line) for p in FSCK_HARMLESS):
+            problems.append(line)
+    return FsckFindings(problems, lost)
+
+
+def fsck_problems(disk: str | Path) -> list[str]:
+    """``fsck.fat -n`` on the disk's ESP: every line that is not harmless after a power cut."""
+    return fsck_findings(disk).problems
+
+
