@@ -94,19 +94,25 @@ def test_guids_read_as_uuid_writes_them() -> None:
         assert gpt.parse_guid(bad) is None, bad
 
 
+def _set_dirty_flag(disk: Path) -> None:
+    """The ESP's FAT marked not unmounted cleanly, as a cut while it was mounted leaves it."""
+    from appliance.init.esp import FAT32_STATE_OFFSET
+    esp = gpt.read_partitions(str(disk))[0]
+    with disk.open("r+b") as f:
+        f.seek(esp.first_lba * 512 + FAT32_STATE_OFFSET)
+        f.write(b"\x01")
+
+
 def test_fsck_problems_sees_only_what_a_power_cut_cannot_explain(image: tuple[Path, bytes, str],
                                                                 tmp_path: Path) -> None:
-    from appliance.init.esp import FAT32_STATE_OFFSET
     raw, _, _ = image
     copy = tmp_path / "copy.raw"
     copy.write_bytes(raw.read_bytes())
     from appliance.media.espfs import fsck_problems
     assert fsck_problems(copy) == []
-    esp = gpt.read_partitions(str(copy))[0]
-    with copy.open("r+b") as f:
-        f.seek(esp.first_lba * 512 + FAT32_STATE_OFFSET)
-        f.write(b"\x01")  # the dirty flag a cut leaves: harmless
+    _set_dirty_flag(copy)  # the dirty flag a cut leaves: harmless
     assert fsck_problems(copy) == []
+    esp = gpt.read_partitions(str(copy))[0]
     with copy.open("r+b") as f:
         f.seek(esp.first_lba * 512 + 13)
         f.write(b"\x00")  # sectors per cluster 0: a broken boot sector
@@ -133,7 +139,6 @@ def _lose_a_cluster(disk: Path) -> None:
 
 def test_lost_clusters_count_as_a_cuts_leaving_only_where_the_init_will_check_the_fat(
         image: tuple[Path, bytes, str], tmp_path: Path) -> None:
-    from appliance.init.esp import FAT32_STATE_OFFSET
     from appliance.media.espfs import fsck_findings
     raw, _, _ = image
     copy = tmp_path / "copy.raw"
@@ -142,8 +147,5 @@ def test_lost_clusters_count_as_a_cuts_leaving_only_where_the_init_will_check_th
     clean = fsck_findings(copy)  # the flag says clean: the init would not look, so a fault
     assert clean.lost_clusters == 0
     assert any("Reclaimed 1 unused cluster" in p for p in clean.problems), clean
-    esp = gpt.read_partitions(str(copy))[0]
-    with copy.open("r+b") as f:
-        f.seek(esp.first_lba * 512 + FAT32_STATE_OFFSET)
-        f.write(b"\x01")
+    _set_dirty_flag(copy)
     assert fsck_findings(copy) == ([], 1)

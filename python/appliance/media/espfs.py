@@ -146,5 +146,3 @@ def fsck_findings(disk: str | Path) -> FsckFindings:
 def fsck_problems(disk: str | Path) -> list[str]:
     """``fsck.fat -n`` on the disk's ESP: every line that is not harmless after a power cut."""
     return fsck_findings(disk).problems
-
-
