@@ -94,12 +94,14 @@ class EspImage:
         self._run("mren", "-i", self.image, f"::{old}", new.rsplit("/", 1)[-1])
 
 
+# fsck.fat -n on a FAT whose dirty flag is set (harmless, but it decides what lost clusters mean).
+FSCK_DIRTY = r"Dirty bit is set\. Fs was not properly unmounted"
 # What fsck.fat -n says of a FAT whose only fault is the dirty flag left by a power
 # cut (offset 65 = 0x41 is that flag, differing from the backup boot sector).
 FSCK_HARMLESS = [re.compile(p) for p in (
     r"fsck\.fat \d", r"There are differences between boot sector and its backup\.",
     r"This is mostly harmless\. Differences: \(offset:original/backup\)", r"65:01/00$",
-    r"Not automatically fixing this\.", r"Dirty bit is set\. Fs was not properly unmounted",
+    r"Not automatically fixing this\.", FSCK_DIRTY,
     r"Automatically removing dirty bit\.", r"Leaving filesystem unchanged\.", r".*: \d+ files, \d+/\d+ clusters$",
     # FAT32's FSInfo free-cluster count is a hint by the specification ("may not be
     # accurate"); vfat rewrites it only when the file system is synced (the init does
@@ -114,7 +116,6 @@ FSCK_HARMLESS = [re.compile(p) for p in (
 # next boot salvages them. A fault only where the dirty flag is clear: the init checks
 # a FAT only when the flag says it was not unmounted cleanly.
 FSCK_LOST_CLUSTERS = re.compile(r"Reclaimed (\d+) unused clusters? \(\d+ bytes\)")
-FSCK_DIRTY = re.compile(r"Dirty bit is set\.")
 
 
 class FsckFindings(NamedTuple):
@@ -132,7 +133,7 @@ def fsck_findings(disk: str | Path) -> FsckFindings:
             part.write_bytes(f.read((esp.last_lba - esp.first_lba + 1) * 512))
         r = subprocess.run(["fsck.fat", "-n", str(part)], capture_output=True, text=True)
     lines = [line.strip() for line in (r.stdout + r.stderr).splitlines() if line.strip()]
-    dirty = any(FSCK_DIRTY.match(line) for line in lines)
+    dirty = any(re.match(FSCK_DIRTY, line) for line in lines)
     problems, lost = [], 0
     for line in lines:
         m = FSCK_LOST_CLUSTERS.match(line)
