@@ -95,6 +95,11 @@ def check_repair(due: bool, console: str) -> str:
     return ""
 
 
+def salvaged_files(m: Machine) -> int:
+    """The FSCKnnnn.REC files the init's FAT checks have left in the ESP's root."""
+    return sum(1 for n in m.esp_list("/") if n.upper().startswith("FSCK") and n.upper().endswith(".REC"))
+
+
 class Soak:
     def __init__(self, image: Path, out: Path, target: int, machines: int, window: float, seed: int | None) -> None:
         self.image = image
@@ -113,7 +118,7 @@ class Soak:
         self.repair_due: dict[str, bool] = saved.get("repair_due", {})  # machine -> lost clusters after the last cut
         self._already = self.figures.seconds  # earlier runs'
         self._started = 0.0
-        self.salvaged: dict[str, int] = {}
+        self.salvaged: dict[str, int] = {}  # machine -> salvaged_files on its disk now
         self.stop = threading.Event()  # SIGINT/SIGTERM: finish the cycles under way, then report
 
     def save(self) -> None:
@@ -151,7 +156,7 @@ class Soak:
         text, self._offsets[name] = log[self._offsets.get(name, 0):], len(log)  # this cycle's console
         fsck = fsck_findings(m.disk)
         problems = [f"fsck.fat -n: {p}" for p in fsck.problems]
-        salvaged = [n for n in m.esp_list("/") if n.upper().startswith("FSCK") and n.upper().endswith(".REC")]
+        salvaged = salvaged_files(m)
         whole: dict[str, str] = {}
         torn: list[str] = []
         for rec_name in m.esp_list(HISTORY):
@@ -186,7 +191,7 @@ class Soak:
                 problems.append(problem)
             self.repair_due[name] = fsck.lost_clusters > 0
             f.lost_clusters += fsck.lost_clusters
-            self.salvaged[name] = len(salvaged)
+            self.salvaged[name] = salvaged
             f.salvaged_files = sum(self.salvaged.values())
             problem = check_backoff(counter, f.boots)
             if problem:
@@ -204,9 +209,11 @@ class Soak:
         name = f"m{index}"
         fresh = not (self.out / name / "disk.raw").exists()
         m = Machine(self.image, self.out / name, name=f"soak-{name}", log_dir=self.out / "logs", resume=True)
-        if fresh:
-            with self.lock:
+        salvaged = salvaged_files(m)  # a resumed run counts both disks from its first cut
+        with self.lock:
+            if fresh:
                 self.seen[name] = {}  # a new disk: nothing on it was seen before
+            self.salvaged[name] = salvaged
         m.esp_write("/appliance-test/always", b"soak")
         while not self.done():
             try:
