@@ -42,24 +42,24 @@ $(VENV_STAMP): python/pyproject.toml | $(HOST_STAMP)
 deps: $(HOST_STAMP) $(VENV_STAMP) ## install what building and testing need (apt, venv)
 
 image: deps ## build build/appliance.raw (and .efi, .bmap); CORE=, PROFILE=debug
-	$(PY) -m appliance.build image --build-dir $(BUILD) --cache-dir $(CACHE_DIR) --profile $(PROFILE) \
+	$(PY) -m appliance.builder image --build-dir $(BUILD) --cache-dir $(CACHE_DIR) --profile $(PROFILE) \
 		--esp-free-mib $(ESP_FREE_MIB) $(HOSTNAME_ARG)
 
 # The test image boots the UKI directly (SECURE_BOOT=off): shim costs its many boots about 4 s
 # each under TCG; the shipped layout is tested on the demo image and in test_qemu_secureboot.py.
 test-image: deps ## build build/test/appliance.raw with the crash-matrix test core (and build/test-v2, an update to it; build/test-net, NETWORK=dhcp)
-	$(PY) -m appliance.build image --build-dir $(BUILD)/test --cache-dir $(CACHE_DIR) \
+	$(PY) -m appliance.builder image --build-dir $(BUILD)/test --cache-dir $(CACHE_DIR) \
 		--core tests/cores/matrix --core-memory-max 256M --history-records 4 --hw-watchdog-seconds 15 \
 		--secure-boot off --hostname matrix
-	$(PY) -m appliance.build image --build-dir $(BUILD)/test-v2 --cache-dir $(CACHE_DIR) \
+	$(PY) -m appliance.builder image --build-dir $(BUILD)/test-v2 --cache-dir $(CACHE_DIR) \
 		--core tests/cores/matrix --core-memory-max 256M --history-records 4 --hw-watchdog-seconds 15 \
 		--secure-boot off --image-version test-v2 --hostname matrix
-	$(PY) -m appliance.build image --build-dir $(BUILD)/test-net --cache-dir $(CACHE_DIR) \
+	$(PY) -m appliance.builder image --build-dir $(BUILD)/test-net --cache-dir $(CACHE_DIR) \
 		--core tests/cores/matrix --core-memory-max 256M --history-records 4 --hw-watchdog-seconds 15 \
 		--secure-boot off --hostname matrix --network dhcp
 
 size: deps ## print the UKI's size breakdown (kernel, initrd, largest directories)
-	$(PY) -m appliance.build size $(BUILD)/appliance.efi
+	$(PY) -m appliance.builder size $(BUILD)/appliance.efi
 
 qemu: deps ## boot build/appliance.raw in QEMU/OVMF on this terminal (Ctrl-a x quits)
 	$(PY) -m appliance.harness.run $(BUILD)/appliance.raw
@@ -104,7 +104,7 @@ bench: deps ## ours vs a systemd image: sizes, builds, boots, crash turnaround [
 	$(PY) -m appliance.bench --build-dir $(BUILD) --cache-dir $(CACHE_DIR) $(if $(filter 1 yes true,$(BENCH_COLD)),--cold)
 
 bench-build: deps ## time a rebuild after a change to one file under python/ (prints seconds)
-	$(PY) -m appliance.build bench-rebuild --build-dir $(BUILD) --cache-dir $(CACHE_DIR)
+	$(PY) -m appliance.builder bench-rebuild --build-dir $(BUILD) --cache-dir $(CACHE_DIR)
 
 clean: ## remove build outputs (keeps the package cache and incremental image)
 	rm -rf $(BUILD)

@@ -1,6 +1,7 @@
 from pathlib import Path
 
-from appliance.init import backoff
+from appliance.esp import backoff
+from tests.helpers import esp_folder, layout, on_esp
 
 
 def test_delays_double_from_one_second_to_the_cap() -> None:
@@ -11,24 +12,25 @@ def test_delays_double_from_one_second_to_the_cap() -> None:
 
 
 def test_state_round_trip(tmp_path: Path) -> None:
-    p = tmp_path / backoff.STATE_FILE
-    assert backoff.load(str(p)) == (0, "")
-    backoff.save(str(p), 5)
-    assert backoff.load(str(p)) == (5, "")
+    esp, p = esp_folder(tmp_path), on_esp(tmp_path, layout.BACKOFF)
+    assert backoff.load(esp) == (0, "")
+    backoff.save(esp, 5)
+    assert backoff.load(esp) == (5, "")
     assert p.read_bytes() == b"failures = 5\n"
-    assert not (tmp_path / "backoff.txt.tmp").exists()
+    assert not p.with_name(p.name + ".tmp").exists()
 
 
 def test_garbage_state_counts_as_zero_and_is_reported(tmp_path: Path) -> None:
-    p = tmp_path / backoff.STATE_FILE
+    esp, p = esp_folder(tmp_path), on_esp(tmp_path, layout.BACKOFF)
+    p.parent.mkdir()
     for junk in (b"\x00\xff garbage", b"[]", b"failures = -3\n", b"failures = x\n", b"failures = \xc2\xb2\n", b""):
         p.write_bytes(junk)
-        n, problem = backoff.load(str(p))
+        n, problem = backoff.load(esp)
         assert n == 0 and "unreadable" in problem
 
 
 def test_make_dirs_creates_each_level(tmp_path: Path) -> None:
-    from appliance.init.fsutil import make_dirs
+    from appliance.esp.fsutil import make_dirs
     make_dirs(str(tmp_path / "a/b/c"))
     assert (tmp_path / "a/b/c").is_dir()
     make_dirs(str(tmp_path / "a/b/c"))  # again: nothing to do, no error

@@ -3,6 +3,7 @@
 import struct
 from pathlib import Path
 
+from appliance import efivars as efi
 from appliance.init import bootdev
 
 
@@ -46,8 +47,8 @@ def test_the_controller_is_found_in_sysfs_through_bridges(tmp_path: Path) -> Non
 def test_boot_controller_from_efivarfs_and_the_aliases_below_it(tmp_path: Path) -> None:
     efivars = tmp_path / "efivars"
     efivars.mkdir()
-    (efivars / f"BootCurrent-{bootdev.GLOBAL}").write_bytes(b"\x06\0\0\0" + struct.pack("<H", 0x0001))
-    (efivars / f"Boot0001-{bootdev.GLOBAL}").write_bytes(
+    (efivars / f"BootCurrent-{efi.GLOBAL}").write_bytes(b"\x06\0\0\0" + struct.pack("<H", 0x0001))
+    (efivars / f"Boot0001-{efi.GLOBAL}").write_bytes(
         b"\x07\0\0\0" + load_option("UEFI Misc Device", PCI_ROOT + pci(2, 0) + END))
     fn = tmp_path / "devices" / "pci0000:00" / "0000:00:02.0"
     (fn / "virtio1").mkdir(parents=True)

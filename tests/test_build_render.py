@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from appliance.build import mkosi, render
-from appliance.build.mirror import MirrorError, Mirrors, parse_indextargets
-from appliance.init import kvfile
+from appliance.builder import mkosi, render
+from appliance.builder.mirror import MirrorError, Mirrors, parse_indextargets
+from appliance.esp import kvfile
 
 INDEXTARGETS = """bookworm-security http://mirror.example/debian-security/
 bookworm http://mirror.example/debian/
@@ -65,7 +65,7 @@ def test_render_writes_sources_config_and_core(repo: Path, tmp_path: Path) -> No
 
 
 def test_rendered_config_loads_in_the_init(repo: Path, tmp_path: Path) -> None:
-    from appliance.init import config
+    from appliance import initconf as config
     settings = render.Settings(repo=repo, core=repo / "examples/demo-core.py", mirrors=Mirrors("http://m", None),
                                core_memory_max="200M")
     render.render(settings, tmp_path / "r")
@@ -90,7 +90,7 @@ def test_no_registry_host_names_in_the_repository(repo: Path) -> None:
 
 
 def test_security_mirror_override(monkeypatch: pytest.MonkeyPatch) -> None:
-    from appliance.build import mirror
+    from appliance.builder import mirror
     assert mirror.host_mirrors("http://m/debian", "none").security is None
     assert mirror.host_mirrors("http://m/debian", "http://s/sec/").security == "http://s/sec"
     import subprocess

@@ -1,6 +1,7 @@
 from pathlib import Path
 
-from appliance.init import config, kvfile
+from appliance import initconf as config
+from appliance.esp import kvfile
 
 
 def test_load_baked_config_and_switches(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.init.corehooks import THREAD_CRASH_STATUS
+from appliance.core.hooks import THREAD_CRASH_STATUS
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -22,7 +22,7 @@ def run_core(tmp_path: Path, code: str, as_dir: bool = False) -> subprocess.Comp
         core = tmp_path / "core.py"
         core.write_text(textwrap.dedent(code))
     launcher = (f"import sys; sys.path.insert(0, {str(REPO / 'python')!r}); "
-                "from appliance.init.corehooks import run_core; run_core(sys.argv[1:])")
+                "from appliance.core.hooks import run_core; run_core(sys.argv[1:])")
     return subprocess.run([sys.executable, "-c", launcher, str(core)], capture_output=True, text=True, timeout=30)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.build import deps, inspect
+from appliance.builder import deps, inspect
 
 
 def make_wheel(directory: Path, name: str, version: str, tag: str = "py3-none-any",

@@ -4,9 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.build import disk
-from appliance.init import gpt
-from appliance.init.esp import ESP_NAME
+from appliance.builder import disk
+from appliance.esp import gpt, layout
 from appliance.media.espfs import EspImage
 
 
@@ -32,7 +31,7 @@ def test_gpt_has_one_named_esp_with_our_guid(image: tuple[Path, bytes, str]) -> 
     raw, _, part = image
     parts = gpt.read_partitions(str(raw))
     assert len(parts) == 1
-    assert parts[0].is_esp and parts[0].name == ESP_NAME and parts[0].unique_guid == part
+    assert parts[0].is_esp and parts[0].name == layout.NAME and parts[0].unique_guid == part
     assert parts[0].first_lba * 512 == disk.ALIGN
     out = subprocess.run(["sfdisk", "--verify", str(raw)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -66,7 +65,7 @@ def test_corrupt_gpt_header_is_refused(image: tuple[Path, bytes, str], tmp_path:
 
 
 def test_dirty_flag_decides_whether_fsck_runs(image: tuple[Path, bytes, str], tmp_path: Path) -> None:
-    from appliance.init.esp import FAT32_STATE_OFFSET, fat_dirty
+    from appliance.esp.fat import FAT32_STATE_OFFSET, fat_dirty
     raw, _, _ = image
     esp = gpt.read_partitions(str(raw))[0]
     with raw.open("rb") as f:
@@ -96,7 +95,7 @@ def test_guids_read_as_uuid_writes_them() -> None:
 
 def _set_dirty_flag(disk: Path) -> None:
     """The ESP's FAT marked not unmounted cleanly, as a cut while it was mounted leaves it."""
-    from appliance.init.esp import FAT32_STATE_OFFSET
+    from appliance.esp.fat import FAT32_STATE_OFFSET
     esp = gpt.read_partitions(str(disk))[0]
     with disk.open("r+b") as f:
         f.seek(esp.first_lba * 512 + FAT32_STATE_OFFSET)

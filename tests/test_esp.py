@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from appliance.init import esp, gpt
+from appliance import efivars as efi
+from appliance.esp import gpt, layout
+from appliance.init import findesp as esp
 from appliance.init.kernel import MS_RDONLY
 
 ESP = gpt.ESP_TYPE
@@ -16,13 +18,13 @@ def new_guid() -> str:
     return str(uuid.uuid4())
 
 
-def part(n: int, guid: str, type_: str = ESP, name: str = esp.ESP_NAME) -> gpt.Partition:
+def part(n: int, guid: str, type_: str = ESP, name: str = layout.NAME) -> gpt.Partition:
     return gpt.Partition(n, type_, guid, 2048, 4096, name)
 
 
 def test_loader_partuuid_from_efivarfs(tmp_path: Path) -> None:
     g = new_guid()
-    f = tmp_path / f"LoaderDevicePartUUID-{esp.LOADER_VENDOR}"
+    f = tmp_path / f"LoaderDevicePartUUID-{efi.LOADER}"
     f.write_bytes(b"\x06\x00\x00\x00" + str(g).upper().encode("utf-16-le") + b"\x00\x00")
     assert esp.loader_partuuid(str(tmp_path)) == g  # read in any case, kept in the canonical one
     f.write_bytes(b"\x06\x00\x00\x00garbage")
@@ -80,7 +82,7 @@ def test_partition_node_names(tmp_path: Path) -> None:
 
 
 def test_scan_reads_gpt_from_device_nodes(tmp_path: Path) -> None:
-    from appliance.build import disk
+    from appliance.builder import disk
     uki = tmp_path / "u.efi"
     uki.write_bytes(b"MZ" * 100)
     g = new_guid()
@@ -163,7 +165,7 @@ def test_scanner_skips_hostile_failing_and_hung_disks_and_says_so(tmp_path: Path
     (Path(dev) / "sdc").write_bytes(bytes(4096))  # no GPT at all: nothing to say
     # sdd has no node: reading it fails with an OSError
     good = str(uuid.uuid4())
-    one = baddisks.table([baddisks.entry(gpt.ESP_TYPE, good, 2048, 4095, esp.ESP_NAME)])
+    one = baddisks.table([baddisks.entry(gpt.ESP_TYPE, good, 2048, 4095, layout.NAME)])
     baddisks.write(Path(dev) / "vda", 8 << 20, {1: baddisks.header(table=one, last_usable=16000), 2: one})
     scanner = esp.DiskScanner(sys_block, dev, timeout=1.0)
     started = time.monotonic()

@@ -1,15 +1,26 @@
 from pathlib import Path
+from typing import Any
 
-from appliance.init import records
-from appliance.init.history import History
+from appliance.esp import records
+from appliance.esp.files import MountedEsp
+from appliance.esp.history import History
 
 
-def big_disk(_: str) -> int:
+def big_disk() -> int:
     return 1 << 40
 
 
+def folder(path: Path, **kw: Any) -> History:
+    """A history whose directory is the folder ``path`` (the ESP's root, in a test)."""
+    return History(MountedEsp(str(path)), "/", **kw)
+
+
+def where(h: History, entry: Any) -> Path:
+    return Path(h.where(entry))
+
+
 def test_keeps_the_last_n_records(tmp_path: Path) -> None:
-    h = History(str(tmp_path / "h"), max_records=8, max_bytes=1 << 30, free_floor=0, free_bytes=big_disk)
+    h = folder(tmp_path / "h", max_records=8, max_bytes=1 << 30, free_floor=0, free_bytes=big_disk)
     for i in range(20):
         entry, why = h.add("runtime-log", f"crash {i}".encode())
         assert entry is not None, why
@@ -19,7 +30,7 @@ def test_keeps_the_last_n_records(tmp_path: Path) -> None:
 
 
 def test_byte_cap_bounds_the_history_but_keeps_the_newest(tmp_path: Path) -> None:
-    h = History(str(tmp_path), max_records=100, max_bytes=10_000, free_floor=0, free_bytes=big_disk)
+    h = folder(tmp_path, max_records=100, max_bytes=10_000, free_floor=0, free_bytes=big_disk)
     for _ in range(10):
         h.add("runtime-log", b"x" * 3000)
     assert sum(e.size for e in h.entries()) <= 10_000
@@ -29,8 +40,8 @@ def test_byte_cap_bounds_the_history_but_keeps_the_newest(tmp_path: Path) -> Non
 
 def test_free_space_floor_removes_oldest_then_refuses(tmp_path: Path) -> None:
     free = {"bytes": 10_000}
-    h = History(str(tmp_path), max_records=100, max_bytes=1 << 30, free_floor=5_000,
-                free_bytes=lambda _: free["bytes"])
+    h = folder(tmp_path, max_records=100, max_bytes=1 << 30, free_floor=5_000,
+                free_bytes=lambda: free["bytes"])
     first, _ = h.add("runtime-log", b"a" * 1000)
     assert first is not None
     free["bytes"] = 5_500  # below the floor once a record is written: the oldest goes first
@@ -40,18 +51,18 @@ def test_free_space_floor_removes_oldest_then_refuses(tmp_path: Path) -> None:
 
 
 def test_interrupted_writes_are_cleaned_and_torn_records_reported(tmp_path: Path) -> None:
-    h = History(str(tmp_path), free_floor=0, free_bytes=big_disk)
+    h = folder(tmp_path, free_floor=0, free_bytes=big_disk)
     entry, _ = h.add("runtime-log", b"payload" * 100)
     assert entry is not None
     (tmp_path / "000009-runtime-log.rec.tmp").write_bytes(b"half")
-    Path(entry.path).write_bytes(Path(entry.path).read_bytes()[:-10])
+    where(h, entry).write_bytes(where(h, entry).read_bytes()[:-10])
     entries = h.entries()
     assert not (tmp_path / "000009-runtime-log.rec.tmp").exists()
     assert "torn" in h.read(entries[0]).problem
 
 
 def test_new_records_continue_the_sequence(tmp_path: Path) -> None:
-    h = History(str(tmp_path), free_floor=0, free_bytes=big_disk)
+    h = folder(tmp_path, free_floor=0, free_bytes=big_disk)
     (tmp_path / "000041-runtime-log.rec").write_bytes(records.encode("runtime-log", b"old"))
     entry, _ = h.add("runtime-log", b"new")
     assert entry is not None and entry.sequence == 42
@@ -60,7 +71,7 @@ def test_new_records_continue_the_sequence(tmp_path: Path) -> None:
 def test_a_directory_stuffed_with_record_files_drains_in_bounded_steps(tmp_path: Path, monkeypatch: object) -> None:
     import os
 
-    from appliance.init import history as history_mod
+    from appliance.esp import history as history_mod
     d = tmp_path / "h"
     d.mkdir()
     for i in range(1, 1001):
@@ -72,15 +83,15 @@ def test_a_directory_stuffed_with_record_files_drains_in_bounded_steps(tmp_path:
         now[0] += 0.01
         return now[0]
 
-    h = History(str(d), max_records=4, max_bytes=1 << 30, free_floor=0, free_bytes=big_disk, clock=clock)
+    h = folder(d, max_records=4, max_bytes=1 << 30, free_floor=0, free_bytes=big_disk, clock=clock)
     stats = []
-    real_stat = os.stat
+    real_size = h.files.size
 
-    def counting_stat(path: str) -> os.stat_result:
+    def counting_size(path: str) -> int:
         stats.append(path)
-        return real_stat(path)
+        return real_size(path)
 
-    monkeypatch.setattr(history_mod.os, "stat", counting_stat)  # type: ignore[attr-defined]
+    monkeypatch.setattr(h.files, "size", counting_size)  # type: ignore[attr-defined]
     entries = h.entries()
     assert len(stats) == len(entries) == 4 + history_mod.LOOK_BEYOND  # only the newest names are looked at
     assert entries[-1].sequence == 1000
@@ -96,14 +107,14 @@ def test_a_directory_stuffed_with_record_files_drains_in_bounded_steps(tmp_path:
 
 
 def test_torn_and_corrupt_records_are_found_at_the_next_addition(tmp_path: Path) -> None:
-    h = History(str(tmp_path), max_records=8, max_bytes=1 << 30, free_floor=0, free_bytes=big_disk)
+    h = folder(tmp_path, max_records=8, max_bytes=1 << 30, free_floor=0, free_bytes=big_disk)
     first, _ = h.add("runtime-log", b"a whole record" * 100)
     second, _ = h.add("runtime-log", b"another")
     assert first is not None and second is not None and h.problems == []
-    data = Path(first.path).read_bytes()
-    Path(first.path).write_bytes(data[:-10])  # cut short, as a power cut without the rename would
-    Path(second.path).write_bytes(Path(second.path).read_bytes() + b"junk")
+    data = where(h, first).read_bytes()
+    where(h, first).write_bytes(data[:-10])  # cut short, as a power cut without the rename would
+    where(h, second).write_bytes(where(h, second).read_bytes() + b"junk")
     h.add("runtime-log", b"third")
-    assert h.problems == [f"{first.path}: torn record: {len(b'a whole record') * 100 - 10} of 1400 bytes present",
-                          f"{second.path}: corrupt record: 4 bytes beyond its length"]
-    assert [records.decode(Path(e.path).read_bytes()).ok for e in h.entries()] == [False, False, True]
+    assert h.problems == [f"{where(h, first)}: torn record: {len(b'a whole record') * 100 - 10} of 1400 bytes "
+                          "present", f"{where(h, second)}: corrupt record: 4 bytes beyond its length"]
+    assert [records.decode(where(h, e).read_bytes()).ok for e in h.entries()] == [False, False, True]

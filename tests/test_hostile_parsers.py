@@ -20,22 +20,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from appliance import efivars as efi
+from appliance import initconf as config
+from appliance.esp import backoff, gpt, history, kvfile, lastboot, layout, records
 from appliance.harness import baddisks
-from appliance.init import (
-    backoff,
-    bootdev,
-    config,
-    esp,
-    gpt,
-    history,
-    initfailure,
-    kvfile,
-    lastboot,
-    pstore,
-    records,
-    runtimelog,
-    watchdog,
-)
+from appliance.init import bootdev, initfailure, pstore, runtimelog, watchdog
+from appliance.init import findesp as esp
+from tests.helpers import esp_folder, on_esp
 
 pytestmark = pytest.mark.fuzz
 MAX_GPT_READ = 4096 + gpt.MAX_TABLE_BYTES  # one header sector (at most 4 KiB) and the table
@@ -186,24 +177,26 @@ def test_kvfile_round_trip(values: dict[str, str]) -> None:
 @given(st.binary(max_size=6000))
 def test_state_files_on_the_esp_never_raise(tmp_path_factory: pytest.TempPathFactory, data: bytes) -> None:
     d = tmp_path_factory.mktemp("state")
-    for name in (backoff.STATE_FILE, lastboot.STATE_FILE):
-        (d / name).write_bytes(data)
-    n, problem = backoff.load(str(d / backoff.STATE_FILE))
+    for path in (layout.BACKOFF, layout.LAST_BOOT):
+        on_esp(d, path).parent.mkdir(exist_ok=True)
+        on_esp(d, path).write_bytes(data)
+    n, problem = backoff.load(esp_folder(d))
     assert n >= 0 and (n == 0 or not problem)
-    state, problem = lastboot.load(str(d / lastboot.STATE_FILE))
+    state, problem = lastboot.load(esp_folder(d))
     assert state is None or isinstance(state.running, bool)
     lastboot.reason(state)
 
 
 def test_a_state_file_of_100_mb_is_read_only_at_its_start(tmp_path: Path) -> None:
-    big = tmp_path / backoff.STATE_FILE
+    big = on_esp(tmp_path, layout.BACKOFF)
+    big.parent.mkdir()
     with big.open("wb") as f:
         f.write(b"failures = 3\n")
         f.truncate(100 << 20)
-    n, problem = backoff.load(str(big))
+    n, problem = backoff.load(esp_folder(tmp_path))
     assert n == 0 and "unreadable" in problem  # 4 KiB read: the NULs are not a count
     big.write_bytes(b"failures = 2\n#" + b"#" * (100 << 20))
-    n, problem = backoff.load(str(big))
+    n, problem = backoff.load(esp_folder(tmp_path))
     assert (n, problem) == (2, "")  # the first 4 KiB are a valid file; the rest is never read
 
 
@@ -240,17 +233,17 @@ def test_pstore_collect_anything(tmp_path_factory: pytest.TempPathFactory, files
 @given(st.binary(max_size=600))
 def test_efi_variables_any_bytes(tmp_path_factory: pytest.TempPathFactory, data: bytes) -> None:
     d = tmp_path_factory.mktemp("efivars")
-    (d / f"LoaderDevicePartUUID-{esp.LOADER_VENDOR}").write_bytes(data)
+    (d / f"LoaderDevicePartUUID-{efi.LOADER}").write_bytes(data)
     guid = esp.loader_partuuid(str(d))
     assert guid is None or gpt.parse_guid(guid) == guid
-    (d / f"BootCurrent-{bootdev.GLOBAL}").write_bytes(b"\x06\0\0\0\x01\x00")
-    (d / f"Boot0001-{bootdev.GLOBAL}").write_bytes(data)
+    (d / f"BootCurrent-{efi.GLOBAL}").write_bytes(b"\x06\0\0\0\x01\x00")
+    (d / f"Boot0001-{efi.GLOBAL}").write_bytes(data)
     assert bootdev.boot_controller(str(d), str(d / "no-sys")) is None
     path = bootdev.device_path(data)
     assert len(path) <= len(data)
     parsed = bootdev.pci_nodes(data)
     assert parsed is None or len(parsed[1]) <= len(data) // 6
-    (d / initfailure.NAME).write_bytes(data)
+    Path(efi.path(initfailure.NAME, efi.APPLIANCE, str(d))).write_bytes(data)
     text, problem = initfailure.load(str(d))
     assert problem == "" and (text is None or len(text) <= initfailure.MAX_BYTES)
     assert len(initfailure.summary(text or b"")) <= 200
@@ -258,7 +251,7 @@ def test_efi_variables_any_bytes(tmp_path_factory: pytest.TempPathFactory, data:
 
 def test_the_init_failure_variable_is_bounded_and_erased(tmp_path: Path) -> None:
     assert initfailure.save("x" * 10 + "y" * 10000 + "\nMemoryError\n", str(tmp_path)) == ""
-    raw = (tmp_path / initfailure.NAME).read_bytes()
+    raw = Path(efi.path(initfailure.NAME, efi.APPLIANCE, str(tmp_path))).read_bytes()
     assert raw[:4] == struct.pack("<I", 7) and len(raw) == 4 + initfailure.MAX_BYTES
     text, _ = initfailure.load(str(tmp_path))
     assert text is not None and text.endswith(b"MemoryError\n") and text.startswith(b"[...]")

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from appliance.build import identity
-from appliance.init import identity as running
+from appliance.builder import identity
+from appliance.esp import identity as running
 
 
 def test_the_build_id_follows_the_inputs_and_nothing_else(tmp_path: Path) -> None:

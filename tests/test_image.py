@@ -6,9 +6,9 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from appliance.build import inspect, stdlibzip
-from appliance.build.render import read_module_list
-from appliance.init import gpt
+from appliance.builder import inspect, stdlibzip
+from appliance.builder.render import read_module_list
+from appliance.esp import gpt, layout
 from appliance.init.modules import module_name
 
 pytestmark = pytest.mark.image
@@ -68,8 +68,8 @@ def test_disk_image_boots_through_shim_and_systemd_boot(built_raw: Path, built_e
     """make image's default (SECURE_BOOT=shim): Debian's shim at the removable-media path,
     MokManager beside it, systemd-boot (signed by us) where shim looks, our certificate at
     the root; systemd-boot's configuration and one committed entry running our UKI."""
-    from appliance.build import signing
-    from appliance.init import bootentries, uki
+    from appliance.builder import signing
+    from appliance.esp import bootentries, uki
     from appliance.media.espfs import EspImage
     parts = gpt.read_partitions(str(built_raw))
     assert [p.is_esp for p in parts] == [True]
@@ -81,11 +81,11 @@ def test_disk_image_boots_through_shim_and_systemd_boot(built_raw: Path, built_e
     (tmp_path / "sd-boot.efi").write_bytes(esp.read("/EFI/BOOT/grubx64.efi"))
     signing.verify(tmp_path / "sd-boot.efi", key.cert)
     assert b"#### LoaderInfo: systemd-boot " in (tmp_path / "sd-boot.efi").read_bytes()
-    assert esp.read(bootentries.LOADER_CONF).decode() == bootentries.LOADER_CONF_TEXT
+    assert esp.read(layout.LOADER_CONF).decode() == bootentries.LOADER_CONF_TEXT
     version = uki.read_path(str(built_efi)).identity.version
-    assert esp.list(bootentries.ENTRIES_DIR) == ["appliance-000001.conf"]  # committed: no boot counter
+    assert esp.list(layout.ENTRIES_DIR) == ["appliance-000001.conf"]  # committed: no boot counter
     path = bootentries.uki_path(1, version)
-    assert esp.read(f"{bootentries.ENTRIES_DIR}/appliance-000001.conf").decode() == bootentries.entry_text(
+    assert esp.read(f"{layout.ENTRIES_DIR}/appliance-000001.conf").decode() == bootentries.entry_text(
         1, version, path)
     assert esp.read(path) == built_efi.read_bytes()
     signing.verify(built_efi, key.cert)
@@ -95,7 +95,7 @@ def test_disk_image_boots_through_shim_and_systemd_boot(built_raw: Path, built_e
 
 def test_the_image_knows_who_it_is(built_efi: Path, initrd: dict[str, inspect.Entry]) -> None:
     """The version and build id are in the UKI's .osrel and in the os-release the init reads."""
-    from appliance.init import identity, uki
+    from appliance.esp import identity, uki
     found = uki.read_path(str(built_efi))
     assert found.os_release["IMAGE_ID"] == "appliance" and found.os_release["ID"] == "debian"
     assert found.identity.version and len(found.identity.build_id) == 12

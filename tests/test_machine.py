@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from appliance.build import render
-from appliance.build.mirror import Mirrors
+from appliance import initconf
+from appliance.builder import render
+from appliance.builder.mirror import Mirrors
 from appliance.init import machine
 
 
@@ -18,15 +19,15 @@ from appliance.init import machine
     ("a" * 64, False), ("a." * 32 + "a", False), ("x\n", False),
 ])
 def test_host_names_are_rfc1123_labels_of_at_most_64_bytes(name: str, ok: bool) -> None:
-    assert machine.valid_hostname(name) is ok
+    assert initconf.valid_hostname(name) is ok
 
 
 def test_a_missing_or_bad_hostname_file_gives_the_default_and_says_why(tmp_path: Path) -> None:
-    assert machine.read_hostname(str(tmp_path / "none"))[0] == machine.DEFAULT_HOSTNAME
+    assert machine.read_hostname(str(tmp_path / "none"))[0] == initconf.DEFAULT_HOSTNAME
     assert "cannot read" in machine.read_hostname(str(tmp_path / "none"))[1]
     (tmp_path / "hostname").write_bytes(b"\xff\xfe junk\n")
     name, problem = machine.read_hostname(str(tmp_path / "hostname"))
-    assert name == machine.DEFAULT_HOSTNAME and "no valid host name" in problem
+    assert name == initconf.DEFAULT_HOSTNAME and "no valid host name" in problem
     (tmp_path / "hostname").write_text("kiosk-7\n")
     assert machine.read_hostname(str(tmp_path / "hostname")) == ("kiosk-7", "")
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from appliance.build import disk
-from appliance.init import records
+from appliance.builder import disk
+from appliance.esp import records
 from appliance.media import blockdev, dumps, espfs, flash
 
 MIB = 1 << 20

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.build import mkosi, packages
+from appliance.builder import mkosi, packages
 
 STATUS = "\n".join([
     "python3-requests\t\tpython3:any, python3-certifi, python3-urllib3 | python3-urllib3-compat",

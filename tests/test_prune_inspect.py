@@ -3,7 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from appliance.build import elf, inspect, prune
+from appliance.builder import elf, inspect, prune
 
 
 def test_elf_needed_reads_dt_needed() -> None:

@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 
-from appliance.init import exitstatus, lastboot, pstore, watchdog
+from appliance.esp import lastboot
+from appliance.init import exitstatus, pstore, watchdog
 from appliance.init.kernel import Kernel
 from appliance.init.supervise import Outcome, Supervisor, spawn
+from tests.helpers import Recorder, esp_folder, layout, on_esp
 
 # --- pstore ----------------------------------------------------------------------------------
 
@@ -59,7 +61,7 @@ def test_no_pstore_is_nothing(tmp_path: Path) -> None:
 # --- why the previous boot ended ------------------------------------------------------------------
 
 def test_state_round_trip_and_each_reason(tmp_path: Path) -> None:
-    path = str(tmp_path / lastboot.STATE_FILE)
+    path = esp_folder(tmp_path)
     assert lastboot.load(path) == (None, "")
     assert lastboot.reason(None) == (lastboot.UNKNOWN, False)
     lastboot.save_running(path)
@@ -84,7 +86,7 @@ def test_state_round_trip_and_each_reason(tmp_path: Path) -> None:
     assert lastboot.load(path) == (lastboot.State(True, about={k: about[k] for k in lastboot.ABOUT}), "")
     lastboot.save_ended(path, "core", "exited with status 1", {"secure-boot": "off", "image": ""})
     assert lastboot.load(path)[0] == lastboot.State(False, "core", "exited with status 1", {"secure-boot": "off"})
-    Path(path).write_bytes(b"\x00garbage")
+    on_esp(tmp_path, layout.LAST_BOOT).write_bytes(b"\x00garbage")
     state, problem = lastboot.load(path)
     assert state is None and "unreadable" in problem
 
@@ -149,7 +151,7 @@ def subreaper() -> None:
 
 
 def supervise_with_watchdog(tmp_path: Path, code: str, dog: watchdog.SoftWatchdog, said: list[str],
-                            stderr: bytearray, **kw: Any) -> Outcome:
+                            stderr: bytearray, duties: Recorder | None = None, **kw: Any) -> Outcome:
     """Run ``code`` as the core, with its pipe to the init, under a Supervisor."""
     script = tmp_path / "core.py"
     script.write_text(textwrap.dedent(code))
@@ -159,7 +161,7 @@ def supervise_with_watchdog(tmp_path: Path, code: str, dog: watchdog.SoftWatchdo
                 watchdog_fd=dog_w)
     os.close(w)
     os.close(dog_w)
-    sup = Supervisor(pid, r, on_stderr=stderr.extend, say=said.append, watchdog=(dog_r, dog), **kw)
+    sup = Supervisor(pid, r, duties or Recorder(stderr, said), watchdog=(dog_r, dog), **kw)
     sup.install_signals()
     try:
         return sup.run()
@@ -193,10 +195,10 @@ time.sleep(1.5)
 
 def test_a_core_saying_healthy_is_healthy_at_once_and_arms_no_watchdog(tmp_path: Path) -> None:
     said: list[str] = []
-    healthy: list[bool] = []
+    duties = Recorder(said=said)
     dog = watchdog.SoftWatchdog(0.5)  # would fire during the core's sleep, were it armed
-    outcome = supervise_with_watchdog(tmp_path, HEALTHY_CORE, dog, said, bytearray(), healthy_after=600,
-                                      on_healthy=lambda: healthy.append(True))
+    outcome = supervise_with_watchdog(tmp_path, HEALTHY_CORE, dog, said, bytearray(), duties, healthy_after=600)
+    healthy = [True] * duties.healthy_calls
     assert exitstatus.decode(outcome.status).describe() == "exited with status 0 (requested restart)"
     assert healthy == [True] and not dog.armed
     assert any(s.startswith("the core says it is healthy (") for s in said), said

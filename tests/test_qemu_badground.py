@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from appliance.build import disk
+from appliance.builder import disk
+from appliance.esp import gpt, records
 from appliance.harness.machine import Machine
 from appliance.harness.qemu import Drive
-from appliance.init import gpt, records
 from appliance.media import dumps, espfs
 
 pytestmark = pytest.mark.qemu

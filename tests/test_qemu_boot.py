@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from appliance.esp import records, uki
 from appliance.harness.machine import Machine
-from appliance.init import records, uki
 
 pytestmark = pytest.mark.qemu
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from appliance.build import disk
+from appliance.builder import disk
+from appliance.esp import gpt, records
 from appliance.harness import baddisks
 from appliance.harness.machine import Machine
 from appliance.harness.qemu import Drive
-from appliance.init import gpt, records
 from tests.test_qemu_badground import READY, crash_and_find_it_archived
 
 pytestmark = pytest.mark.qemu

@@ -12,8 +12,8 @@ from typing import NamedTuple
 
 import pytest
 
+from appliance.esp import records
 from appliance.harness.machine import Machine
-from appliance.init import records
 
 pytestmark = pytest.mark.qemu
 

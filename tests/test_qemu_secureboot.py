@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from appliance.build import bootmgr, disk, shim, signing
+from appliance.builder import bootmgr, disk, shim, signing
+from appliance.esp import records, uki
 from appliance.harness.machine import Machine
-from appliance.init import records, uki
 from appliance.media.espfs import EspImage
 
 pytestmark = pytest.mark.qemu

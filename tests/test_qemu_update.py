@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from appliance.esp import layout, records, uki
 from appliance.harness.machine import Machine
-from appliance.init import records, trial, uki
 from appliance.media import dumps, update
 
 pytestmark = pytest.mark.qemu
@@ -58,7 +58,7 @@ def test_an_update_staged_from_a_host_is_tried_committed_and_kept(
     crash = [r for r in kept if r.kind == "runtime-log"]
     assert len(crash) == 1 and crash[0].meta["image"].startswith(v1 + " (")
     assert b"matrix core: raised on purpose" in crash[0].payload
-    log = m.esp_read("/appliance/" + trial.UPDATE_LOG).decode()
+    log = m.esp_read(layout.UPDATE_LOG).decode()
     assert f"staged {v2} " in log and "from a host" in log and f"committed {v2} (generation 2)" in log
 
 
@@ -87,7 +87,7 @@ def test_an_update_that_crashes_is_rolled_back_by_the_machine_itself(
     assert m.esp_list("/loader/entries") == ["appliance-000001.conf"]
     crashes = [r for r in history(m) if r.meta.get("image", "").startswith(v2 + " (")]
     assert len(crashes) >= 3 and all(b"raised on purpose" in r.payload for r in crashes)
-    log = m.esp_read("/appliance/" + trial.UPDATE_LOG).decode()
+    log = m.esp_read(layout.UPDATE_LOG).decode()
     assert "from the core" in log and f"update to {v2} rolled back after 3 failed boots" in log
     out = io.StringIO()  # make dumps: the records marked with the version that crashed, and the update log
     dumps.run(str(m.disk), out=out)

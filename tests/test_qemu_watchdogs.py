@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from appliance.esp import records
 from appliance.harness.machine import Machine
-from appliance.init import records
 
 pytestmark = pytest.mark.qemu
 

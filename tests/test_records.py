@@ -1,4 +1,4 @@
-from appliance.init import records
+from appliance.esp import records
 
 
 def test_round_trip_keeps_payload_and_metadata() -> None:

@@ -3,13 +3,14 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
+from appliance import efivars as efi
 from appliance.init import secureboot
 
 
 def fake(tmp_path: Path, value: bytes | None, lockdown: str | None) -> secureboot.State:
     efivars = tmp_path / "efivars"
     efivars.mkdir(exist_ok=True)
-    var = efivars / f"SecureBoot-{secureboot.GLOBAL}"
+    var = efivars / f"SecureBoot-{efi.GLOBAL}"
     if value is not None:
         var.write_bytes(b"\x06\0\0\0" + value)
     elif var.exists():
@@ -43,7 +44,7 @@ def test_any_bytes(tmp_path_factory: object, value: bytes, lockdown: str) -> Non
 def test_signing_key_is_made_once_private_and_checked(tmp_path: Path) -> None:
     import stat
 
-    from appliance.build import signing
+    from appliance.builder import signing
     key = signing.ensure_key(tmp_path / "keys")
     assert stat.S_IMODE(key.key.stat().st_mode) == 0o600
     assert signing.der(key.cert, tmp_path / "key.cer").read_bytes()[:1] == b"\x30"  # DER: a SEQUENCE
@@ -63,8 +64,8 @@ def test_the_build_refuses_to_sign_a_debug_image_with_the_fleet_key(tmp_path: Pa
 
     import pytest
 
-    from appliance.build import signing
-    from appliance.build.__main__ import signing_key
+    from appliance.builder import signing
+    from appliance.builder.__main__ import signing_key
 
     def args(**kw: object) -> argparse.Namespace:
         base = {"secure_boot": "shim", "sb_key": "", "sb_cert": "", "keys_dir": str(tmp_path / "keys"),

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from appliance.init import bootentries, staging
+from appliance.esp import bootentries, layout, staging
+from appliance.esp.files import MountedEsp
 from appliance.media import update
 from tests.test_trial import make_esp
 from tests.test_uki import a_uki, make_pe
@@ -17,7 +18,7 @@ from tests.test_uki import a_uki, make_pe
 V2 = make_pe(a_uki(osrel=b"ID=debian\nIMAGE_ID=appliance\nIMAGE_VERSION=2.0\nBUILD_ID=222222222222\n"))
 
 
-class SmallEsp(staging.MountedEsp):
+class SmallEsp(MountedEsp):
     def __init__(self, root: str, free: int) -> None:
         super().__init__(root)
         self.free_bytes = free
@@ -31,8 +32,8 @@ def esp(tmp_path: Path, free: int = 1 << 30) -> SmallEsp:
     return SmallEsp(root, free)
 
 
-def entries(e: staging.MountedEsp) -> list[str]:
-    return e.list(bootentries.ENTRIES_DIR)
+def entries(e: MountedEsp) -> list[str]:
+    return e.list(layout.ENTRIES_DIR)
 
 
 def test_staging_writes_the_image_then_its_counted_entry(tmp_path: Path) -> None:
@@ -42,7 +43,7 @@ def test_staging_writes_the_image_then_its_counted_entry(tmp_path: Path) -> None
                                     "/EFI/appliance/000002-2.0.efi")
     assert entries(e) == ["appliance-000001.conf", "appliance-000002+3.conf"]
     assert e.read(staged.uki) == V2
-    assert e.read(f"{bootentries.ENTRIES_DIR}/{staged.entry}").decode() == bootentries.entry_text(2, "2.0", staged.uki)
+    assert e.read(f"{layout.ENTRIES_DIR}/{staged.entry}").decode() == bootentries.entry_text(2, "2.0", staged.uki)
 
 
 @pytest.mark.parametrize("data, why", [
@@ -68,20 +69,20 @@ def test_an_image_too_big_for_the_reserve_or_unsigned_under_secure_boot_is_refus
 def test_what_a_power_cut_left_is_cleaned_and_one_staged_image_replaces_another(tmp_path: Path) -> None:
     e = esp(tmp_path)
     e.write("/EFI/appliance/000002-2.0.efi", V2[:100])  # cut while the image was written
-    e.write(f"{bootentries.ENTRIES_DIR}/appliance-000002+3.conf.tmp", b"title")  # cut before the rename
+    e.write(f"{layout.ENTRIES_DIR}/appliance-000002+3.conf.tmp", b"title")  # cut before the rename
     said: list[str] = []
     first = staging.stage(e, V2, say=said.append)
     assert first.generation == 2 and e.read(first.uki) == V2
     second = staging.stage(e, V2, tries=2, say=said.append)  # not tried yet: replaced
     assert said == ["replacing the staged image of generation 2, not tried yet"]
     assert entries(e) == ["appliance-000001.conf", "appliance-000002+2.conf"]
-    assert e.list(bootentries.IMAGES_DIR) == ["000001-1.0.efi", "000002-2.0.efi"] and second.generation == 2
+    assert e.list(layout.IMAGES_DIR) == ["000001-1.0.efi", "000002-2.0.efi"] and second.generation == 2
 
 
 def test_an_esp_without_entries_or_a_wrong_target_is_refused(tmp_path: Path) -> None:
     (tmp_path / "bare").mkdir()
     with pytest.raises(staging.StageError, match="no boot entries"):
-        staging.stage(staging.MountedEsp(str(tmp_path / "bare")), V2)
+        staging.stage(MountedEsp(str(tmp_path / "bare")), V2)
     image = tmp_path / "v2.efi"
     image.write_bytes(V2)
     out = io.StringIO()
@@ -119,9 +120,9 @@ class CutAfter(SmallEsp):
         self._tick()
         super().rename(old, new)
 
-    def delete(self, path: str) -> None:
+    def delete(self, path: str, sync: bool = True) -> None:
         self._tick()
-        super().delete(path)
+        super().delete(path, sync)
 
 
 def test_a_power_cut_at_each_step_of_staging_leaves_only_whole_entries(tmp_path: Path) -> None:
@@ -135,10 +136,10 @@ def test_a_power_cut_at_each_step_of_staging_leaves_only_whole_entries(tmp_path:
             finished = True
         except PowerCut:
             finished = False
-        whole = staging.MountedEsp(root)
+        whole = MountedEsp(root)
         for name in entries(whole):
             if name.endswith(".conf"):
-                text = whole.read(f"{bootentries.ENTRIES_DIR}/{name}").decode()
+                text = whole.read(f"{layout.ENTRIES_DIR}/{name}").decode()
                 uki = next(line.split(" ", 1)[1] for line in text.splitlines() if line.startswith("efi "))
                 assert whole.read(uki) in (V2, b"MZ uki 1.0"), (n, name)
         assert whole.read("/EFI/appliance/000001-1.0.efi") == b"MZ uki 1.0"
@@ -152,8 +153,8 @@ def test_a_power_cut_at_each_step_of_staging_leaves_only_whole_entries(tmp_path:
 
 def test_an_image_signed_by_another_key_than_the_running_one_is_refused(test_raw: Path, test_v2_efi: Path,
                                                                         tmp_path: Path) -> None:
-    from appliance.build import signing
-    from appliance.init import uki
+    from appliance.builder import signing
+    from appliance.esp import uki
     ours, other = signing.ensure_key(tmp_path / "ours"), signing.ensure_key(tmp_path / "other")
     signed: dict[str, bytes] = {}
     for name, source, key in (("v1", test_raw.parent / "appliance.efi", ours), ("v2", test_v2_efi, ours),
@@ -174,7 +175,7 @@ def test_an_image_signed_by_another_key_than_the_running_one_is_refused(test_raw
 
 @given(st.binary(max_size=300))
 def test_any_certificate_table_gives_certificates_or_a_reason(table: bytes) -> None:
-    from appliance.init import uki
+    from appliance.esp import uki
     data = make_pe(a_uki()) + table
     u = uki.read(io.BytesIO(data))._replace(signature_offset=len(data) - len(table), signature_size=len(table))
     try:

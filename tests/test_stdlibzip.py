@@ -11,7 +11,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from appliance.build import stdlibzip
+from appliance.builder import stdlibzip
 
 TAG = sys.implementation.cache_tag
 UNCHECKED = py_compile.PycInvalidationMode.UNCHECKED_HASH

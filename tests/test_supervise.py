@@ -14,6 +14,7 @@ import pytest
 from appliance.init.kernel import Kernel
 from appliance.init.sigs import name as signal_name
 from appliance.init.supervise import FORWARDED, Outcome, SpawnError, Supervisor, spawn
+from tests.helpers import Recorder
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -43,7 +44,8 @@ class Run:
         r, w = os.pipe2(os.O_CLOEXEC)
         self.pid = spawn([sys.executable, str(script)], dict(os.environ), w)
         os.close(w)
-        self.sup = Supervisor(self.pid, r, on_stderr=self.stderr.extend, grace=grace)
+        self.duties = Recorder(self.stderr)
+        self.sup = Supervisor(self.pid, r, self.duties, grace=grace)
         self.r = r
 
     def wait_for(self, text: bytes, timeout: float = 20) -> None:
@@ -180,19 +182,22 @@ def test_exec_failure_is_reported_at_spawn(tmp_path: Path) -> None:
 def test_a_flooding_core_does_not_starve_flushes_or_signals(tmp_path: Path) -> None:
     """A core that writes to stderr without pause: the loop still flushes and still
     forwards a shutdown request (it once read until the pipe was empty: never)."""
-    flushes = []
+    flushes: list[float] = []
     run = Run(tmp_path, """
         import signal, sys
         signal.signal(signal.SIGTERM, lambda n, f: sys.exit(9))
         while True:
             sys.stderr.write("flood " * 20 + "\\n")
     """)
-    run.sup.on_flush = lambda: flushes.append(time.monotonic())
 
-    def slow_console(data: bytes) -> None:  # as the serial console is in the guest
-        run.stderr.extend(data)
-        time.sleep(0.002)
-    run.sup.on_stderr = slow_console
+    class SlowConsole(Recorder):
+        def flush(self) -> None:
+            flushes.append(time.monotonic())
+
+        def output(self, data: bytes) -> None:  # as the serial console is in the guest
+            run.stderr.extend(data)
+            time.sleep(0.002)
+    run.sup.duties = SlowConsole()
 
     def send() -> None:
         run.wait_for(b"flood")

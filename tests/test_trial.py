@@ -11,8 +11,22 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from appliance.init import bootentries, fsutil, records, trial
-from appliance.init.bootentries import Entry
+from appliance import efivars as efi
+from appliance.esp import bootentries, fsutil, layout, records, slots, updatelog
+from appliance.esp.bootentries import Entry
+from appliance.esp.files import MountedEsp
+from appliance.init import trial
+from tests.helpers import esp_folder, on_esp
+
+
+def at_boot(esp: str, writable: bool, history: Callable[[], list[records.Record]], say: Callable[[str], None],
+            efivars: str) -> slots.Slots:
+    """The trial's look at boot, on the ESP in the folder ``esp``, with ``efivars`` saying what booted."""
+    return trial.at_boot(MountedEsp(esp), writable, history, say, trial.selected_entry(efivars))
+
+
+def commit(esp: str, found: slots.Slots) -> str:
+    return trial.commit(MountedEsp(esp), found)
 
 
 @pytest.mark.parametrize("name, entry", [
@@ -52,7 +66,7 @@ def make_esp(root: Path, entries: dict[str, str], selected: str) -> tuple[str, s
     efivars = root / "efivars"
     efivars.mkdir()
     if selected:
-        (efivars / f"LoaderEntrySelected-{trial.LOADER_GUID}").write_bytes(
+        (efivars / f"LoaderEntrySelected-{efi.LOADER}").write_bytes(
             b"\x06\0\0\0" + (selected + "\0").encode("utf-16-le"))
     return str(root / "esp"), str(efivars)
 
@@ -61,13 +75,13 @@ def test_an_image_on_trial_is_said_and_committed_once_healthy(tmp_path: Path) ->
     esp, efivars = make_esp(tmp_path, {"appliance-000001.conf": "1.0", "appliance-000002.conf": "1.1",
                                        "appliance-000003+2-1.conf": "1.2"}, "appliance-000003+2-1.conf")
     said: list[str] = []
-    slots = trial.at_boot(esp, esp + "/appliance", list, said.append, efivars)
+    slots = at_boot(esp, True, list, said.append, efivars)
     assert said == ["trying update 1.2: try 1 of 3 (committed once the core runs healthy)"]
-    assert trial.commit(esp, slots, esp + "/appliance") == "update 1.2 committed: it is the default image from now on"
+    assert commit(esp, slots) == "update 1.2 committed: it is the default image from now on"
     assert sorted(p.name for p in Path(esp, "loader/entries").iterdir()) == [
         "appliance-000002.conf", "appliance-000003.conf"]  # the one before the previous is gone
     assert sorted(p.name for p in Path(esp, "EFI/appliance").iterdir()) == ["000002-1.1.efi", "000003-1.2.efi"]
-    assert "committed 1.2 (generation 3)" in Path(esp, "appliance", trial.UPDATE_LOG).read_text()
+    assert "committed 1.2 (generation 3)" in on_esp(Path(esp), layout.UPDATE_LOG).read_text()
 
 
 def test_an_update_that_used_its_tries_is_rolled_back_with_its_causes(tmp_path: Path) -> None:
@@ -79,16 +93,16 @@ def test_an_update_that_used_its_tries_is_rolled_back_with_its_causes(tmp_path: 
                                     ("kernel panic (Panic, kept by pstore)", "2.0 (aaaa)"),
                                     ("watchdog reset (watchdog0: i6300ESB timer): the machine hung", "2.0 (aaaa)"))]
     said: list[str] = []
-    slots = trial.at_boot(esp, esp + "/appliance", lambda: history, said.append, efivars)
+    slots = at_boot(esp, True, lambda: history, said.append, efivars)
     assert said == [
         "boot entry appliance-000001.conf: image 1.0, committed",
         "update to 2.0 rolled back after 3 failed boots: core crash (exited with status 1); kernel panic (Panic, "
         "kept by pstore); watchdog reset (watchdog0: i6300ESB timer): the machine hung"]
     assert [i.entry for i in slots.images] == [Entry(1, None)]  # the failed image is gone, said once
     assert not Path(esp, "EFI/appliance/000002-2.0.efi").exists()
-    assert "rolled back after 3 failed boots" in Path(esp, "appliance", trial.UPDATE_LOG).read_text()
+    assert "rolled back after 3 failed boots" in on_esp(Path(esp), layout.UPDATE_LOG).read_text()
     said.clear()
-    trial.at_boot(esp, esp + "/appliance", lambda: history, said.append, efivars)
+    at_boot(esp, True, lambda: history, said.append, efivars)
     assert said == ["boot entry appliance-000001.conf: image 1.0, committed"]
 
 
@@ -97,9 +111,9 @@ def test_the_last_try_is_still_a_try(tmp_path: Path) -> None:
     esp, efivars = make_esp(tmp_path, {"appliance-000001.conf": "1.0", "appliance-000002+0-3.conf": "2.0"},
                             "appliance-000002+0-3.conf")
     said: list[str] = []
-    slots = trial.at_boot(esp, esp + "/appliance", list, said.append, efivars)
+    slots = at_boot(esp, True, list, said.append, efivars)
     assert said == ["trying update 2.0: try 3 of 3 (committed once the core runs healthy)"]
-    trial.commit(esp, slots, None)
+    commit(esp, slots)
     assert sorted(p.name for p in Path(esp, "loader/entries").iterdir()) == [
         "appliance-000001.conf", "appliance-000002.conf"]
 
@@ -107,26 +121,34 @@ def test_the_last_try_is_still_a_try(tmp_path: Path) -> None:
 def test_without_systemd_boot_or_entries_nothing_is_tried(tmp_path: Path) -> None:
     esp, efivars = make_esp(tmp_path, {}, "")
     said: list[str] = []
-    assert trial.at_boot(esp, None, list, said.append, efivars) == trial.Slots([], None)
+    assert at_boot(esp, False, list, said.append, efivars) == slots.Slots([], None)
     assert said == []
     esp2, efivars2 = make_esp(tmp_path / "b", {"appliance-000001.conf": "1.0"}, "")
-    trial.at_boot(esp2, None, list, said.append, efivars2)
+    at_boot(esp2, False, list, said.append, efivars2)
     assert said == ["no boot entry was selected (booted without systemd-boot): updates cannot be tried"]
 
 
 def test_the_update_log_stays_bounded(tmp_path: Path) -> None:
+    esp = esp_folder(tmp_path)
+    esp.make_dirs(layout.APP_DIR)
     for i in range(1200):
-        trial.log(str(tmp_path), f"event {i} " + "x" * 60)
-    data = (tmp_path / trial.UPDATE_LOG).read_bytes()
-    assert len(data) <= trial.LOG_MAX and data.endswith(b"x\n") and b"event 1199 " in data
+        updatelog.append(esp, f"event {i} " + "x" * 60)
+    data = on_esp(tmp_path, layout.UPDATE_LOG).read_bytes()
+    assert len(data) <= updatelog.LOG_MAX and data.endswith(b"x\n") and b"event 1199 " in data
     assert data.split(b"\n")[0].count(b" event ") == 1  # whole lines only
 
 
-def test_a_host_appending_to_the_update_log_keeps_it_bounded_too() -> None:
-    old = b"".join(trial.log_line(f"event {i} " + "x" * 60) for i in range(1200))
-    new = trial.appended(old, "staged 2.0")
-    assert len(new) <= trial.LOG_MAX and new.endswith(b" staged 2.0\n") and new.startswith(b"20")
-    assert trial.appended(b"", "staged 2.0").endswith(b" staged 2.0\n")
+def test_a_log_over_its_bound_is_trimmed_by_the_next_line(tmp_path: Path) -> None:
+    """A log written past its bound (by an older image, or by hand) is trimmed in one rewrite."""
+    esp = esp_folder(tmp_path)
+    esp.write(layout.UPDATE_LOG, b"".join(updatelog.log_line(f"event {i} " + "x" * 60) for i in range(1200)))
+    updatelog.append(esp, "staged 2.0")
+    new = on_esp(tmp_path, layout.UPDATE_LOG).read_bytes()
+    assert len(new) <= updatelog.LOG_MAX and new.endswith(b" staged 2.0\n") and new.startswith(b"20")
+    fresh = esp_folder(tmp_path / "fresh")
+    fresh.make_dirs(layout.APP_DIR)
+    updatelog.append(fresh, "staged 2.0")
+    assert updatelog.read(fresh)[-1].endswith(" staged 2.0")
 
 
 class PowerCut(Exception):
@@ -154,7 +176,6 @@ def test_a_power_cut_at_each_step_of_committing_leaves_a_machine_that_boots_a_go
     image before it, whole; a half-done commit is finished or done again; nothing else."""
     esp, efivars = make_esp(tmp_path, {"appliance-000001.conf": "1.0", "appliance-000002.conf": "1.1",
                                        "appliance-000003+2-1.conf": "1.2"}, "appliance-000003+2-1.conf")
-    app = esp + "/appliance"
     done = 0
 
     def step(real: Callable[..., None]) -> Callable[..., None]:
@@ -169,21 +190,21 @@ def test_a_power_cut_at_each_step_of_committing_leaves_a_machine_that_boots_a_go
         return wrapped
 
     os_rename = fsutil.rename
-    slots = trial.at_boot(esp, app, list, lambda _: None, efivars)
+    slots = at_boot(esp, True, list, lambda _: None, efivars)
     with monkeypatch.context() as patch:
         patch.setattr(fsutil, "rename", step(fsutil.rename))
         patch.setattr(fsutil, "remove", step(fsutil.remove))
-        patch.setattr(trial, "log", step(trial.log))
+        patch.setattr(updatelog, "append", step(updatelog.append))
         try:
-            trial.commit(esp, slots, app)
+            commit(esp, slots)
         except PowerCut:
             pass
     # The next boot: whatever systemd-boot picks runs a whole image, 1.2 or 1.1.
     selected = systemd_boot(esp)
-    (Path(efivars) / f"LoaderEntrySelected-{trial.LOADER_GUID}").write_bytes(
+    (Path(efivars) / f"LoaderEntrySelected-{efi.LOADER}").write_bytes(
         b"\x06\0\0\0" + (selected + "\0").encode("utf-16-le"))
     said: list[str] = []
-    slots = trial.at_boot(esp, app, list, said.append, efivars)
+    slots = at_boot(esp, True, list, said.append, efivars)
     assert slots.booted is not None and slots.booted.version in ("1.2", "1.1"), said
     assert Path(esp + slots.booted.uki).read_bytes() == b"MZ uki " + slots.booted.version.encode()
     names = sorted(p.name for p in Path(esp, "loader/entries").iterdir())
@@ -191,7 +212,7 @@ def test_a_power_cut_at_each_step_of_committing_leaves_a_machine_that_boots_a_go
     for image in slots.images:  # every entry left runs a whole image
         assert Path(esp + image.uki).read_bytes() == b"MZ uki " + image.version.encode()
     if slots.booted.entry.tries_left is not None:  # cut before the commit counted: the core commits again
-        trial.commit(esp, slots, app)
+        commit(esp, slots)
     # Committed in the end; an image older than the previous one may stay until the next commit.
     assert sorted(p.name for p in Path(esp, "loader/entries").iterdir())[-2:] == [
         "appliance-000002.conf", "appliance-000003.conf"]

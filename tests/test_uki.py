@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from appliance.init import uki
+from appliance.esp import uki
 
 OSREL = b'ID=debian\nIMAGE_VERSION=1.4.2\nBUILD_ID=3f2a0c1b9d8e\n'
 

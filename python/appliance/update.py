@@ -18,17 +18,19 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from appliance.init import secureboot, staging, trial
-from appliance.init.staging import Staged, StageError
+from appliance import efivars
+from appliance.esp import slots, staging, updatelog
+from appliance.esp.files import MountedEsp
+from appliance.esp.staging import Staged, StageError
 
 __all__ = ["StageError", "Staged", "healthy", "stage", "status"]
 
 
-def _esp() -> str:
+def _esp() -> MountedEsp:
     esp = os.environ.get("APPLIANCE_ESP", "")
     if not esp:
         raise StageError("no ESP is mounted (the init said why on the console): nothing can be staged")
-    return esp
+    return MountedEsp(esp)
 
 
 def stage(path: str, tries: int = staging.DEFAULT_TRIES, step: Callable[[str], None] = lambda _: None) -> Staged:
@@ -38,12 +40,11 @@ def stage(path: str, tries: int = staging.DEFAULT_TRIES, step: Callable[[str], N
     with open(path, "rb") as f:
         data = f.read()
     try:
-        staged = staging.stage(staging.MountedEsp(esp), data, tries, secure_boot=secureboot.read().enabled is True,
-                                step=step)
+        staged = staging.stage(esp, data, tries, secure_boot=efivars.secure_boot() is True, step=step)
     except OSError as e:
         raise StageError(f"writing to the ESP failed: {e}; the images on it are as they were") from e
-    trial.log(os.path.join(esp, "appliance"), f"staged {staged.version} ({staged.build_id}) as generation "
-                                              f"{staged.generation}, {staged.tries} tries, from the core")
+    updatelog.append(esp, f"staged {staged.version} ({staged.build_id}) as generation {staged.generation}, "
+                          f"{staged.tries} tries, from the core")
     return staged
 
 
@@ -55,13 +56,12 @@ def healthy() -> None:
 
 def status() -> dict[str, Any]:
     esp = _esp()
-    slots, problems = trial.scan(esp)
+    found, problems = slots.scan(esp, efivars.read_string("LoaderEntrySelected", efivars.LOADER))
     try:
-        with open(os.path.join(esp, "appliance", trial.UPDATE_LOG), "rb") as f:
-            log = f.read().decode("utf-8", "replace").splitlines()[-20:]
+        log = updatelog.read(esp)
     except OSError:
         log = []
-    return {"booted": slots.booted.version if slots.booted else None,
+    return {"booted": found.booted.version if found.booted else None,
             "images": [{"version": i.version, "generation": i.entry.generation, "entry": i.entry.name,
-                        "on_trial": i.entry.tries_left is not None} for i in slots.images],
+                        "on_trial": i.entry.tries_left is not None} for i in found.images],
             "log": log, "problems": problems}

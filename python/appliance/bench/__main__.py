@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from appliance.bench import figures
-from appliance.build import disk, inspect, mirror, mkosi, render, shim
-from appliance.build.__main__ import main as build_main
+from appliance.builder import disk, inspect, mirror, mkosi, render, shim
+from appliance.builder.__main__ import main as build_main
+from appliance.esp import uki
 from appliance.harness.machine import HarnessTimeout, Machine
 from appliance.harness.qemu import kvm_works
-from appliance.init import uki
 from appliance.media import update
 from appliance.media.espfs import EspImage
 

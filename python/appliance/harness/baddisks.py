@@ -9,7 +9,7 @@ import uuid
 import zlib
 from pathlib import Path
 
-from appliance.init import gpt
+from appliance.esp import gpt
 
 SECTOR = 512
 

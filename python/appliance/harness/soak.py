@@ -34,8 +34,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from appliance.esp import backoff, layout, records
 from appliance.harness.machine import HarnessTimeout, Machine
-from appliance.init import backoff, records
 from appliance.media.espfs import EspError, fsck_findings
 
 CORE_STARTED = r"init: core started: pid \d+ at"
@@ -44,7 +44,6 @@ CORE_STARTED = r"init: core started: pid \d+ at"
 # the first NEXT_BOOT_WINDOW seconds of the next boot's init (fsck, archiving, rotation).
 LATE_SHARE = 0.4
 NEXT_BOOT_WINDOW = 2.5
-HISTORY = "/appliance/history"
 FAT_CHECKED = "was not unmounted cleanly: checking it"
 
 
@@ -159,15 +158,15 @@ class Soak:
         salvaged = salvaged_files(m)
         whole: dict[str, str] = {}
         torn: list[str] = []
-        for rec_name in m.esp_list(HISTORY):
+        for rec_name in m.esp_list(layout.HISTORY_DIR):
             if rec_name.endswith(".rec"):
-                rec = records.decode(m.esp_read(f"{HISTORY}/{rec_name}"))
+                rec = records.decode(m.esp_read(f"{layout.HISTORY_DIR}/{rec_name}"))
                 if rec.ok:
                     whole[rec_name] = records.sha256(rec.payload)
                 else:
                     torn.append(rec_name)
         try:
-            counter: bytes | None = m.esp_read("/appliance/backoff.txt")
+            counter: bytes | None = m.esp_read(layout.BACKOFF)
         except EspError:
             counter = None  # not written yet
         with self.lock:

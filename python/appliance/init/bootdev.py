@@ -12,19 +12,9 @@ from __future__ import annotations
 import os
 import struct
 
-EFIVARS = "/sys/firmware/efi/efivars"
-GLOBAL = "8be4df61-93ca-11d2-aa0d-00e098032b8c"  # EFI_GLOBAL_VARIABLE
+from appliance import efivars
+
 PCI_ROOT_HIDS = (0x0A0341D0, 0x0A0841D0)  # EISA ids PNP0A03 (PCI), PNP0A08 (PCI Express)
-
-
-def read_var(name: str, efivars: str = EFIVARS) -> bytes | None:
-    """A global EFI variable's data (efivarfs puts 4 bytes of attributes first)."""
-    try:
-        with open(os.path.join(efivars, f"{name}-{GLOBAL}"), "rb") as f:
-            data = f.read(65536)
-    except OSError:
-        return None
-    return data[4:] if len(data) > 4 else None
 
 
 def device_path(load_option: bytes) -> bytes:
@@ -79,12 +69,12 @@ def controller_dir(root_uid: int, nodes: list[tuple[int, int]], sys_devices: str
     return here
 
 
-def boot_controller(efivars: str = EFIVARS, sys_devices: str = "/sys/devices") -> str | None:
+def boot_controller(root: str = efivars.EFIVARS, sys_devices: str = "/sys/devices") -> str | None:
     """The sysfs directory of the controller behind the current boot entry, or None."""
-    current = read_var("BootCurrent", efivars)
+    current = efivars.read("BootCurrent", efivars.GLOBAL, root)
     if current is None or len(current) < 2:
         return None
-    option = read_var(f"Boot{struct.unpack_from('<H', current)[0]:04X}", efivars)
+    option = efivars.read(f"Boot{struct.unpack_from('<H', current)[0]:04X}", efivars.GLOBAL, root)
     parsed = pci_nodes(device_path(option or b""))
     if parsed is None:
         return None

@@ -43,3 +43,46 @@ class Console:
     def at(self, message: str) -> None:
         """A line carrying the time since boot, for milestones."""
         self.say(f"{message} at {self.clock():.3f} s since boot")
+
+
+class Steps:
+    """When each boot step ended, for the "boot steps:" line."""
+
+    def __init__(self, clock: Callable[[], float] = uptime) -> None:
+        self.clock = clock
+        self.started = clock()
+        self.ended: list[tuple[str, float]] = []  # (step, seconds since boot when it ended)
+
+    def done(self, name: str) -> None:
+        self.ended.append((name, self.clock()))
+
+    def timing(self) -> str:
+        parts, last = [], self.started
+        for name, at in self.ended:
+            parts.append(f"{name} {at - last:.2f} s")
+            last = at
+        return ", ".join(parts)
+
+
+def kernel_ran_init(kmsg: str = "/dev/kmsg", limit: int = 4000) -> float:
+    """When the kernel executed /init, in seconds since boot, from its "Run /init as
+    init process" record (kept in /dev/kmsg whatever the console log level); 0.0 if
+    not found. PID 1's own start time cannot say: it is the kernel thread's."""
+    try:
+        fd = os.open(kmsg, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return 0.0
+    try:
+        for _ in range(limit):
+            try:
+                record = os.read(fd, 8192)
+            except BlockingIOError:
+                break
+            except OSError:  # EPIPE: a record was overwritten; go on with the next
+                continue
+            head, _, text = record.partition(b";")
+            if text.startswith(b"Run /init as init process"):
+                return int(head.split(b",")[2]) / 1e6
+    finally:
+        os.close(fd)
+    return 0.0

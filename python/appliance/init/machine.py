@@ -12,24 +12,14 @@ import fcntl
 import struct
 from collections.abc import Callable
 
-HOSTNAME_FILE = "/etc/hostname"
+from appliance.initconf import DEFAULT_HOSTNAME, HOSTNAME_FILE, valid_hostname
+
 KERNEL_HOSTNAME = "/proc/sys/kernel/hostname"  # writing it sets the name (sethostname)
-DEFAULT_HOSTNAME = "appliance"
-LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
 IFREQ = "16sH22x"  # struct ifreq: the name, then ifr_flags in the union
-
-
-def valid_hostname(name: str) -> bool:
-    """RFC 1123: dot-separated labels of lower-case letters, digits and inner '-'; Linux
-    keeps at most 64 bytes."""
-    if not 1 <= len(name) <= 64:
-        return False
-    return all(0 < len(label) <= 63 and set(label) <= LABEL_CHARS and label[0] != "-" and label[-1] != "-"
-               for label in name.split("."))
 
 
 def read_hostname(path: str = HOSTNAME_FILE) -> tuple[str, str]:

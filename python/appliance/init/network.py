@@ -27,8 +27,8 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from appliance.init import dhcp
-from appliance.init.config import NETWORK_STATE
 from appliance.init.machine import interface_up
+from appliance.initconf import NETWORK_STATE
 
 SYS_NET = "/sys/class/net"
 RESOLV_CONF = "/etc/resolv.conf"

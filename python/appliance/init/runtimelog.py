@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from appliance.init.fsutil import fsync_dir, write_all
+from appliance.esp.fsutil import fsync_dir, write_all
 
 ENDED = b"init: core ended: "
 NOT_RECORDED = "not recorded (power loss, kernel panic, hang, or a failure of the init)"

@@ -8,11 +8,10 @@ both at every boot, and the boot's state file on the ESP keeps them.
 
 from __future__ import annotations
 
-import os
 from typing import NamedTuple
 
-EFIVARS = "/sys/firmware/efi/efivars"
-GLOBAL = "8be4df61-93ca-11d2-aa0d-00e098032b8c"  # EFI_GLOBAL_VARIABLE
+from appliance import efivars
+
 LOCKDOWN = "/sys/kernel/security/lockdown"
 
 
@@ -29,13 +28,8 @@ class State(NamedTuple):
                                                     else "")
 
 
-def read(efivars: str = EFIVARS, lockdown: str = LOCKDOWN) -> State:
-    try:
-        with open(os.path.join(efivars, f"SecureBoot-{GLOBAL}"), "rb") as f:
-            raw = f.read(16)
-        enabled: bool | None = len(raw) >= 5 and raw[4] == 1  # 4 bytes of attributes, then the value
-    except OSError:
-        enabled = None
+def read(root: str = efivars.EFIVARS, lockdown: str = LOCKDOWN) -> State:
+    enabled = efivars.secure_boot(root)
     try:
         with open(lockdown, "rb") as f:  # "none [integrity] confidentiality": the bracketed one is in force
             words = f.read(256).decode("ascii", "replace").split()

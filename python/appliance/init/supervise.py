@@ -89,32 +89,45 @@ class Outcome(NamedTuple):
     signals_forwarded: int
 
 
+class Duties:
+    """What the init does while the core runs. The loop calls each at its time; here each
+    does nothing, so a caller (or a test) names only what it needs."""
+
+    def output(self, data: bytes) -> None:
+        """Bytes the core wrote to its stderr."""
+
+    def flush(self) -> None:
+        """Every FLUSH_INTERVAL, and once the core has ended: make the runtime log durable."""
+
+    def say(self, text: str) -> None:
+        """A line for the console."""
+
+    def healthy(self) -> None:
+        """Once: the core said it is healthy, or has run ``healthy_after`` seconds."""
+
+    def kill_rest(self) -> None:
+        """Kill what the core left running (its control group)."""
+
+    def due(self) -> float | None:
+        """When (on the loop's clock) ``work`` wants to run next; None: not at all."""
+        return None
+
+    def work(self, now: float) -> None:
+        """Called once ``due`` has come (deferred drivers, petting the hardware watchdogs)."""
+
+
 class Supervisor:
     """Runs until the core has exited; reaps all children meanwhile."""
 
-    def __init__(self, core_pid: int, stderr_fd: int, *,
-                 on_stderr: Callable[[bytes], None],
-                 on_flush: Callable[[], None] = lambda: None,
-                 say: Callable[[str], None] = lambda s: None,
-                 grace: float = 10.0,
-                 healthy_after: float | None = None,
-                 on_healthy: Callable[[], None] = lambda: None,
-                 kill_rest: Callable[[], None] = lambda: None,
-                 later: tuple[float, Callable[[], None]] | None = None,
-                 watchdog: tuple[int, SoftWatchdog] | None = None,
+    def __init__(self, core_pid: int, stderr_fd: int, duties: Duties, *, grace: float = 10.0,
+                 healthy_after: float | None = None, watchdog: tuple[int, SoftWatchdog] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.core_pid = core_pid
         self.stderr_fd = stderr_fd
-        self.on_stderr = on_stderr
-        self.on_flush = on_flush
-        self.say = say
+        self.duties = duties
         self.grace = grace
         self.healthy_after = healthy_after
         self.healthy_said = False  # the core wrote HEALTHY to its pipe to the init
-        self.on_healthy = on_healthy
-        self.kill_rest = kill_rest
-        self.later = later  # (seconds after the start, work): done once, if the core still runs
-        self.tick: tuple[float, Callable[[], None]] | None = None  # (interval, work): set any time
         self.watchdog = watchdog  # (the read end of the core's pipe, its state)
         self.clock = clock
         self.status: int | None = None
@@ -171,7 +184,7 @@ class Supervisor:
             if not data:
                 return False
             done += len(data)
-            self.on_stderr(data)
+            self.duties.output(data)
         return True
 
     def run(self) -> Outcome:
@@ -188,7 +201,6 @@ class Supervisor:
         healthy_pending = self.healthy_after is not None
         next_flush = started + FLUSH_INTERVAL
         stderr_open = True
-        next_tick = started
         if self.watchdog is not None:
             os.set_blocking(self.watchdog[0], False)
             sel.register(self.watchdog[0], selectors.EVENT_READ, "watchdog")
@@ -203,10 +215,8 @@ class Supervisor:
                     deadlines.append(kill_at)
                 if healthy_pending and self.healthy_after is not None:
                     deadlines.append(started + self.healthy_after)
-                if self.later is not None:
-                    deadlines.append(started + self.later[0])
-                if self.tick is not None:
-                    deadlines.append(next_tick)
+                if (due := self.duties.due()) is not None:
+                    deadlines.append(due)
                 if self.watchdog is not None and (deadline := self.watchdog[1].deadline()) is not None:
                     deadlines.append(deadline)
                 timeout = max(0.0, min(deadlines) - now)
@@ -229,13 +239,13 @@ class Supervisor:
                                 kill_note = f"killed by the init after the {self.grace:g} s shutdown grace period"
                                 kill_say = (f"the core did not exit within {self.grace:g} s of the shutdown "
                                             "request: killing it")
-                                self.say(f"shutdown requested ({sigs.name(signum)}): the core has "
+                                self.duties.say(f"shutdown requested ({sigs.name(signum)}): the core has "
                                          f"{self.grace:g} s to exit")
                 now = self.clock()
                 if self.watchdog is not None and self.watchdog[1].expired(now) and self.status is None:
                     dog = self.watchdog[1]
                     dog.fired = True
-                    self.say(f"software watchdog: no ping from the core for {dog.timeout:g} s: dumping its "
+                    self.duties.say(f"software watchdog: no ping from the core for {dog.timeout:g} s: dumping its "
                              f"threads (SIGABRT), then killing it")
                     killed_note = f"the software watchdog fired: no ping for {dog.timeout:g} s"
                     self._forward(signal.SIGABRT)
@@ -243,7 +253,7 @@ class Supervisor:
                         kill_at, kill_note = now + DUMP_GRACE, killed_note
                         kill_say = f"the core did not end within {DUMP_GRACE:g} s of SIGABRT: killing it"
                 if kill_at is not None and now >= kill_at and self.status is None:
-                    self.say(kill_say)
+                    self.duties.say(kill_say)
                     self._kill(signal.SIGKILL)
                     killed_note = kill_note
                     kill_at = None
@@ -251,22 +261,18 @@ class Supervisor:
                         self.healthy_said or now - started >= self.healthy_after):
                     healthy_pending = False
                     if self.healthy_said:
-                        self.say(f"the core says it is healthy ({now - started:.1f} s after it started)")
-                    self.on_healthy()
-                if self.later is not None and now - started >= self.later[0]:
-                    work, self.later = self.later[1], None
-                    work()
-                if self.tick is not None and now >= next_tick:
-                    next_tick = now + self.tick[0]
-                    self.tick[1]()
+                        self.duties.say(f"the core says it is healthy ({now - started:.1f} s after it started)")
+                    self.duties.healthy()
+                if (due := self.duties.due()) is not None and now >= due:
+                    self.duties.work(now)
                 if now >= next_flush:
-                    self.on_flush()
+                    self.duties.flush()
                     next_flush = now + FLUSH_INTERVAL
             if stderr_open:  # the core's last words; bounded, since orphans may hold the pipe
                 self._read_stderr(limit=FINAL_READ)
-            self.kill_rest()
+            self.duties.kill_rest()
             self.reap()
-            self.on_flush()
+            self.duties.flush()
         finally:
             sel.close()
         assert self.status is not None
@@ -298,7 +304,7 @@ class Supervisor:
                 return
         note = dog.feed(data, self.clock())
         if note:
-            self.say(note)
+            self.duties.say(note)
 
     def _forward(self, signum: int) -> None:
         try:
@@ -311,5 +317,5 @@ class Supervisor:
             os.kill(self.core_pid, signum)
         except OSError as e:
             if e.errno != errno.ESRCH:
-                self.say(f"could not kill the core: {e}")
-        self.kill_rest()
+                self.duties.say(f"could not kill the core: {e}")
+        self.duties.kill_rest()

@@ -21,14 +21,9 @@ import sys
 from collections.abc import Callable
 from typing import NamedTuple, TextIO
 
-from appliance.init import backoff, bootentries, history, records, trial
+from appliance.esp import backoff, bootentries, layout, records, updatelog
+from appliance.esp.history import History
 from appliance.media import blockdev, espfs
-
-APP_DIR = "/appliance"  # the init's directory on the ESP (appliance.init.main.APP_DIR)
-HISTORY_DIR = f"{APP_DIR}/history"
-RUNTIME_LOG = f"{APP_DIR}/runtime.log"
-BACKOFF = f"{APP_DIR}/{backoff.STATE_FILE}"
-UPDATE_LOG = f"{APP_DIR}/{trial.UPDATE_LOG}"
 
 
 class Dump(NamedTuple):
@@ -39,19 +34,17 @@ class Dump(NamedTuple):
 
 
 def load_history(esp: espfs.EspImage) -> list[Dump]:
+    """Every record, read by the code the init writes them with; nothing is removed."""
     out = []
-    for name in esp.list(HISTORY_DIR):
-        parsed = history.parse_name(name)
-        if parsed is None:
-            continue
-        data = esp.read(f"{HISTORY_DIR}/{name}")
-        out.append(Dump(parsed[0], name, data, records.decode(data)))
-    return sorted(out, key=lambda d: d.sequence)
+    for sequence, _, path in History(esp).named():
+        data = esp.read(path)
+        out.append(Dump(sequence, path.rsplit("/", 1)[-1], data, records.decode(data)))
+    return out
 
 
 def load_runtime_log(esp: espfs.EspImage) -> bytes | None:
     """The runtime log the last boot left, not yet archived; None when there is none."""
-    return esp.read(RUNTIME_LOG) if esp.exists(RUNTIME_LOG) else None
+    return esp.read(layout.RUNTIME_LOG) if esp.exists(layout.RUNTIME_LOG) else None
 
 
 def _size(n: int) -> str:
@@ -66,7 +59,7 @@ def list_dumps(esp: espfs.EspImage, dumps: list[Dump], log: bytes | None, out: T
     part = esp.partition
     out.write(f"ESP of {esp.disk}: partition {part.number} \"{part.name}\" ({str(part.unique_guid).upper()}), "
               f"{_size(esp.free())} free\n")
-    out.write(f"crash history ({HISTORY_DIR}): {len(dumps) or 'no'} record{'s' if len(dumps) != 1 else ''}\n")
+    out.write(f"crash history ({layout.HISTORY_DIR}): {len(dumps) or 'no'} record{'s' if len(dumps) != 1 else ''}\n")
     if dumps:
         out.write(f"  {'#':>6}  {'kind':<14} {'size':>10}  {'image':<20} {'how that boot ended':<40} check\n")
     for d in dumps:
@@ -75,24 +68,24 @@ def list_dumps(esp: espfs.EspImage, dumps: list[Dump], log: bytes | None, out: T
         out.write(f"  {d.sequence:>6}  {d.record.kind:<14} {_size(len(d.data)):>10}  {image[:20]:<20} "
                   f"{ended[:40]:<40} {_status(d.record)}\n")
     if log is not None:
-        out.write(f"last runtime log ({RUNTIME_LOG}): {_size(len(log))}, not archived yet (the appliance has "
+        out.write(f"last runtime log ({layout.RUNTIME_LOG}): {_size(len(log))}, not archived yet (the appliance has "
                   "not booted since it was written); --show runtime prints it\n")
     else:
-        out.write(f"last runtime log ({RUNTIME_LOG}): none\n")
-    if esp.exists(BACKOFF):
+        out.write(f"last runtime log ({layout.RUNTIME_LOG}): none\n")
+    if esp.exists(layout.BACKOFF):
         try:
-            failures = backoff.parse(esp.read(BACKOFF))
+            failures = backoff.parse(esp.read(layout.BACKOFF))
             out.write(f"crash-loop counter: {failures} failure(s) in a row\n")
         except (ValueError, espfs.EspError) as e:
-            out.write(f"crash-loop counter: {BACKOFF} unreadable ({e})\n")
-    entries = [n for n in esp.list(bootentries.ENTRIES_DIR) if bootentries.parse_name(n)]
-    out.write(f"boot entries ({bootentries.ENTRIES_DIR}): {', '.join(entries) or 'none'}\n")
-    if esp.exists(UPDATE_LOG):
-        lines = esp.read(UPDATE_LOG).decode("utf-8", "replace").splitlines()
-        out.write(f"update log ({UPDATE_LOG}), newest last{' (the last 20)' if len(lines) > 20 else ''}:\n")
+            out.write(f"crash-loop counter: {layout.BACKOFF} unreadable ({e})\n")
+    entries = [n for n in esp.list(layout.ENTRIES_DIR) if bootentries.parse_name(n)]
+    out.write(f"boot entries ({layout.ENTRIES_DIR}): {', '.join(entries) or 'none'}\n")
+    lines = updatelog.read(esp, last=21)
+    if lines:
+        out.write(f"update log ({layout.UPDATE_LOG}), newest last{' (the last 20)' if len(lines) > 20 else ''}:\n")
         out.write("".join(f"  {line}\n" for line in lines[-20:]))
     else:
-        out.write(f"update log ({UPDATE_LOG}): none (no update was staged)\n")
+        out.write(f"update log ({layout.UPDATE_LOG}): none (no update was staged)\n")
 
 
 def show(d: Dump, out: TextIO) -> None:
@@ -112,7 +105,7 @@ def save(dumps: list[Dump], log: bytes | None, folder: str, out: TextIO) -> int:
     os.makedirs(folder, exist_ok=True)
     files = [(d.name, d.data) for d in dumps]
     if log is not None:
-        files.append(("runtime.log", log))
+        files.append((layout.RUNTIME_LOG.rsplit("/", 1)[-1], log))
     clashes = [name for name, _ in files if os.path.exists(os.path.join(folder, name))]
     if clashes:
         out.write(f"dumps: {folder} already has {', '.join(clashes)}; nothing saved (choose an empty folder)\n")
@@ -133,9 +126,9 @@ def clear(esp: espfs.EspImage, dumps: list[Dump], log: bytes | None, yes: bool,
         if why:
             out.write(f"dumps: not clearing {esp.disk}:\n" + "".join(f"  - {w}\n" for w in why))
             return 2
-    targets = [f"{HISTORY_DIR}/{d.name}" for d in dumps]
+    targets = [f"{layout.HISTORY_DIR}/{d.name}" for d in dumps]
     if log is not None:
-        targets.append(RUNTIME_LOG)
+        targets.append(layout.RUNTIME_LOG)
     if not targets:
         out.write("dumps: nothing to clear\n")
         return 0

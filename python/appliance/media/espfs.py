@@ -12,14 +12,18 @@ import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
-from appliance.init import gpt
-from appliance.init.esp import ESP_NAME
+from appliance.esp import gpt, layout
 
 MTOOLS_ENV = {"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"}
 
 
 class EspError(Exception):
     pass
+
+
+class NotOnEsp(EspError, FileNotFoundError):
+    """A file or directory the ESP does not have (an EspError, and a FileNotFoundError for
+    the code that reads the ESP on the machine and on a host alike)."""
 
 
 def find_esp(disk: str) -> gpt.Partition:
@@ -30,31 +34,50 @@ def find_esp(disk: str) -> gpt.Partition:
         raise EspError(f"{disk} has no readable GPT partition table ({e})") from e
     except OSError as e:
         raise EspError(f"cannot read {disk}: {e.strerror}") from e
-    ours = [p for p in esps if p.name == ESP_NAME]
+    ours = [p for p in esps if p.name == layout.NAME]
     if len(ours) == 1:
         return ours[0]
     if not esps:
         raise EspError(f"{disk} has no EFI System Partition")
     if len(esps) > 1 or ours:
-        raise EspError(f"{disk} has {len(esps)} EFI System Partitions and not exactly one named {ESP_NAME}")
+        raise EspError(f"{disk} has {len(esps)} EFI System Partitions and not exactly one named {layout.NAME}")
     return esps[0]
 
 
 class EspImage:
+    """The ESP of a disk or image file, through mtools (an ``appliance.esp.files.EspFiles``).
+    A file that is not there raises NotOnEsp; other failures, EspError."""
+
     def __init__(self, disk: str | Path) -> None:
         self.disk = str(disk)
         self.partition = find_esp(self.disk)
         self.offset = self.partition.first_lba * 512
         self.image = f"{self.disk}@@{self.offset}"
 
-    def _run(self, *args: str) -> bytes:
+    def _run(self, *args: str, path: str = "") -> bytes:
         r = subprocess.run(list(args), capture_output=True, env=MTOOLS_ENV)
         if r.returncode != 0:
+            if path and not self.exists(path):
+                raise NotOnEsp(2, "no such file on the ESP", self.where(path))
             raise EspError(f"{args[0]} failed: {r.stderr.decode(errors='replace').strip()}")
         return r.stdout
 
-    def read(self, path: str) -> bytes:
-        return self._run("mtype", "-i", self.image, f"::{path}")
+    def where(self, path: str) -> str:
+        return f"{self.disk}:{path}"
+
+    def read(self, path: str, limit: int | None = None) -> bytes:
+        data = self._run("mtype", "-i", self.image, f"::{path}", path=path)
+        return data if limit is None else data[:limit]
+
+    def size(self, path: str) -> int:
+        return len(self.read(path))
+
+    def append(self, path: str, data: bytes) -> None:
+        old = self.read(path) if self.exists(path) else b""
+        self.write(path, old + data)
+
+    def sync_dir(self, directory: str) -> None:
+        """mtools writes through: nothing is left to sync."""
 
     def write(self, path: str, data: bytes) -> None:
         parts = path.strip("/").split("/")[:-1]
@@ -86,12 +109,12 @@ class EspImage:
                 return int("".join(w for w in words[:-2]))
         raise EspError(f"mdir did not report the free space of {self.disk}")
 
-    def delete(self, path: str) -> None:
-        self._run("mdel", "-i", self.image, f"::{path}")
+    def delete(self, path: str, sync: bool = True) -> None:
+        self._run("mdel", "-i", self.image, f"::{path}", path=path)
 
     def rename(self, old: str, new: str) -> None:
         """Within one directory (``new`` may be a path or a bare name)."""
-        self._run("mren", "-i", self.image, f"::{old}", new.rsplit("/", 1)[-1])
+        self._run("mren", "-i", self.image, f"::{old}", new.rsplit("/", 1)[-1], path=old)
 
 
 # fsck.fat -n on a FAT whose dirty flag is set (harmless, but it decides what lost clusters mean).

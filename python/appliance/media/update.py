@@ -15,7 +15,7 @@ import stat
 import sys
 from typing import TextIO
 
-from appliance.init import staging, trial
+from appliance.esp import staging, updatelog
 from appliance.media import blockdev, espfs
 
 
@@ -45,8 +45,7 @@ def update(target: str, image: str, tries: int = staging.DEFAULT_TRIES, allow_no
         staged = staging.stage(esp, data, tries, say=lambda s: print(f"update: {s}", file=out))
         line = (f"staged {staged.version} ({staged.build_id}) as generation {staged.generation}, "
                 f"{staged.tries} tries, from a host")
-        log = esp.read("/appliance/" + trial.UPDATE_LOG) if esp.exists("/appliance/" + trial.UPDATE_LOG) else b""
-        esp.write("/appliance/" + trial.UPDATE_LOG, trial.appended(log, line))
+        updatelog.append(esp, line)
     except (staging.StageError, espfs.EspError, OSError) as e:
         out.write(f"update: {e}; the images on {target} are as they were\n")
         return 1

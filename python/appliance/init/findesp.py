@@ -13,30 +13,22 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
-from appliance.init import gpt
+from appliance import efivars
+from appliance.esp import gpt, layout
 from appliance.init.kernel import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_RELATIME
 from appliance.init.mounts import Mounter
 
 if TYPE_CHECKING:
     import subprocess
 
-LOADER_VENDOR = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
-EFIVARS = "/sys/firmware/efi/efivars"
-ESP_NAME = "APPLIANCE-ESP"  # the GPT name appliance.build.disk gives our ESP
 SYS_BLOCK = "/sys/class/block"
 FSCK = "/usr/sbin/fsck.fat"  # PID 1 gets no PATH from the kernel
 SKIP_DISKS = ("loop", "ram", "zram", "sr", "fd", "dm-", "md")
 
 
-def loader_partuuid(efivars: str = EFIVARS) -> str | None:
+def loader_partuuid(root: str = efivars.EFIVARS) -> str | None:
     """The partition GUID the boot loader (the UKI's stub) says it booted from."""
-    try:
-        with open(os.path.join(efivars, f"LoaderDevicePartUUID-{LOADER_VENDOR}"), "rb") as f:
-            raw = f.read()
-    except OSError:
-        return None
-    text = raw[4:].decode("utf-16-le", "replace").split("\0", 1)[0]  # 4 bytes: attributes
-    return gpt.parse_guid(text)
+    return gpt.parse_guid(efivars.read_string("LoaderDevicePartUUID", efivars.LOADER, root))
 
 
 class Candidate(NamedTuple):
@@ -140,13 +132,13 @@ def choose(disks: dict[str, list[gpt.Partition]],
                         return None, f"partition {booted} we booted from is not an ESP", True
                     return Candidate(disk, p), "", True
         return None, f"the ESP we booted from (partition {booted}) has not appeared", False
-    ours = [Candidate(d, p) for d, parts in disks.items() for p in parts if p.is_esp and p.name == ESP_NAME]
+    ours = [Candidate(d, p) for d, parts in disks.items() for p in parts if p.is_esp and p.name == layout.NAME]
     if len(ours) == 1:
         return ours[0], "", True
     if len(ours) > 1:
         where = ", ".join(f"{c.disk} partition {c.partition.number}" for c in ours)
-        return None, f"several ESPs named {ESP_NAME} ({where}) and no LoaderDevicePartUUID: refusing to guess", True
-    return None, f"no LoaderDevicePartUUID and no ESP named {ESP_NAME}", False
+        return None, f"several ESPs named {layout.NAME} ({where}) and no LoaderDevicePartUUID: refusing to guess", True
+    return None, f"no LoaderDevicePartUUID and no ESP named {layout.NAME}", False
 
 
 def partition_node(disk: str, number: int, sys_block: str = SYS_BLOCK) -> str:
@@ -177,25 +169,6 @@ def wait_for_esp(booted: str | None, timeout: float,
         if final or waited >= timeout:
             return found, why, waited
         sleep(0.05 if waited < 1 else 0.2)
-
-
-FAT32_STATE_OFFSET = 0x41  # BS_Reserved1 in a FAT32 boot sector: Linux keeps its dirty flag here
-FAT_STATE_DIRTY = 0x01
-
-
-def fat_dirty(device: str) -> bool:
-    """Whether the FAT was not unmounted cleanly (Linux sets the flag at a read-write
-    mount and clears it at unmount or read-only remount). Unreadable counts as dirty."""
-    try:
-        with open(device, "rb") as f:
-            boot = f.read(512)
-    except OSError:
-        return True
-    if len(boot) < 512 or boot[510:512] != b"\x55\xaa":
-        return True
-    if boot[82:87] == b"FAT32":
-        return bool(boot[FAT32_STATE_OFFSET] & FAT_STATE_DIRTY)
-    return bool(boot[0x25] & FAT_STATE_DIRTY)  # FAT12/16 keep it earlier
 
 
 def fsck(device: str, run: Callable[..., subprocess.CompletedProcess[str]] | None = None) -> tuple[bool, str]:

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from appliance.build.elf import needed
+from appliance.builder.elf import needed
 
 KEEP_EXECUTABLES = {
     "default": ("usr/bin/python3", "usr/bin/python3.13", "usr/sbin/fsck.fat"),

@@ -2,7 +2,7 @@
 
 Every image boots through systemd-boot (a boot manager only: no systemd comes with
 it), so that an update can be tried and fall back by itself: see
-appliance.init.bootentries. With SECURE_BOOT=shim it is shim's next stage
+appliance.esp.bootentries. With SECURE_BOOT=shim it is shim's next stage
 (``grubx64.efi``); otherwise it sits at the removable-media path. It comes from the
 package ``systemd-boot-efi`` of the image's release and is signed with the image's key.
 """
@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from appliance.build import debfiles, signing
-from appliance.init import bootentries
+from appliance.builder import debfiles, signing
+from appliance.esp import bootentries, layout
 
 PACKAGE = {"systemd-boot-efi": "/usr/lib/systemd/boot/efi/systemd-bootx64.efi"}
-REMOVABLE_PATH = "/EFI/BOOT/BOOTX64.EFI"
-SHIM_NEXT_STAGE = "/EFI/BOOT/grubx64.efi"
+REMOVABLE_PATH = layout.REMOVABLE_PATH
 FIRST_GENERATION = 1
 
 
@@ -39,5 +38,5 @@ def esp_files(uki: Path, version: str, boot_manager: Path, work: Path,
     path = bootentries.uki_path(FIRST_GENERATION, version)
     entry = work / first.name
     entry.write_text(bootentries.entry_text(FIRST_GENERATION, version, path))
-    return {REMOVABLE_PATH: boot_manager, bootentries.LOADER_CONF: conf,
-            f"{bootentries.ENTRIES_DIR}/{first.name}": entry, path: uki}
+    return {REMOVABLE_PATH: boot_manager, layout.LOADER_CONF: conf,
+            f"{layout.ENTRIES_DIR}/{first.name}": entry, path: uki}

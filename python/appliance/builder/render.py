@@ -14,9 +14,9 @@ from pathlib import Path
 
 import jinja2
 
-from appliance.build.mirror import Mirrors
-from appliance.init import machine
-from appliance.init.config import Config
+from appliance import initconf
+from appliance.builder.mirror import Mirrors
+from appliance.initconf import Config
 
 INIT_DEFAULTS = Config()
 
@@ -25,8 +25,8 @@ IMAGE_PYTHON_DIR = "usr/lib/appliance/python"
 IMAGE_CORE_DIR = "usr/lib/appliance/core"
 IMAGE_CONFIG = "etc/appliance/init.conf"
 # Subpackages that run inside the image; the host-side ones stay out of it.
-IN_IMAGE_PACKAGES = ("init",)
-IN_IMAGE_MODULES = ("update.py",)  # for the core: appliance.update
+IN_IMAGE_PACKAGES = ("init", "esp", "core")
+IN_IMAGE_MODULES = ("update.py", "efivars.py", "initconf.py")  # update: for the core
 
 
 class CoreError(Exception):
@@ -40,7 +40,7 @@ class Settings:
     mirrors: Mirrors
     profile: str = "default"
     release: str = "trixie"
-    hostname: str = machine.DEFAULT_HOSTNAME
+    hostname: str = initconf.DEFAULT_HOSTNAME
     # The init's settings baked into the image; their defaults are the init's own.
     runtime_log_cap: int = INIT_DEFAULTS.runtime_log_cap
     history_records: int = INIT_DEFAULTS.history_records
@@ -94,7 +94,7 @@ def read_module_list(path: Path) -> list[str]:
 
 
 def check_hostname(name: str) -> None:
-    if not machine.valid_hostname(name):
+    if not initconf.valid_hostname(name):
         raise CoreError(f"HOSTNAME={name!r} is not a host name: lower-case letters, digits and '-' in "
                         "dot-separated labels, at most 64 characters")
 

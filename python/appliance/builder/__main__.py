@@ -1,4 +1,4 @@
-"""``python -m appliance.build``: the steps behind ``make image`` and ``make size``."""
+"""``python -m appliance.builder``: the steps behind ``make image`` and ``make size``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from appliance.build import (
+from appliance import initconf
+from appliance.builder import (
     bootmgr,
     debfiles,
     deps,
@@ -23,7 +24,6 @@ from appliance.build import (
     shim,
     signing,
 )
-from appliance.init import machine
 
 
 class Steps:
@@ -213,7 +213,7 @@ def cmd_check_core(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m appliance.build")
+    p = argparse.ArgumentParser(prog="python -m appliance.builder")
     sub = p.add_subparsers(dest="command", required=True)
     img = sub.add_parser("image", help="build build/appliance.raw and build/appliance.efi")
     img.add_argument("--repo", default=".")
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     img.add_argument("--profile", default="default", choices=["default", "debug"])
     img.add_argument("--image-version", default=os.environ.get("VERSION") or "",
                      help="the image's version (VERSION=; default: the date and the build id's start)")
-    img.add_argument("--hostname", default=machine.DEFAULT_HOSTNAME,
+    img.add_argument("--hostname", default=initconf.DEFAULT_HOSTNAME,
                      help="the machine's host name (make image HOSTNAME=; default: %(default)s)")
     img.add_argument("--network", choices=["off", "dhcp"], default=os.environ.get("NETWORK") or "off",
                      help="dhcp: NIC drivers, and DHCPv4 on the first wired link (NETWORK=; default off)")

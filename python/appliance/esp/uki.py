@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from typing import BinaryIO, NamedTuple
 
-from appliance.init import identity
+from appliance.esp import identity
 
 MACHINE_X86_64 = 0x8664
 MAX_SECTIONS = 96  # the PE format's own limit

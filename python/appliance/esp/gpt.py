@@ -14,9 +14,11 @@ import struct
 import zlib
 from typing import BinaryIO, NamedTuple
 
+from appliance.esp import layout
+
 # GUIDs are kept as text in the canonical form (lowercase, str(uuid.UUID(...)) gives the
 # same): the init runs without importing uuid, which brings enum with it.
-ESP_TYPE = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
+ESP_TYPE = layout.TYPE_GUID
 SIGNATURE = b"EFI PART"
 HEX_DIGITS = frozenset("0123456789abcdef")
 ENTRY_SIZE = 128  # the specification's entry size; larger ones are 128 * 2**n

@@ -1,11 +1,10 @@
-"""Crash loops back off across reboots: a failure counter kept on the ESP."""
+"""Crash loops back off across reboots: a failure counter kept on the ESP
+(``layout.BACKOFF``: "failures = N")."""
 
 from __future__ import annotations
 
-from appliance.init import kvfile
-from appliance.init.fsutil import atomic_write
-
-STATE_FILE = "backoff.txt"  # in the init's directory on the ESP: "failures = N"
+from appliance.esp import kvfile, layout
+from appliance.esp.files import EspFiles
 
 
 def delay(failures: int, first: float = 1.0, cap: float = 300.0) -> float:
@@ -25,16 +24,15 @@ def parse(data: bytes) -> int:
     return int(text)
 
 
-def load(path: str) -> tuple[int, str]:
+def load(files: EspFiles) -> tuple[int, str]:
     """(failures in a row, a problem to report or ""). Garbage counts as no failures."""
     try:
-        with open(path, "rb") as f:
-            return parse(f.read(4096)), ""
+        return parse(files.read(layout.BACKOFF, 4096)), ""
     except FileNotFoundError:
         return 0, ""
     except (OSError, ValueError) as e:
-        return 0, f"back-off state {path} unreadable ({e}); starting from zero"
+        return 0, f"back-off state {files.where(layout.BACKOFF)} unreadable ({e}); starting from zero"
 
 
-def save(path: str, failures: int) -> None:
-    atomic_write(path, kvfile.render({"failures": str(failures)}))
+def save(files: EspFiles, failures: int) -> None:
+    files.write(layout.BACKOFF, kvfile.render({"failures": str(failures)}))

@@ -12,8 +12,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.init import gpt
-from appliance.init.esp import ESP_NAME
+from appliance.esp import gpt
+from appliance.esp import layout as esp_layout
 
 MIB = 1024 * 1024
 # The partition name marks the ESP as ours: the init's fallback (no
@@ -46,7 +46,7 @@ def sfdisk_script(layout: Layout, disk_id: uuid.UUID, part_id: uuid.UUID) -> str
     return (
         "label: gpt\n"
         f"label-id: {str(disk_id).upper()}\n"
-        f"start={start}, size={size}, type={ESP_TYPE}, uuid={str(part_id).upper()}, name=\"{ESP_NAME}\"\n"
+        f"start={start}, size={size}, type={ESP_TYPE}, uuid={str(part_id).upper()}, name=\"{esp_layout.NAME}\"\n"
     )
 
 
@@ -57,7 +57,7 @@ def _run(cmd: list[str], **kw: object) -> None:
         raise RuntimeError(f"{cmd[0]} failed (exit {e.returncode}): {e.stderr.strip() or e.stdout.strip()}") from e
 
 
-REMOVABLE_PATH = "/EFI/BOOT/BOOTX64.EFI"  # what firmware starts from a disk it has no boot entry for
+REMOVABLE_PATH = esp_layout.REMOVABLE_PATH
 
 
 def make_disk(uki: Path, out: Path, free: int = 64 * MIB,

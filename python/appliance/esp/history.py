@@ -8,13 +8,12 @@ fill the ESP.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from typing import NamedTuple
 
-from appliance.init import records
-from appliance.init.fsutil import atomic_write, fsync_dir, make_dirs
+from appliance.esp import layout, records
+from appliance.esp.files import EspFiles
 
 
 def parse_name(name: str) -> tuple[int, str] | None:
@@ -30,15 +29,10 @@ def parse_name(name: str) -> tuple[int, str] | None:
 
 
 class Entry(NamedTuple):
-    path: str
+    path: str  # the ESP's path (appliance.esp.layout)
     sequence: int
     kind: str
     size: int
-
-
-def _free_bytes(path: str) -> int:
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
 
 
 LOOK_BEYOND = 8  # record names looked at beyond the bound (the trim removes them)
@@ -46,14 +40,18 @@ REMOVAL_BUDGET = 1.0  # seconds a listing may spend removing files beyond those
 
 
 class History:
-    def __init__(self, directory: str, max_records: int = 16, max_bytes: int = 8 << 20,
-                 free_floor: int = 16 << 20, free_bytes: Callable[[str], int] = _free_bytes,
+    """The records in ``directory`` of an ESP, on the machine (``MountedEsp``) or on a
+    host (``make dumps``, through mtools): the same code reads them both ways."""
+
+    def __init__(self, files: EspFiles, directory: str = layout.HISTORY_DIR, max_records: int = 16,
+                 max_bytes: int = 8 << 20, free_floor: int = 16 << 20, free_bytes: Callable[[], int] | None = None,
                  clock: Callable[[], float] = time.monotonic, removal_budget: float = REMOVAL_BUDGET) -> None:
-        self.directory = directory
+        self.files = files
+        self.directory = directory.rstrip("/")
         self.max_records = max(1, max_records)
         self.max_bytes = max_bytes
         self.free_floor = free_floor
-        self.free_bytes = free_bytes
+        self.free_bytes = free_bytes if free_bytes is not None else files.free
         self.clock = clock
         self.removal_budget = removal_budget
         self.overfull = 0  # record files beyond what is looked at, left at the last listing
@@ -67,15 +65,12 @@ class History:
         looked at, and older ones are removed for at most ``removal_budget`` seconds per
         call: a directory stuffed with thousands of files drains over a few boots and
         never stalls one (``overfull`` says how many were left)."""
-        try:
-            names = os.listdir(self.directory)
-        except FileNotFoundError:
-            return []
+        names = self.files.list(self.directory)
         deadline = self.clock() + self.removal_budget
         named: list[tuple[int, str, str]] = []
         stale: list[str] = []
         for name in names:
-            path = os.path.join(self.directory, name)
+            path = f"{self.directory}/{name}"
             parsed = parse_name(name)
             if name.endswith(".tmp"):
                 stale.append(path)
@@ -90,7 +85,7 @@ class History:
             if self.clock() >= deadline:
                 break
             try:
-                os.unlink(path)
+                self.files.delete(path, sync=False)
             except OSError:
                 pass
             removed_excess += i >= temporary
@@ -98,15 +93,17 @@ class History:
         out = []
         for sequence, kind, path in named[excess:]:
             try:
-                size = os.stat(path).st_size
+                size = self.files.size(path)
             except OSError:
                 continue
             out.append(Entry(path, sequence, kind, size))
         return out
 
     def read(self, entry: Entry) -> records.Record:
-        with open(entry.path, "rb") as f:
-            return records.decode(f.read())
+        return records.decode(self.files.read(entry.path))
+
+    def where(self, entry: Entry) -> str:
+        return self.files.where(entry.path)
 
     def check(self, entries: list[Entry]) -> list[str]:
         """Each record's header against its size (no hashing): torn or corrupt ones, said
@@ -114,18 +111,26 @@ class History:
         problems = []
         for e in entries:
             try:
-                with open(e.path, "rb") as f:
-                    head = f.read(records.MAX_HEADER)
+                head = self.files.read(e.path, records.MAX_HEADER)
             except OSError as err:
-                problems.append(f"{e.path}: unreadable: {err}")
+                problems.append(f"{self.where(e)}: unreadable: {err}")
                 continue
             problem = records.check_length(head, e.size)
             if problem:
-                problems.append(f"{e.path}: {problem}")
+                problems.append(f"{self.where(e)}: {problem}")
         return problems
 
     def _remove(self, entry: Entry) -> None:
-        os.unlink(entry.path)  # the directory is synced once the trimming is done
+        self.files.delete(entry.path, sync=False)  # the directory is synced once the trimming is done
+
+    def named(self) -> list[tuple[int, str, str]]:
+        """(sequence, kind, path) of every record file, oldest first; nothing is removed."""
+        out = []
+        for name in self.files.list(self.directory):
+            parsed = parse_name(name)
+            if parsed:
+                out.append((parsed[0], parsed[1], f"{self.directory}/{name}"))
+        return sorted(out)
 
     def trim(self, keep_newest: int = 0, entries: list[Entry] | None = None) -> list[Entry]:
         """Remove the oldest records until the count and byte bounds hold; what went."""
@@ -141,21 +146,20 @@ class History:
 
     def add(self, kind: str, payload: bytes, meta: dict[str, str] | None = None) -> tuple[Entry | None, str]:
         """Archive a record. (the new entry, or None and why it was not written)."""
-        make_dirs(self.directory)
         data = records.encode(kind, payload, meta)
         entries = self.entries()
         # Make room: oldest first, while the floor would be crossed.
-        while self.free_bytes(self.directory) - len(data) < self.free_floor and entries:
+        while self.free_bytes() - len(data) < self.free_floor and entries:
             self._remove(entries.pop(0))
-        free = self.free_bytes(self.directory)
+        free = self.free_bytes()
         if free - len(data) < self.free_floor:
             return None, (f"not archived: the ESP has {free >> 10} KiB free and keeps at least "
                           f"{self.free_floor >> 10} KiB free (record of {len(data) >> 10} KiB)")
         self.problems = self.check(entries)
         sequence = entries[-1].sequence + 1 if entries else 1
-        path = os.path.join(self.directory, f"{sequence:06d}-{kind}.rec")
-        atomic_write(path, data)
+        path = f"{self.directory}/{sequence:06d}-{kind}.rec"
+        self.files.write(path, data)  # crash-safe, its directory made first
         entry = Entry(path, sequence, kind, len(data))
         self.trim(keep_newest=1, entries=[*entries, entry])
-        fsync_dir(self.directory)
+        self.files.sync_dir(self.directory)
         return entry, ""

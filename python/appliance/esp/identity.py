@@ -1,6 +1,6 @@
 """The running image's version and build id, from os-release (the UKI's .osrel).
 
-The build writes ``IMAGE_VERSION=`` and ``BUILD_ID=`` there (appliance.build.identity);
+The build writes ``IMAGE_VERSION=`` and ``BUILD_ID=`` there (appliance.builder.identity);
 the init says them at every boot and every record on the ESP carries them.
 """
 

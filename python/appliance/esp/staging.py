@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 from collections.abc import Callable
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 
-from appliance.init import bootentries, fsutil, uki
-from appliance.init.bootentries import Entry
+from appliance.esp import bootentries, layout, uki
+from appliance.esp.bootentries import Entry
+from appliance.esp.files import EspFiles
 
 DEFAULT_TRIES = 3
 RESERVE = 16 * 1024 * 1024  # left free for the crash history (the init's esp_free_floor)
@@ -31,54 +31,6 @@ RESERVE = 16 * 1024 * 1024  # left free for the crash history (the init's esp_fr
 
 class StageError(Exception):
     pass
-
-
-class EspFiles(Protocol):
-    def list(self, directory: str) -> list[str]: ...
-    def read(self, path: str) -> bytes: ...
-    def write(self, path: str, data: bytes) -> None: ...
-    def rename(self, old: str, new: str) -> None: ...
-    def delete(self, path: str) -> None: ...
-    def free(self) -> int: ...
-
-
-class MountedEsp:
-    """The ESP as a mounted file system (on the device: /esp)."""
-
-    def __init__(self, root: str) -> None:
-        self.root = root
-
-    def _p(self, path: str) -> str:
-        return self.root + path
-
-    def list(self, directory: str) -> list[str]:
-        try:
-            return sorted(os.listdir(self._p(directory)))
-        except FileNotFoundError:
-            return []
-
-    def read(self, path: str) -> bytes:
-        with open(self._p(path), "rb") as f:
-            return f.read()
-
-    def write(self, path: str, data: bytes) -> None:
-        """A new file (no name of a file in use): written, then made durable."""
-        fsutil.make_dirs(os.path.dirname(self._p(path)))
-        with open(self._p(path), "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        fsutil.fsync_dir(os.path.dirname(self._p(path)))
-
-    def rename(self, old: str, new: str) -> None:
-        fsutil.rename(self._p(old), self._p(new))
-
-    def delete(self, path: str) -> None:
-        fsutil.remove(self._p(path))
-
-    def free(self) -> int:
-        st = os.statvfs(self.root)
-        return st.f_bavail * st.f_frsize
 
 
 class Staged(NamedTuple):
@@ -109,9 +61,9 @@ def current_certificates(esp: EspFiles) -> list[bytes]:
     committed = sorted(e.generation for _, e in _entries(esp) if e.tries_left is None)
     if not committed:
         return []
-    for name in esp.list(bootentries.IMAGES_DIR):
+    for name in esp.list(layout.IMAGES_DIR):
         if name.startswith(f"{committed[-1]:06d}-") and name.endswith(".efi"):
-            data = esp.read(f"{bootentries.IMAGES_DIR}/{name}")
+            data = esp.read(f"{layout.IMAGES_DIR}/{name}")
             try:
                 f = io.BytesIO(data)
                 return uki.certificates(f, uki.read(f))
@@ -138,24 +90,24 @@ def check_signer(data: bytes, found: uki.Uki, current: list[bytes]) -> None:
 
 
 def _entries(esp: EspFiles) -> list[tuple[str, Entry]]:
-    return [(name, e) for name in esp.list(bootentries.ENTRIES_DIR) if (e := bootentries.parse_name(name))]
+    return [(name, e) for name in esp.list(layout.ENTRIES_DIR) if (e := bootentries.parse_name(name))]
 
 
 def clean(esp: EspFiles, say: Callable[[str], None] = lambda _: None) -> None:
     """Remove what a cut left (temporary entries, images no entry names) and any staged
     image not tried yet: at most one is staged at a time."""
-    for name in esp.list(bootentries.ENTRIES_DIR):
+    for name in esp.list(layout.ENTRIES_DIR):
         if name.endswith(".tmp"):
-            esp.delete(f"{bootentries.ENTRIES_DIR}/{name}")
+            esp.delete(f"{layout.ENTRIES_DIR}/{name}")
     for name, e in _entries(esp):
         if e.tries_left is not None and e.tries_done == 0:
             say(f"replacing the staged image of generation {e.generation}, not tried yet")
-            esp.delete(f"{bootentries.ENTRIES_DIR}/{name}")
+            esp.delete(f"{layout.ENTRIES_DIR}/{name}")
     named = {e.generation for _, e in _entries(esp)}
-    for name in esp.list(bootentries.IMAGES_DIR):
+    for name in esp.list(layout.IMAGES_DIR):
         generation = name[:6]
         if not (generation.isdigit() and int(generation) in named):
-            esp.delete(f"{bootentries.IMAGES_DIR}/{name}")
+            esp.delete(f"{layout.IMAGES_DIR}/{name}")
 
 
 STEPS = ("writing the image", "reading it back", "writing its entry", "renaming its entry")
@@ -189,9 +141,9 @@ def stage(esp: EspFiles, data: bytes, tries: int = DEFAULT_TRIES, reserve: int =
         esp.delete(path)
         raise StageError(f"{path} did not read back as written: the medium may be failing")
     entry = Entry(generation, tries)
-    tmp = f"{bootentries.ENTRIES_DIR}/{entry.name}.tmp"
+    tmp = f"{layout.ENTRIES_DIR}/{entry.name}.tmp"
     step(STEPS[2])
     esp.write(tmp, bootentries.entry_text(generation, version, path).encode())
     step(STEPS[3])
-    esp.rename(tmp, f"{bootentries.ENTRIES_DIR}/{entry.name}")
+    esp.rename(tmp, f"{layout.ENTRIES_DIR}/{entry.name}")
     return Staged(version, found.identity.build_id, generation, tries, entry.name, path)

@@ -12,10 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import NamedTuple
 
-from appliance.init import kvfile
-from appliance.init.fsutil import atomic_write
-
-STATE_FILE = "last-boot.txt"  # in the init's directory on the ESP: state, category, cause
+from appliance.esp import kvfile, layout
+from appliance.esp.files import EspFiles
 
 REQUESTED = "requested restart"
 NOT_RECORDED = "power loss or reset: nothing was recorded"
@@ -32,11 +30,10 @@ class State(NamedTuple):
     about: Mapping[str, str] = {}  # ABOUT's keys: {"image": "1.2 (3f...)", "secure-boot": "off"}; never mutated
 
 
-def load(path: str) -> tuple[State | None, str]:
+def load(files: EspFiles) -> tuple[State | None, str]:
     """(the previous boot's state or None, a problem to report or "")."""
     try:
-        with open(path, "rb") as f:
-            raw = kvfile.parse(f.read(4096))
+        raw = kvfile.parse(files.read(layout.LAST_BOOT, 4096))
         about = {key: raw[key] for key in ABOUT if raw.get(key)}
         if raw.get("state") == "running":
             return State(running=True, about=about), ""
@@ -46,19 +43,20 @@ def load(path: str) -> tuple[State | None, str]:
     except FileNotFoundError:
         return None, ""
     except (OSError, ValueError) as e:
-        return None, f"the state file {path} is unreadable ({e})"
+        return None, f"the state file {files.where(layout.LAST_BOOT)} is unreadable ({e})"
 
 
 def _about(about: Mapping[str, str]) -> dict[str, str]:
     return {key: about[key] for key in ABOUT if about.get(key)}
 
 
-def save_running(path: str, about: Mapping[str, str] = {}) -> None:
-    atomic_write(path, kvfile.render({"state": "running", **_about(about)}))
+def save_running(files: EspFiles, about: Mapping[str, str] = {}) -> None:
+    files.write(layout.LAST_BOOT, kvfile.render({"state": "running", **_about(about)}))
 
 
-def save_ended(path: str, category: str, cause: str, about: Mapping[str, str] = {}) -> None:
-    atomic_write(path, kvfile.render({"state": "ended", "category": category, "cause": cause, **_about(about)}))
+def save_ended(files: EspFiles, category: str, cause: str, about: Mapping[str, str] = {}) -> None:
+    files.write(layout.LAST_BOOT, kvfile.render({"state": "ended", "category": category, "cause": cause,
+                                                 **_about(about)}))
 
 
 def reason(state: State | None, panic: str = "", watchdog_reset: str = "", init_failure: str = "") -> tuple[str, bool]:

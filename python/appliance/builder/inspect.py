@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath
 
 import pefile
 
-from appliance.build.deps import SITE_DIR as DEPS_DIR
+from appliance.builder.deps import SITE_DIR as DEPS_DIR
 
 MIB = 1024 * 1024
 CPIO_MAGIC = (b"070701", b"070702")

@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.build import debfiles
+from appliance.builder import debfiles
+from appliance.esp import layout as esp_layout
 
 PACKAGES = {"shim-signed": "/usr/lib/shim/shimx64.efi.signed",
             "shim-helpers-amd64-signed": "/usr/lib/shim/mmx64.efi.signed"}
@@ -32,8 +33,8 @@ def layout(found: Shim, next_stage: Path, cert_der: Path) -> dict[str, Path]:
     MokManager beside it, ``next_stage`` (signed with our key: systemd-boot, or a UKI)
     where shim looks for it, and the certificate for MokManager to enroll on the first
     boot."""
-    return {"/EFI/BOOT/BOOTX64.EFI": found.shim, "/EFI/BOOT/mmx64.efi": found.mokmanager,
-            "/EFI/BOOT/grubx64.efi": next_stage, "/" + MOK_ENROLL_FILE: cert_der}
+    return {esp_layout.REMOVABLE_PATH: found.shim, esp_layout.MOKMANAGER: found.mokmanager,
+            esp_layout.SHIM_NEXT_STAGE: next_stage, "/" + MOK_ENROLL_FILE: cert_der}
 
 
 def fetch(sources_dir: Path, cache: Path) -> Shim:

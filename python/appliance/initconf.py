@@ -1,14 +1,28 @@
-"""The init's configuration: baked into the image, plus switches on the kernel command line."""
+"""The init's configuration: baked into the image by the build, plus switches on the kernel
+command line. The contract between ``appliance.builder`` and ``appliance.init``, so it
+lives beside both: the build renders it, the init reads it."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
-from appliance.init import kvfile
+from appliance.esp import kvfile
 
 CONFIG_PATH = "/etc/appliance/init.conf"
 NETWORK_STATE = "/run/appliance/network"  # APPLIANCE_NETWORK: the network's state, for the core (network.py)
+HOSTNAME_FILE = "/etc/hostname"  # written by the build from HOSTNAME=, read by the init
+DEFAULT_HOSTNAME = "appliance"
+LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+def valid_hostname(name: str) -> bool:
+    """RFC 1123: dot-separated labels of lower-case letters, digits and inner '-'; Linux
+    keeps at most 64 bytes."""
+    if not 1 <= len(name) <= 64:
+        return False
+    return all(0 < len(label) <= 63 and set(label) <= LABEL_CHARS and label[0] != "-" and label[-1] != "-"
+               for label in name.split("."))
 
 
 class Config(NamedTuple):

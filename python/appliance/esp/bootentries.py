@@ -17,9 +17,8 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-ENTRIES_DIR = "/loader/entries"
-IMAGES_DIR = "/EFI/appliance"
-LOADER_CONF = "/loader/loader.conf"
+from appliance.esp.layout import IMAGES_DIR
+
 SORT_KEY = "appliance"
 # timeout 0: no menu; editor no: nobody edits the kernel command line at the console;
 # no automatic entries (firmware setup, other OSes on the disk).

@@ -1,0 +1,59 @@
+"""What lives on the ESP, and where: every path once.
+
+Paths are the ESP's own, from its root with a leading slash, as mtools spells them
+(``::/appliance/history``); on the machine the init mounts the ESP at ``MOUNT``, and
+``MountedEsp`` joins the two. The init, ``make dumps``, ``make update``, the harness
+and the tests all take their paths from here.
+
+    /EFI/BOOT/BOOTX64.EFI            what the firmware starts (systemd-boot, shim or the UKI)
+    /EFI/BOOT/grubx64.efi            shim's next stage (SECURE_BOOT=shim): systemd-boot
+    /EFI/appliance/<gen>-<ver>.efi   the images (UKIs), one per generation
+    /loader/loader.conf              systemd-boot's settings
+    /loader/entries/appliance-*.conf one boot entry per image, with its tries in the name
+    /appliance/runtime.log           this boot's runtime log (the core's stderr, the init's lines)
+    /appliance/history/NNNNNN-<kind>.rec  the crash history: one record per file
+    /appliance/last-boot.txt         how the last boot ended (or that it is running)
+    /appliance/backoff.txt           crash-loop counter: failures in a row
+    /appliance/updates.log           what became of each update
+    /appliance/salvaged/FSCKnnnn.REC fragments fsck.fat salvaged after a power cut (the newest few)
+    /appliance/hold                  a switch: do not reboot when the core ends
+    /appliance-test/                 the test core's switches (tests/cores/matrix)
+"""
+
+from __future__ import annotations
+
+MOUNT = "/esp"  # where the init mounts it; the core finds it in APPLIANCE_ESP
+NAME = "APPLIANCE-ESP"  # its GPT partition name, given by the build; the host tools look for it
+TYPE_GUID = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"  # the EFI System Partition's type GUID
+
+# The boot files (the build writes them; updates add images and entries).
+REMOVABLE_PATH = "/EFI/BOOT/BOOTX64.EFI"  # what firmware starts from a disk it has no boot entry for
+SHIM_NEXT_STAGE = "/EFI/BOOT/grubx64.efi"
+MOKMANAGER = "/EFI/BOOT/mmx64.efi"
+IMAGES_DIR = "/EFI/appliance"
+LOADER_CONF = "/loader/loader.conf"
+ENTRIES_DIR = "/loader/entries"
+
+# The init's directory.
+APP_DIR = "/appliance"
+RUNTIME_LOG = f"{APP_DIR}/runtime.log"
+HISTORY_DIR = f"{APP_DIR}/history"
+LAST_BOOT = f"{APP_DIR}/last-boot.txt"  # state, category, cause: see appliance.esp.lastboot
+BACKOFF = f"{APP_DIR}/backoff.txt"  # "failures = N": see appliance.esp.backoff
+UPDATE_LOG = f"{APP_DIR}/updates.log"
+SALVAGED_DIR = f"{APP_DIR}/salvaged"
+HOLD = f"{APP_DIR}/hold"
+# Test-only switches (documented in docs/testing.md): each acts once and is removed.
+TEST_HANG_INIT = f"{APP_DIR}/test-hang-init"  # the init hangs with the watchdogs armed
+TEST_FAIL_INIT = f"{APP_DIR}/test-fail-init"  # the init fails right after mounting the ESP
+TEST_DIR = "/appliance-test"  # the matrix test core's actions
+
+SALVAGED_PREFIX = "FSCK"  # fsck.fat -a names what it salvages FSCKnnnn.REC, in the root
+SALVAGED_SUFFIX = ".REC"
+SALVAGED_KEEP = 4
+
+
+def salvaged_name(name: str) -> bool:
+    """Whether a file name in the ESP's root is one fsck.fat made of lost clusters."""
+    upper = name.upper()
+    return upper.startswith(SALVAGED_PREFIX) and upper.endswith(SALVAGED_SUFFIX) and upper[4:-4].isdigit()
