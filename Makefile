@@ -62,7 +62,7 @@ size: deps ## print the UKI's size breakdown (kernel, initrd, largest directorie
 	$(PY) -m appliance.builder size $(BUILD)/appliance.efi
 
 qemu: deps ## boot build/appliance.raw in QEMU/OVMF on this terminal (Ctrl-a x quits)
-	$(PY) -m appliance.harness.run $(BUILD)/appliance.raw
+	$(PY) -m appliance.tools.qemu $(BUILD)/appliance.raw
 
 IMAGE ?= $(BUILD)/appliance.raw
 flash: deps ## write the image to a USB stick: DEV=/dev/sdX [YES=1] [ALLOW_NON_REMOVABLE=sdX] [IMAGE=]
@@ -98,7 +98,7 @@ fuzz: deps ## the parsers of untrusted bytes against many random inputs [FUZZ_EX
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -m fuzz tests
 
 soak: deps test-image ## power cuts at random moments of many boots, the ESP checked after each [SOAK_CUTS=1000]
-	$(PY) -m appliance.harness.soak --image $(BUILD)/test/appliance.raw --out $(BUILD)/soak $(if $(SOAK_CUTS),--cuts $(SOAK_CUTS))
+	$(PY) -m appliance.tools.soak --image $(BUILD)/test/appliance.raw --out $(BUILD)/soak $(if $(SOAK_CUTS),--cuts $(SOAK_CUTS))
 
 bench: deps ## ours vs a systemd image: sizes, builds, boots, crash turnaround [BENCH_BOOTS=5] [BENCH_COLD=1]
 	$(PY) -m appliance.bench --build-dir $(BUILD) --cache-dir $(CACHE_DIR) $(if $(filter 1 yes true,$(BENCH_COLD)),--cold)

@@ -12,6 +12,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "python"))
 
+from tests.helpers import MatrixMachine, matrix_machine  # noqa: E402 - after the path
+
 BUILD = REPO / "build"
 TEST_LOGS = BUILD / "test-logs"
 
@@ -73,6 +75,12 @@ def log_dir(request: pytest.FixtureRequest) -> Path:
     d = TEST_LOGS
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+@pytest.fixture
+def matrix(test_raw: Path, qemu_ready: None, tmp_path: Path, log_dir: Path) -> MatrixMachine:
+    """Machines booting the test image, in this test's folder: ``matrix("name", **Machine's)``."""
+    return matrix_machine(test_raw, tmp_path, log_dir)
 
 
 # Hypothesis: in `make test` a fixed seed and a bounded number of examples per property,

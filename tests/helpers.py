@@ -4,13 +4,16 @@ never spelled here."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from appliance.esp import layout
 from appliance.esp.files import MountedEsp
+from appliance.harness.machine import Machine
 from appliance.init.supervise import Duties
 
-__all__ = ["Recorder", "esp_folder", "layout", "on_esp"]
+__all__ = ["MatrixMachine", "Recorder", "act", "always", "esp_folder", "layout", "on_esp"]
 
 
 def esp_folder(tmp_path: Path) -> MountedEsp:
@@ -43,3 +46,25 @@ class Recorder(Duties):
 
     def healthy(self) -> None:
         self.healthy_calls += 1
+
+
+# A machine booting the test image (tests/cores/matrix), named for its console log in
+# build/test-logs; keyword arguments go to Machine. The fixture ``matrix`` (conftest) makes them.
+MatrixMachine = Callable[..., Machine]
+
+
+def matrix_machine(image: Path, tmp_path: Path, log_dir: Path) -> MatrixMachine:
+    def make(name: str, **kw: Any) -> Machine:
+        return Machine(image, tmp_path, name=name, log_dir=log_dir, **kw)
+    return make
+
+
+# -- the matrix test core's client (tests/cores/matrix): what its next boots do ------------------
+def act(m: Machine, action: bytes) -> None:
+    """At the next boot, once: ``raise``, ``segv``, ``oom``, ``panic TOKEN``, ``stage``, ..."""
+    m.esp_write(layout.TEST_ACTION, action)
+
+
+def always(m: Machine, action: bytes) -> None:
+    """At every boot (a crash loop, a flood)."""
+    m.esp_write(layout.TEST_ALWAYS, action)

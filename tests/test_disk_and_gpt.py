@@ -39,7 +39,7 @@ def test_gpt_has_one_named_esp_with_our_guid(image: tuple[Path, bytes, str]) -> 
 
 def test_uki_is_at_the_removable_media_path_and_fat_is_clean(image: tuple[Path, bytes, str]) -> None:
     raw, payload, _ = image
-    assert EspImage(raw).read("/EFI/BOOT/BOOTX64.EFI") == payload
+    assert EspImage(raw).read(layout.REMOVABLE_PATH) == payload
     esp = gpt.read_partitions(str(raw))[0]
     part = raw.parent / "esp.img"
     with raw.open("rb") as f:

@@ -74,11 +74,11 @@ def test_disk_image_boots_through_shim_and_systemd_boot(built_raw: Path, built_e
     parts = gpt.read_partitions(str(built_raw))
     assert [p.is_esp for p in parts] == [True]
     esp = EspImage(built_raw)
-    shim = esp.read("/EFI/BOOT/BOOTX64.EFI")
+    shim = esp.read(layout.REMOVABLE_PATH)
     assert shim[:2] == b"MZ" and b"Microsoft" in shim
-    assert esp.read("/EFI/BOOT/mmx64.efi")[:2] == b"MZ"
+    assert esp.read(layout.MOKMANAGER)[:2] == b"MZ"
     key = signing.ensure_key(signing.default_keys_dir())
-    (tmp_path / "sd-boot.efi").write_bytes(esp.read("/EFI/BOOT/grubx64.efi"))
+    (tmp_path / "sd-boot.efi").write_bytes(esp.read(layout.SHIM_NEXT_STAGE))
     signing.verify(tmp_path / "sd-boot.efi", key.cert)
     assert b"#### LoaderInfo: systemd-boot " in (tmp_path / "sd-boot.efi").read_bytes()
     assert esp.read(layout.LOADER_CONF).decode() == bootentries.LOADER_CONF_TEXT

@@ -19,7 +19,7 @@ import pexpect
 import pytest
 
 from appliance.builder import disk
-from appliance.esp import records
+from appliance.esp import layout, records
 from appliance.media import blockdev, dumps, espfs, flash
 
 MIB = 1 << 20
@@ -286,7 +286,7 @@ def test_write_verify_and_move_the_backup_gpt(small_image, loop) -> None:
     with open(dev, "rb") as f:
         f.seek(256 * MIB - 512)
         assert f.read(8) == b"EFI PART"
-    assert espfs.EspImage(dev).read("/EFI/BOOT/BOOTX64.EFI") == payload
+    assert espfs.EspImage(dev).read(layout.REMOVABLE_PATH) == payload
     rc, out = run_dumps(dev)  # and `make dumps DEV=` reads the stick
     assert rc == 0 and f"ESP of {dev}: partition 1 \"APPLIANCE-ESP\"" in out and "no records" in out, out
     # After the move, only the primary GPT (in the first mapped range) differs from the image.
@@ -332,15 +332,15 @@ def crashed_image(small_image, tmp_path: Path) -> Path:
     raw = tmp_path / "crashed.raw"
     shutil.copy(small_image[0], raw)
     esp = espfs.EspImage(raw)
-    esp.write("/appliance/history/000001-runtime-log.rec",
+    esp.write(f"{layout.HISTORY_DIR}/000001-runtime-log.rec",
               records.encode("runtime-log", b"core: first crash\n", {"ended": "exited with status 3"}))
-    esp.write("/appliance/history/000002-runtime-log.rec",
+    esp.write(f"{layout.HISTORY_DIR}/000002-runtime-log.rec",
               records.encode("runtime-log", b"core: Fatal Python error: Segmentation fault\n",
                              {"ended": "killed by signal 11 (SIGSEGV)", "image": "2026.11.29-3f2a0c1b (3f2a0c1b9d8e)"}))
     whole = records.encode("runtime-log", b"core: cut by a power loss" * 10, {"ended": "exited with status 1"})
-    esp.write("/appliance/history/000003-runtime-log.rec", whole[:-40])
-    esp.write("/appliance/runtime.log", b"core: the last boot's words\n")
-    esp.write("/appliance/backoff.txt", b"failures = 2\n")
+    esp.write(f"{layout.HISTORY_DIR}/000003-runtime-log.rec", whole[:-40])
+    esp.write(layout.RUNTIME_LOG, b"core: the last boot's words\n")
+    esp.write(layout.BACKOFF, b"failures = 2\n")
     return raw
 
 
@@ -383,7 +383,7 @@ def test_dumps_saves_byte_for_byte_and_never_overwrites(crashed_image: Path, tmp
     assert "saved 4 file(s)" in out
     esp = espfs.EspImage(crashed_image)
     for name in ("000001-runtime-log.rec", "000002-runtime-log.rec", "000003-runtime-log.rec"):
-        assert (folder / name).read_bytes() == esp.read(f"/appliance/history/{name}")
+        assert (folder / name).read_bytes() == esp.read(f"{layout.HISTORY_DIR}/{name}")
     assert (folder / "runtime.log").read_bytes() == b"core: the last boot's words\n"
     before = (folder / "runtime.log").stat().st_mtime_ns
     rc, out = run_dumps(crashed_image, save_to=str(folder))
@@ -393,12 +393,12 @@ def test_dumps_saves_byte_for_byte_and_never_overwrites(crashed_image: Path, tmp
 def test_dumps_clear_asks_first(crashed_image: Path) -> None:
     rc, out = run_dumps(crashed_image, do_clear=True, ask=lambda prompt: "no")
     assert rc == 2 and "not confirmed; nothing deleted" in out
-    assert len(espfs.EspImage(crashed_image).list("/appliance/history")) == 3
+    assert len(espfs.EspImage(crashed_image).list(layout.HISTORY_DIR)) == 3
     rc, out = run_dumps(crashed_image, do_clear=True, ask=lambda prompt: "clear")
     assert "deleted 4 file(s)" in out, out
     esp = espfs.EspImage(crashed_image)
-    assert esp.list("/appliance/history") == [] and not esp.exists("/appliance/runtime.log")
-    assert esp.exists("/EFI/BOOT/BOOTX64.EFI") and esp.exists("/appliance/backoff.txt")
+    assert esp.list(layout.HISTORY_DIR) == [] and not esp.exists(layout.RUNTIME_LOG)
+    assert esp.exists(layout.REMOVABLE_PATH) and esp.exists(layout.BACKOFF)
     rc, out = run_dumps(crashed_image)
     assert rc == 0 and "no records" in out and "last runtime log (/appliance/runtime.log): none" in out
 

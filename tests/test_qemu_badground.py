@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from appliance.builder import disk
-from appliance.esp import gpt, records
+from appliance.esp import gpt, layout, records
 from appliance.harness.machine import Machine
 from appliance.harness.qemu import Drive
 from appliance.media import dumps, espfs
+from tests.helpers import MatrixMachine, act, always
 
 pytestmark = pytest.mark.qemu
 
@@ -23,7 +24,7 @@ HISTORY_RECORDS = 4  # the test image's bound (make test-image)
 def crash_and_find_it_archived(m: Machine, esp_device: str) -> None:
     """The core raises; the ESP at ``esp_device`` (a regex) gets the dump, the next boot
     prints and archives it, and exactly one record is on that ESP afterwards."""
-    m.esp_write("/appliance-test/action", b"raise")
+    act(m, b"raise")
     with m:
         for boot in (1, 2):
             m.wait_boot(timeout=120)
@@ -34,12 +35,12 @@ def crash_and_find_it_archived(m: Machine, esp_device: str) -> None:
         m.expect(r"init: ===== previous boot's runtime log: end \(archived as", 10)
         m.expect(READY, 60)
         m.power_cut()
-    assert len(m.esp_list("/appliance/history")) == 1
+    assert len(m.esp_list(layout.HISTORY_DIR)) == 1
 
 
-def test_garbage_previous_log_of_50_mb(test_raw: Path, qemu_ready: None, tmp_path: Path, log_dir: Path) -> None:
-    m = Machine(test_raw, tmp_path, name="bad-garbage-log", log_dir=log_dir)
-    m.esp_write("/appliance/runtime.log", os.urandom(50 << 20))
+def test_garbage_previous_log_of_50_mb(matrix: MatrixMachine) -> None:
+    m = matrix("bad-garbage-log")
+    m.esp_write(layout.RUNTIME_LOG, os.urandom(50 << 20))
     with m:
         m.wait_boot(timeout=120)
         m.expect(r"init: ===== previous boot's runtime log: begin \(52428800 bytes; core ended: not recorded", 60)
@@ -51,12 +52,12 @@ def test_garbage_previous_log_of_50_mb(test_raw: Path, qemu_ready: None, tmp_pat
     rec = records.decode(m.esp_read(end.group(1)))
     assert rec.ok and len(rec.payload) < (1 << 20) + 4096  # bounded by the log cap, not 50 MB
     assert b"bytes of the previous log skipped: it is larger than the cap" in rec.payload
-    assert m.esp_read("/appliance/runtime.log") == b""  # this boot's fresh log: the garbage is gone
+    assert m.esp_read(layout.RUNTIME_LOG) == b""  # this boot's fresh log: the garbage is gone
 
 
-def test_full_esp(test_raw: Path, qemu_ready: None, tmp_path: Path, log_dir: Path) -> None:
-    m = Machine(test_raw, tmp_path, name="bad-full-esp", log_dir=log_dir)
-    m.esp_write("/appliance-test/action", b"raise")
+def test_full_esp(matrix: MatrixMachine) -> None:
+    m = matrix("bad-full-esp")
+    act(m, b"raise")
     m.esp_write("/filler.bin", b"\0" * m.esp_free())
     assert m.esp_free() == 0
     with m:
@@ -70,11 +71,11 @@ def test_full_esp(test_raw: Path, qemu_ready: None, tmp_path: Path, log_dir: Pat
         m.power_cut()
 
 
-def test_read_only_boot_disk(test_raw: Path, qemu_ready: None, tmp_path: Path, log_dir: Path) -> None:
-    m = Machine(test_raw, tmp_path, name="bad-read-only", readonly=True, log_dir=log_dir)
+def test_read_only_boot_disk(matrix: MatrixMachine) -> None:
+    m = matrix("bad-read-only", readonly=True)
     old = b"core: an old crash\ninit: core ended: exited with status 5\n"
-    m.esp_write("/appliance/runtime.log", old)
-    m.esp_write("/appliance/last-boot.txt", b"state = ended\ncategory = core\ncause = exited with status 5\n")
+    m.esp_write(layout.RUNTIME_LOG, old)
+    m.esp_write(layout.LAST_BOOT, b"state = ended\ncategory = core\ncause = exited with status 5\n")
     with m:
         m.wait_boot(timeout=120)
         m.expect(r"init: read-write mount refused .*; mounted read-only", 60)
@@ -85,7 +86,7 @@ def test_read_only_boot_disk(test_raw: Path, qemu_ready: None, tmp_path: Path, l
         m.expect(r"init: ===== previous boot's runtime log: end \(not archived: the ESP is read-only", 10)
         m.expect(READY, 60)
         m.power_cut()
-    assert m.esp_read("/appliance/runtime.log") == old  # shown, and still there
+    assert m.esp_read(layout.RUNTIME_LOG) == old  # shown, and still there
 
 
 def test_records_go_only_to_the_esp_booted_from(test_raw: Path, qemu_ready: None, tmp_path: Path,
@@ -106,10 +107,9 @@ def test_records_go_only_to_the_esp_booted_from(test_raw: Path, qemu_ready: None
     assert other.read_bytes() == before  # not a byte written to the other disk
 
 
-def test_crash_loop_backs_off_and_history_stays_bounded(test_raw: Path, qemu_ready: None, tmp_path: Path,
-                                                        log_dir: Path) -> None:
-    m = Machine(test_raw, tmp_path, name="bad-crash-loop", log_dir=log_dir)
-    m.esp_write("/appliance-test/always", b"raise")
+def test_crash_loop_backs_off_and_history_stays_bounded(matrix: MatrixMachine) -> None:
+    m = matrix("bad-crash-loop")
+    always(m, b"raise")
     free_before = m.esp_free()
     with m:
         for failure in range(1, 7):
@@ -120,9 +120,9 @@ def test_crash_loop_backs_off_and_history_stays_bounded(test_raw: Path, qemu_rea
                      30)
             m.expect(r"init: rebooting at", 30 + wait)
         m.power_cut()
-    history = m.esp_list("/appliance/history")
+    history = m.esp_list(layout.HISTORY_DIR)
     assert len(history) == HISTORY_RECORDS, history
-    assert m.esp_read("/appliance/backoff.txt") == b"failures = 6\n"
+    assert m.esp_read(layout.BACKOFF) == b"failures = 6\n"
     assert free_before - m.esp_free() < 2 << 20  # bounded: far from the floor
     # `make dumps` reads what the crash loop left, off the disk image, without booting it.
     out = io.StringIO()
@@ -137,8 +137,8 @@ def test_crash_loop_backs_off_and_history_stays_bounded(test_raw: Path, qemu_rea
     assert out.getvalue().count(raised) == HISTORY_RECORDS, out.getvalue()
 
 
-def test_usb_stick(test_raw: Path, qemu_ready: None, tmp_path: Path, log_dir: Path) -> None:
-    m = Machine(test_raw, tmp_path, name="bad-usb-stick", interface="usb", log_dir=log_dir)
+def test_usb_stick(matrix: MatrixMachine) -> None:
+    m = matrix("bad-usb-stick", interface="usb")
     crash_and_find_it_archived(m, r"/dev/sd[a-z]1 ")
 
 
@@ -166,11 +166,10 @@ def check_flood_log(data: bytes) -> int:
     return count
 
 
-def test_power_cut_while_the_core_floods_stderr(test_raw: Path, qemu_ready: None, tmp_path: Path,
-                                               log_dir: Path) -> None:
+def test_power_cut_while_the_core_floods_stderr(matrix: MatrixMachine) -> None:
     repeats = int(os.environ.get("POWER_CUT_REPEATS", "20"))
-    m = Machine(test_raw, tmp_path, name="bad-power-cut", log_dir=log_dir)
-    m.esp_write("/appliance-test/always", b"flood")
+    m = matrix("bad-power-cut")
+    always(m, b"flood")
     for i in range(repeats):
         with m:
             m.wait_boot(timeout=120)
@@ -178,4 +177,4 @@ def test_power_cut_while_the_core_floods_stderr(test_raw: Path, qemu_ready: None
             m.power_cut()
         problems = espfs.fsck_problems(m.disk)
         assert problems == [], f"cut {i + 1}: fsck.fat -n found more than the dirty flag: {problems}"
-        assert check_flood_log(m.esp_read("/appliance/runtime.log")) > 0, f"cut {i + 1}: nothing was kept"
+        assert check_flood_log(m.esp_read(layout.RUNTIME_LOG)) > 0, f"cut {i + 1}: nothing was kept"

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from appliance.esp import records, uki
+from appliance.esp import layout, records, uki
 from appliance.harness.machine import Machine
+from tests.helpers import MatrixMachine, act
 
 pytestmark = pytest.mark.qemu
 
@@ -29,9 +30,9 @@ def test_demo_image_boots_to_its_core(built_raw: Path, built_efi: Path, qemu_rea
     print(f"init start -> core started: {core_up - init_up:.3f} s (guest uptime {init_up:.3f} -> {core_up:.3f})")
 
 
-def test_a_crash_survives_the_reboot(test_raw: Path, qemu_ready: None, tmp_path: Path, log_dir: Path) -> None:
-    m = Machine(test_raw, tmp_path, name="crash-reboot", log_dir=log_dir)
-    m.esp_write("/appliance-test/action", b"raise\n")
+def test_a_crash_survives_the_reboot(matrix: MatrixMachine, test_raw: Path) -> None:
+    m = matrix("crash-reboot")
+    act(m, b"raise\n")
     with m:
         m.wait_boot(timeout=120)
         m.expect(r"matrix core: action raise", 60)
@@ -48,9 +49,9 @@ def test_a_crash_survives_the_reboot(test_raw: Path, qemu_ready: None, tmp_path:
         m.expect(r"matrix core: ready", 60)
         m.power_cut()
     assert m.boots == 2
-    names = m.esp_list("/appliance/history")
+    names = m.esp_list(layout.HISTORY_DIR)
     assert names == ["000001-runtime-log.rec"]
-    rec = records.decode(m.esp_read("/appliance/history/000001-runtime-log.rec"))
+    rec = records.decode(m.esp_read(f"{layout.HISTORY_DIR}/000001-runtime-log.rec"))
     assert rec.ok, rec.problem
     assert rec.meta["ended"] == "exited with status 1"
     assert rec.meta["secure-boot"] == "off"  # the crashed boot's, from its state file

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from appliance.builder import disk
-from appliance.esp import gpt, records
+from appliance.esp import gpt, layout, records
 from appliance.harness import baddisks
 from appliance.harness.machine import Machine
 from appliance.harness.qemu import Drive
+from tests.helpers import MatrixMachine, act
 from tests.test_qemu_badground import READY, crash_and_find_it_archived
 
 pytestmark = pytest.mark.qemu
@@ -37,12 +38,11 @@ def test_hostile_foreign_disks_cannot_stop_the_boot(test_raw: Path, qemu_ready: 
     assert "BUG" not in log
 
 
-def test_the_init_failing_before_its_log_exists_is_shown_next_boot(test_raw: Path, qemu_ready: None,
-                                                                   tmp_path: Path, log_dir: Path) -> None:
+def test_the_init_failing_before_its_log_exists_is_shown_next_boot(matrix: MatrixMachine) -> None:
     """The init fails right after mounting the ESP (a test switch): only the EFI variable
     can keep that. The core runs anyway; the next boot shows, archives and erases it."""
-    m = Machine(test_raw, tmp_path, name="hostile-init-failure", log_dir=log_dir)
-    m.esp_write("/appliance/test-fail-init", b"")
+    m = matrix("hostile-init-failure")
+    m.esp_write(layout.TEST_FAIL_INIT, b"")
     with m:
         m.wait_boot(timeout=120)
         m.expect(r"init: BUG: the init failed while finding and mounting the ESP:", 60)
@@ -76,9 +76,9 @@ def test_esp_disk_failing_writes_loses_nothing(test_raw: Path, qemu_ready: None,
     rules.write_text('[inject-error]\nevent = "write_aio"\niotype = "write"\nerrno = "5"\n')
     m = Machine(test_raw, tmp_path / "m", name="hostile-esp-write-errors", log_dir=log_dir, blkdebug=str(rules))
     old = b"core: an old crash\ninit: core ended: exited with status 5\n"
-    m.esp_write("/appliance/runtime.log", old)
-    m.esp_write("/appliance/last-boot.txt", b"state = ended\ncategory = core\ncause = exited with status 5\n")
-    before = m.esp_list("/appliance/history")
+    m.esp_write(layout.RUNTIME_LOG, old)
+    m.esp_write(layout.LAST_BOOT, b"state = ended\ncategory = core\ncause = exited with status 5\n")
+    before = m.esp_list(layout.HISTORY_DIR)
     with m:
         m.wait_boot(timeout=120)
         m.expect(r"init: ESP mounted:", 60)
@@ -91,8 +91,8 @@ def test_esp_disk_failing_writes_loses_nothing(test_raw: Path, qemu_ready: None,
         m.expect(r"init: persistence DEGRADED: this boot's runtime log is not started", 10)
         m.expect(READY, 60)
         m.power_cut()
-    assert m.esp_read("/appliance/runtime.log") == old  # nothing the previous boot left is lost
-    assert m.esp_list("/appliance/history") == before
+    assert m.esp_read(layout.RUNTIME_LOG) == old  # nothing the previous boot left is lost
+    assert m.esp_list(layout.HISTORY_DIR) == before
 
 
 def test_files_of_the_wrong_kind_on_the_esp(test_raw: Path, qemu_ready: None, tmp_path: Path,
@@ -116,8 +116,8 @@ def test_files_of_the_wrong_kind_on_the_esp(test_raw: Path, qemu_ready: None, tm
         f.write(b"failures = 1\n")
         f.write(b"\xff" * (100 * 1000 * 1000))
     subprocess.run(["mcopy", "-i", img, str(state), "::/appliance/backoff.txt"], check=True)
-    m.esp_write("/appliance-test/action", b"raise")
-    m.esp_write("/appliance/last-boot.txt", b"state = running\n")  # a power cut: a reset record is archived
+    act(m, b"raise")
+    m.esp_write(layout.LAST_BOOT, b"state = running\n")  # a power cut: a reset record is archived
     with m:
         started = m.wait_boot(timeout=120)
         m.expect(r"init: back-off state /esp/appliance/backoff.txt unreadable", 60)
@@ -139,9 +139,8 @@ def test_files_of_the_wrong_kind_on_the_esp(test_raw: Path, qemu_ready: None, tm
     ("virtio-scsi", "q35", r"/dev/sd[a-z]1 "),
     ("ahci", "pc", r"/dev/sd[a-z]1 "),
 ], ids=["sata-ahci", "nvme", "usb-ehci", "virtio-scsi", "i440fx-ahci"])
-def test_boot_controllers_of_real_machines(test_raw: Path, qemu_ready: None, tmp_path: Path, log_dir: Path,
-                                           interface: str, machine: str, device: str) -> None:
+def test_boot_controllers_of_real_machines(matrix: MatrixMachine, interface: str, machine: str, device: str) -> None:
     """A crash persists across the reboot on each (USB through xHCI: test_usb_stick)."""
-    m = Machine(test_raw, tmp_path, name=f"controller-{machine}-{interface}", interface=interface,
-                machine=machine, log_dir=log_dir)
+    m = matrix(f"controller-{machine}-{interface}", interface=interface,
+                machine=machine)
     crash_and_find_it_archived(m, device)

@@ -4,11 +4,10 @@ unit tests). The matrix core tries each item and says ok or what failed."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
-from appliance.harness.machine import Machine
+from tests.helpers import MatrixMachine, act
 
 pytestmark = pytest.mark.qemu
 
@@ -17,10 +16,9 @@ CHECKS = ("loopback", "hostname", "user", "environment", "timezone", "certificat
           "dependencies")
 
 
-def test_the_core_finds_the_machine_a_python_program_expects(test_raw: Path, qemu_ready: None, tmp_path: Path,
-                                                            log_dir: Path) -> None:
-    m = Machine(test_raw, tmp_path, name="machine-env", log_dir=log_dir)
-    m.esp_write("/appliance-test/action", b"machine")
+def test_the_core_finds_the_machine_a_python_program_expects(matrix: MatrixMachine) -> None:
+    m = matrix("machine-env")
+    act(m, b"machine")
     with m:
         m.wait_boot(timeout=120)
         m.expect(r"init: host name matrix; loopback up", 30)  # make test-image sets HOSTNAME=matrix
@@ -36,10 +34,9 @@ def test_the_core_finds_the_machine_a_python_program_expects(test_raw: Path, qem
                      r"_speedups\.cpython-313-x86_64-linux-gnu\.so", console)
 
 
-def test_a_crash_inside_a_dependency_shows_the_library_frame_with_its_source(
-        test_raw: Path, qemu_ready: None, tmp_path: Path, log_dir: Path) -> None:
-    m = Machine(test_raw, tmp_path, name="library-crash", log_dir=log_dir)
-    m.esp_write("/appliance-test/action", b"library-crash")
+def test_a_crash_inside_a_dependency_shows_the_library_frame_with_its_source(matrix: MatrixMachine) -> None:
+    m = matrix("library-crash")
+    act(m, b"library-crash")
     with m:
         m.wait_boot(timeout=120)
         m.expect(r"matrix core: crashing in a library", 60)

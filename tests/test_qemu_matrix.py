@@ -7,13 +7,12 @@ the init's markers and archives exactly it.
 """
 
 import re
-from pathlib import Path
 from typing import NamedTuple
 
 import pytest
 
-from appliance.esp import records
-from appliance.harness.machine import Machine
+from appliance.esp import layout, records
+from tests.helpers import MatrixMachine, act
 
 pytestmark = pytest.mark.qemu
 
@@ -52,10 +51,9 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.action for c in CASES])
-def test_crash_is_dumped_and_survives_the_reboot(case: Case, test_raw: Path, qemu_ready: None,
-                                                 tmp_path: Path, log_dir: Path) -> None:
-    m = Machine(test_raw, tmp_path, name=f"matrix-{case.action}", log_dir=log_dir)
-    m.esp_write("/appliance-test/action", case.action.encode())
+def test_crash_is_dumped_and_survives_the_reboot(matrix: MatrixMachine, case: Case) -> None:
+    m = matrix(f"matrix-{case.action}")
+    act(m, case.action.encode())
     with m:
         m.wait_boot(timeout=120)
         m.expect(rf"matrix core: action {re.escape(case.action)}", 60)
@@ -66,7 +64,7 @@ def test_crash_is_dumped_and_survives_the_reboot(case: Case, test_raw: Path, qem
             m.expect(r"init: the appliance encountered an uncorrectable error and must be restarted", 10)
         m.expect(r"init: rebooting at", 30)
     # Between the boots: the dump is on the ESP, read without booting.
-    log = m.esp_read("/appliance/runtime.log")
+    log = m.esp_read(layout.RUNTIME_LOG)
     text = log.decode(errors="replace")
     assert re.search(rf"^init: core ended: {case.ended}$", text, re.M), text[-2000:]
     for pattern in case.dump:
@@ -90,9 +88,9 @@ def test_crash_is_dumped_and_survives_the_reboot(case: Case, test_raw: Path, qem
     assert m.boots == 2
 
 
-def test_exit_zero_reboots_without_a_report(test_raw: Path, qemu_ready: None, tmp_path: Path, log_dir: Path) -> None:
-    m = Machine(test_raw, tmp_path, name="matrix-exit0", log_dir=log_dir)
-    m.esp_write("/appliance-test/action", b"exit0")
+def test_exit_zero_reboots_without_a_report(matrix: MatrixMachine) -> None:
+    m = matrix("matrix-exit0")
+    act(m, b"exit0")
     with m:
         m.wait_boot(timeout=120)
         m.expect(r"init: core ended: exited with status 0 \(requested restart\) at", 60)
@@ -104,4 +102,4 @@ def test_exit_zero_reboots_without_a_report(test_raw: Path, qemu_ready: None, tm
     console = m.log_path.read_text(errors="replace")
     assert "previous boot's runtime log" not in console
     assert "uncorrectable error" not in console
-    assert m.esp_list("/appliance/history") == []
+    assert m.esp_list(layout.HISTORY_DIR) == []

@@ -14,6 +14,7 @@ import pytest
 
 from appliance.harness.machine import Machine
 from appliance.harness.qemu import silent_network, user_network
+from tests.helpers import act
 
 pytestmark = pytest.mark.qemu
 
@@ -39,7 +40,7 @@ def test_the_core_gets_a_lease_and_fetches_a_file_from_the_host(
         nic: str, test_net_raw: Path, qemu_ready: None, served: int, tmp_path: Path, log_dir: Path) -> None:
     m = Machine(test_net_raw, tmp_path / "m", name=f"network-dhcp-{nic}", log_dir=log_dir,
                 nic=user_network({"10.0.2.100:8080": served}, nic=nic))
-    m.esp_write("/appliance-test/action", b"net-fetch http://10.0.2.100:8080/hello.txt")
+    act(m, b"net-fetch http://10.0.2.100:8080/hello.txt")
     with m:
         m.wait_boot(timeout=120)
         m.expect(r"init: core started", 60)  # the core does not wait for the lease

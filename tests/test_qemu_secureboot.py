@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from appliance.builder import bootmgr, disk, shim, signing
-from appliance.esp import records, uki
+from appliance.esp import layout, records, uki
 from appliance.harness.machine import Machine
 from appliance.media.espfs import EspImage
+from tests.helpers import act
 
 pytestmark = pytest.mark.qemu
 
@@ -62,7 +63,7 @@ def test_signed_image_boots_with_secure_boot_enforced_and_the_kernel_locked_down
         m.expect(r"init: ESP mounted: /dev/vda1", 60)  # vfat and virtio_blk: signed modules under lockdown
         m.expect(r"demo core: ready", 60)
         m.power_cut()
-    assert b"\nsecure-boot = on (lockdown: integrity)\n" in m.esp_read("/appliance/last-boot.txt")
+    assert b"\nsecure-boot = on (lockdown: integrity)\n" in m.esp_read(layout.LAST_BOOT)
 
 
 def test_a_changed_byte_or_another_key_is_refused(signed: tuple[Path, signing.Key], qemu_ready: None,
@@ -72,9 +73,9 @@ def test_a_changed_byte_or_another_key_is_refused(signed: tuple[Path, signing.Ke
     for name, cert in (("secureboot-own-byte-changed", key.cert), ("secureboot-own-other-key", other.cert)):
         m = Machine(raw, tmp_path / name, name=name, secure_boot="own", db_cert=cert, log_dir=log_dir)
         if name.endswith("byte-changed"):
-            efi = bytearray(m.esp_read("/EFI/BOOT/BOOTX64.EFI"))
+            efi = bytearray(m.esp_read(layout.REMOVABLE_PATH))
             efi[len(efi) // 2] ^= 0x01
-            m.esp_write("/EFI/BOOT/BOOTX64.EFI", bytes(efi))
+            m.esp_write(layout.REMOVABLE_PATH, bytes(efi))
         with m:
             m.expect(r"BdsDxe: failed to load Boot\d+ [^\n]*: (Access Denied|Security Violation)", 180)
             m.power_cut()
@@ -88,7 +89,7 @@ def shim_layout(built_raw: Path, efi: Path, key: signing.Key, d: Path) -> dict[s
     esp = EspImage(built_raw)
     found = shim.Shim(d / "shimx64.efi", d / "mmx64.efi")
     found.shim.write_bytes(esp.read(disk.REMOVABLE_PATH))
-    found.mokmanager.write_bytes(esp.read("/EFI/BOOT/mmx64.efi"))
+    found.mokmanager.write_bytes(esp.read(layout.MOKMANAGER))
     return shim.layout(found, efi, signing.der(key.cert, d / shim.MOK_ENROLL_FILE))
 
 
@@ -199,7 +200,7 @@ def test_under_secure_boot_a_core_crash_and_a_kernel_panic_survive_the_reboot(
     m = Machine(raw, tmp_path, name=f"secureboot-{mode}-crash-panic", secure_boot=mode, watchdog=True,
                 db_cert=key.cert if mode == "own" else None, mok_cert=key.cert if mode == "ms" else None,
                 log_dir=log_dir)
-    m.esp_write("/appliance-test/action", action.encode())
+    act(m, action.encode())
     lockdown = r"init: secure boot: on \(lockdown: integrity\)"
     with m:
         m.wait_boot(timeout=180)
@@ -207,10 +208,10 @@ def test_under_secure_boot_a_core_crash_and_a_kernel_panic_survive_the_reboot(
         m.expect(rf"matrix core: action {action}", 60)
         m.expect(rf"init: core ended: {ended} at", 90)
         m.expect(r"init: rebooting at", 30)
-    log = m.esp_read("/appliance/runtime.log")
+    log = m.esp_read(layout.RUNTIME_LOG)
 
     token = uuid.uuid4().hex
-    m.esp_write("/appliance-test/action", f"panic {token}".encode())
+    act(m, f"panic {token}".encode())
     with m:
         m.wait_boot(timeout=180)
         m.expect(lockdown, 60)

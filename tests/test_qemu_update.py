@@ -12,6 +12,7 @@ import pytest
 from appliance.esp import layout, records, uki
 from appliance.harness.machine import Machine
 from appliance.media import dumps, update
+from tests.helpers import MatrixMachine, act
 
 pytestmark = pytest.mark.qemu
 
@@ -23,14 +24,14 @@ def version(efi: Path) -> str:
 
 
 def history(m: Machine) -> list[records.Record]:
-    return [records.decode(m.esp_read(f"/appliance/history/{n}")) for n in m.esp_list("/appliance/history")]
+    return [records.decode(m.esp_read(f"{layout.HISTORY_DIR}/{n}")) for n in m.esp_list(layout.HISTORY_DIR)]
 
 
-def test_an_update_staged_from_a_host_is_tried_committed_and_kept(
-        test_raw: Path, test_v2_efi: Path, qemu_ready: None, tmp_path: Path, log_dir: Path) -> None:
+def test_an_update_staged_from_a_host_is_tried_committed_and_kept(matrix: MatrixMachine,
+        test_raw: Path, test_v2_efi: Path) -> None:
     v1, v2 = version(test_raw.parent / "appliance.efi"), version(test_v2_efi)
-    m = Machine(test_raw, tmp_path, name="update-from-host", log_dir=log_dir)
-    m.esp_write("/appliance-test/action", b"raise")  # a crash under v1: its record must survive the update
+    m = matrix("update-from-host")
+    act(m, b"raise")  # a crash under v1: its record must survive the update
     with m:
         m.wait_boot(timeout=120)
         m.expect(rf"init: boot entry appliance-000001\.conf: image {re.escape(v1)}, committed", 30)
@@ -38,7 +39,7 @@ def test_an_update_staged_from_a_host_is_tried_committed_and_kept(
     out = io.StringIO()
     assert update.update(str(m.disk), str(test_v2_efi), out=out) == 0, out.getvalue()
     assert f"the next boot tries {v2}" in out.getvalue()
-    m.esp_write("/appliance-test/action", b"healthy")  # v2's core says it is healthy once it runs
+    act(m, b"healthy")  # v2's core says it is healthy once it runs
     with m:
         m.wait_boot(timeout=120)
         m.expect(rf"init: image {re.escape(v2)} ", 10)
@@ -62,13 +63,13 @@ def test_an_update_staged_from_a_host_is_tried_committed_and_kept(
     assert f"staged {v2} " in log and "from a host" in log and f"committed {v2} (generation 2)" in log
 
 
-def test_an_update_that_crashes_is_rolled_back_by_the_machine_itself(
-        test_raw: Path, test_v2_efi: Path, qemu_ready: None, tmp_path: Path, log_dir: Path) -> None:
+def test_an_update_that_crashes_is_rolled_back_by_the_machine_itself(matrix: MatrixMachine,
+        test_raw: Path, test_v2_efi: Path) -> None:
     v1, v2 = version(test_raw.parent / "appliance.efi"), version(test_v2_efi)
-    m = Machine(test_raw, tmp_path, name="update-rollback", log_dir=log_dir)
-    m.esp_write("/appliance-test/update.efi", test_v2_efi.read_bytes())  # as if the core had fetched it
-    m.esp_write("/appliance-test/action", b"stage")
-    m.esp_write("/appliance-test/version-action", f"{v2} raise".encode())  # v2's core crashes at once
+    m = matrix("update-rollback")
+    m.esp_write(layout.TEST_UPDATE, test_v2_efi.read_bytes())  # as if the core had fetched it
+    act(m, b"stage")
+    m.esp_write(layout.TEST_VERSION_ACTION, f"{v2} raise".encode())  # v2's core crashes at once
     with m:
         m.wait_boot(timeout=120)
         m.expect(rf"matrix core: staged {re.escape(v2)} as generation 2 \(appliance-000002\+3\.conf\)", 60)
@@ -101,14 +102,13 @@ def test_an_update_that_crashes_is_rolled_back_by_the_machine_itself(
     # At once, before the drivers' usual time: the init arms the watchdog before a trial's core.
     ("hang", r"watchdog reset \(watchdog0: i6300ESB timer\): the machine hung", r"matrix core: hanging the machine"),
 ])
-def test_an_update_that_panics_or_hangs_is_rolled_back_too(
-        action: str, cause: str, end: str, test_raw: Path, test_v2_efi: Path, qemu_ready: None, tmp_path: Path,
-        log_dir: Path) -> None:
+def test_an_update_that_panics_or_hangs_is_rolled_back_too(matrix: MatrixMachine,
+        action: str, cause: str, end: str, test_raw: Path, test_v2_efi: Path) -> None:
     v1, v2 = version(test_raw.parent / "appliance.efi"), version(test_v2_efi)
     # A hang is ended by the hardware watchdog's reset, a warm one (its boot status survives).
-    m = Machine(test_raw, tmp_path, name=f"update-rollback-{action}", watchdog=action == "hang",
-                warm_reset=action == "hang", log_dir=log_dir)
-    m.esp_write("/appliance-test/version-action", f"{v2} {action}{' now' if action == 'panic' else ''}".encode())
+    m = matrix(f"update-rollback-{action}", watchdog=action == "hang",
+                warm_reset=action == "hang")
+    m.esp_write(layout.TEST_VERSION_ACTION, f"{v2} {action}{' now' if action == 'panic' else ''}".encode())
     out = io.StringIO()
     assert update.update(str(m.disk), str(test_v2_efi), out=out) == 0, out.getvalue()
     with m:
@@ -124,11 +124,11 @@ def test_an_update_that_panics_or_hangs_is_rolled_back_too(
     assert len(re.findall(cause, line.group(1))) == 3, line.group(1)
 
 
-def test_power_lost_during_each_try_rolls_the_update_back(
-        test_raw: Path, test_v2_efi: Path, qemu_ready: None, tmp_path: Path, log_dir: Path) -> None:
+def test_power_lost_during_each_try_rolls_the_update_back(matrix: MatrixMachine,
+        test_raw: Path, test_v2_efi: Path) -> None:
     """The power goes while v2 is on trial, three times: each is a failed try, said as such."""
     v1, v2 = version(test_raw.parent / "appliance.efi"), version(test_v2_efi)
-    m = Machine(test_raw, tmp_path, name="update-rollback-power", log_dir=log_dir)
+    m = matrix("update-rollback-power")
     out = io.StringIO()
     assert update.update(str(m.disk), str(test_v2_efi), out=out) == 0, out.getvalue()
     for n in (1, 2, 3):
@@ -154,8 +154,8 @@ def test_a_power_cut_while_the_core_stages_leaves_a_machine_that_boots_a_good_im
     on trial once its entry was whole, and a new staging then succeeds."""
     v1, v2 = version(test_raw.parent / "appliance.efi"), version(test_v2_efi)
     m = Machine(test_raw, tmp_path, name=f"update-cut-{step.split()[0]}", log_dir=log_dir)
-    m.esp_write("/appliance-test/update.efi", test_v2_efi.read_bytes())
-    m.esp_write("/appliance-test/action", b"stage")
+    m.esp_write(layout.TEST_UPDATE, test_v2_efi.read_bytes())
+    act(m, b"stage")
     with m:
         m.wait_boot(timeout=120)
         m.expect(rf"matrix core: staging: {step}", 60)

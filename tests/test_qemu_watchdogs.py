@@ -2,22 +2,21 @@
 init. Each boots the test image, crashes it, and checks what the next boot says."""
 
 import uuid
-from pathlib import Path
 
 import pytest
 
-from appliance.esp import records
-from appliance.harness.machine import Machine
+from appliance.esp import layout, records
+from tests.helpers import MatrixMachine, act
 
 pytestmark = pytest.mark.qemu
 
 READY = r"matrix core: ready"
 
 
-def test_kernel_panic_survives_in_pstore(test_raw: Path, qemu_ready: None, tmp_path: Path, log_dir: Path) -> None:
+def test_kernel_panic_survives_in_pstore(matrix: MatrixMachine) -> None:
     token = uuid.uuid4().hex
-    m = Machine(test_raw, tmp_path, name="panic-pstore", log_dir=log_dir)
-    m.esp_write("/appliance-test/action", f"panic {token}".encode())
+    m = matrix("panic-pstore")
+    act(m, f"panic {token}".encode())
     with m:
         m.wait_boot(timeout=120)
         m.expect(r"Kernel panic - not syncing", 60)
@@ -41,14 +40,13 @@ def test_kernel_panic_survives_in_pstore(test_raw: Path, qemu_ready: None, tmp_p
         m.power_cut()
     assert "kernel panic from the previous boot" not in m.log_path.read_text(errors="replace").split(
         "previous boot ended: power loss")[1]
-    kinds = [name.split("-", 1)[1] for name in m.esp_list("/appliance/history")]
+    kinds = [name.split("-", 1)[1] for name in m.esp_list(layout.HISTORY_DIR)]
     assert kinds == ["kernel-panic.rec", "reset.rec"], kinds
 
 
-def test_a_deadlocked_core_is_dumped_by_the_software_watchdog(test_raw: Path, qemu_ready: None, tmp_path: Path,
-                                                             log_dir: Path) -> None:
-    m = Machine(test_raw, tmp_path, name="watchdog-deadlock", log_dir=log_dir)
-    m.esp_write("/appliance-test/action", b"deadlock")
+def test_a_deadlocked_core_is_dumped_by_the_software_watchdog(matrix: MatrixMachine) -> None:
+    m = matrix("watchdog-deadlock")
+    act(m, b"deadlock")
     ended = r"killed by signal 6 \(SIGABRT\); the software watchdog fired: no ping for 4 s"
     with m:
         m.wait_boot(timeout=120)
@@ -68,11 +66,10 @@ def test_a_deadlocked_core_is_dumped_by_the_software_watchdog(test_raw: Path, qe
     assert "in lock_first_then_second" in console and "in lock_second_then_first" in console
 
 
-def test_a_hung_init_is_reset_by_the_hardware_watchdog(test_raw: Path, qemu_ready: None, tmp_path: Path,
-                                                      log_dir: Path) -> None:
+def test_a_hung_init_is_reset_by_the_hardware_watchdog(matrix: MatrixMachine) -> None:
     # A warm reset, as the watchdog gives it: its boot status must survive into the next boot.
-    m = Machine(test_raw, tmp_path, name="watchdog-init-hang", watchdog=True, warm_reset=True, log_dir=log_dir)
-    m.esp_write("/appliance/test-hang-init", b"")
+    m = matrix("watchdog-init-hang", watchdog=True, warm_reset=True)
+    m.esp_write(layout.TEST_HANG_INIT, b"")
     with m:
         m.wait_boot(timeout=120)
         dog = m.expect(r"init: hardware watchdog (watchdog\d) \(i6300ESB timer\): 15 s, petted by the init", 60)
@@ -86,5 +83,5 @@ def test_a_hung_init_is_reset_by_the_hardware_watchdog(test_raw: Path, qemu_read
         m.expect(READY, 60)
         m.power_cut()
     assert m.boots == 2
-    kinds = [name.split("-", 1)[1] for name in m.esp_list("/appliance/history")]
+    kinds = [name.split("-", 1)[1] for name in m.esp_list(layout.HISTORY_DIR)]
     assert kinds == ["reset.rec"], kinds

@@ -1,6 +1,6 @@
 """The soak's checks between cuts (the soak itself is `make soak`, not part of `make test`)."""
 
-from appliance.harness.soak import check_backoff, check_repair, lost_records
+from appliance.tools.soak import check_backoff, check_repair, lost_records
 
 
 def test_a_record_may_go_only_by_rotation() -> None:

@@ -26,7 +26,7 @@ from typing import Any
 from appliance.bench import figures
 from appliance.builder import disk, inspect, mirror, mkosi, render, shim
 from appliance.builder.__main__ import main as build_main
-from appliance.esp import uki
+from appliance.esp import layout, uki
 from appliance.harness.machine import HarnessTimeout, Machine
 from appliance.harness.qemu import kvm_works
 from appliance.media import update
@@ -121,7 +121,7 @@ def rollback_turnaround(test_raw: Path, v2_efi: Path, work: Path, log_dir: Path)
     with the test images (make test-image): v2's core crashes at every boot."""
     v2 = uki.read_path(str(v2_efi)).identity.version
     m = Machine(test_raw, work, name="bench-rollback", log_dir=log_dir)
-    m.esp_write("/appliance-test/version-action", f"{v2} raise".encode())
+    m.esp_write(layout.TEST_VERSION_ACTION, f"{v2} raise".encode())
     out = io.StringIO()
     if update.update(str(m.disk), str(v2_efi), out=out) != 0:
         raise RuntimeError(f"staging {v2_efi} failed: {out.getvalue().strip()}")

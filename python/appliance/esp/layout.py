@@ -46,7 +46,11 @@ HOLD = f"{APP_DIR}/hold"
 # Test-only switches (documented in docs/testing.md): each acts once and is removed.
 TEST_HANG_INIT = f"{APP_DIR}/test-hang-init"  # the init hangs with the watchdogs armed
 TEST_FAIL_INIT = f"{APP_DIR}/test-fail-init"  # the init fails right after mounting the ESP
-TEST_DIR = "/appliance-test"  # the matrix test core's actions
+TEST_DIR = "/appliance-test"  # the matrix test core's switches (tests/cores/matrix reads them)
+TEST_ACTION = f"{TEST_DIR}/action"  # what the core does at the next boot, once
+TEST_ALWAYS = f"{TEST_DIR}/always"  # what it does at every boot
+TEST_VERSION_ACTION = f"{TEST_DIR}/version-action"  # "VERSION ACTION": only under that image version
+TEST_UPDATE = f"{TEST_DIR}/update.efi"  # an image the core stages with appliance.update
 
 SALVAGED_PREFIX = "FSCK"  # fsck.fat -a names what it salvages FSCKnnnn.REC, in the root
 SALVAGED_SUFFIX = ".REC"

@@ -14,7 +14,7 @@ from appliance.harness.qemu import Drive, FirmwareError, MachineSpec, command, f
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m appliance.harness.run", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m appliance.tools.qemu", description=__doc__)
     p.add_argument("image", nargs="?", default="build/appliance.raw")
     p.add_argument("--interface", default="virtio", choices=["virtio", "usb", "ahci", "nvme"])
     p.add_argument("--memory", type=int, default=1024, help="MiB")

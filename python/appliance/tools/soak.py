@@ -58,7 +58,7 @@ class Figures:
     records_lost: int = 0
     fsck_repairs: int = 0  # boots whose init found the FAT dirty and ran fsck.fat -a
     lost_clusters: int = 0  # clusters no file owned after a cut, left for the init's check
-    salvaged_files: int = 0  # FSCKnnnn.REC files those checks left in the ESP's root, now
+    salvaged_files: int = 0  # FSCKnnnn.REC files those checks left (in the root or kept by the init), now
     seconds: float = 0.0
     failures: list[str] = field(default_factory=list)
 
@@ -95,8 +95,9 @@ def check_repair(due: bool, console: str) -> str:
 
 
 def salvaged_files(m: Machine) -> int:
-    """The FSCKnnnn.REC files the init's FAT checks have left in the ESP's root."""
-    return sum(1 for n in m.esp_list("/") if n.upper().startswith("FSCK") and n.upper().endswith(".REC"))
+    """The FSCKnnnn.REC files the init's FAT checks have left: in the ESP's root until the
+    next boot moves them, then among the newest few it keeps (layout.SALVAGED_DIR)."""
+    return sum(1 for n in m.esp_list("/") if layout.salvaged_name(n)) + len(m.esp_list(layout.SALVAGED_DIR))
 
 
 class Soak:
@@ -213,7 +214,7 @@ class Soak:
             if fresh:
                 self.seen[name] = {}  # a new disk: nothing on it was seen before
             self.salvaged[name] = salvaged
-        m.esp_write("/appliance-test/always", b"soak")
+        m.esp_write(layout.TEST_ALWAYS, b"soak")
         while not self.done():
             try:
                 self.cycle(m, name)
