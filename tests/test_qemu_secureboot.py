@@ -129,7 +129,7 @@ DOWN = "\x1b[B"
 def test_stock_pc_first_boot_enrolls_our_key_through_mokmanager_as_a_person_would(
         shim_image: tuple[Path, signing.Key], qemu_ready: None, tmp_path: Path, log_dir: Path) -> None:
     """Without our key, shim refuses the UKI and hands over to MokManager; the harness
-    walks its menus over the serial console, as the README tells a person to, and the
+    walks its menus over the serial console, as docs/secure-boot.md tells a person to, and the
     next boot reaches the core with Secure Boot on."""
     raw, _ = shim_image
     m = Machine(raw, tmp_path, name="secureboot-shim-enroll", secure_boot="ms", log_dir=log_dir)

@@ -9,7 +9,7 @@
 ``stage`` checks the file before it touches the ESP (a whole UKI for x86-64, made by
 ``make image``; signed when Secure Boot is on; room for it with the crash history's
 reserve left), then writes it so that a power cut at any moment leaves the machine
-booting a good image. The next boots try it; see the README, "Updates".
+booting a good image. The next boots try it; see docs/updates.md.
 """
 
 from __future__ import annotations

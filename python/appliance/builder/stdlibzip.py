@@ -34,7 +34,7 @@ LANDMARK = "os.py"
 # The sources are compressed in the archive (only a traceback reads them); the bytecode is
 # stored: zstd compresses it with the rest of the initrd, better than deflate would, and
 # zipimport reads it without inflating. Both compressed made the kernel's part no
-# shorter and Python's start 0.1-0.2 s longer, for 1.2 MiB more UKI (README, "The
+# shorter and Python's start 0.1-0.2 s longer, for 1.2 MiB more UKI (docs/bench.md, "The
 # boot's weight").
 COMPRESS_BYTECODE = False
 # The flags word of a .pyc (PEP 552): bit 0 hash-based, bit 1 check the source.

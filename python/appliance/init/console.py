@@ -1,7 +1,7 @@
 """Console output: one prefix per source, the uptime where it matters, never raising.
 
-The lines documented in README.md ("Console contract") are written through here;
-tests and users match them, so change them only together with the README.
+The lines documented in docs/console.md are written through here; tests and users
+match them, so change them only together with that page.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 image, keeping everything else on its ESP (the crash history, the images it runs).
 
 The stick tries the new image on its next boots and keeps it only if its core runs
-healthy; otherwise it goes back to the image it runs now (see the README, "Updates").
+healthy; otherwise it goes back to the image it runs now (see docs/updates.md).
 A device is refused for the same reasons ``make flash`` refuses one (except its size:
 nothing but the ESP's files is written).
 """
