@@ -341,6 +341,7 @@ def crashed_image(small_image, tmp_path: Path) -> Path:
     esp.write(f"{layout.HISTORY_DIR}/000003-runtime-log.rec", whole[:-40])
     esp.write(layout.RUNTIME_LOG, b"core: the last boot's words\n")
     esp.write(layout.BACKOFF, b"failures = 2\n")
+    esp.write(f"{layout.SALVAGED_DIR}/000001-FSCK0000.REC", b"a lost cluster")
     return raw
 
 
@@ -361,6 +362,8 @@ def test_dumps_lists_history_runtime_log_and_torn_records(crashed_image: Path) -
     assert "last runtime log (/appliance/runtime.log): 28 B, not archived yet" in out
     assert "crash-loop counter: 2 failure(s) in a row" in out
     assert "boot entries (/loader/entries): none" in out and "update log (/appliance/updates.log): none" in out
+    assert "fragments fsck.fat salvaged after power cuts (/appliance/salvaged, the newest 4 kept): " \
+        "000001-FSCK0000.REC" in out
     assert "dumps: 1 record(s) torn or corrupt: 3 (torn record: 210 of 250 bytes present)" in out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import NamedTuple, Protocol
 
+from appliance import efivars
 from appliance.init.kernel import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RELATIME
 
 
@@ -54,7 +55,7 @@ EARLY: tuple[Mount | Symlink, ...] = (
 
 # Mounted after the kernel modules are loaded (efivarfs may be a module).
 FIRMWARE: tuple[Mount, ...] = (
-    Mount("efivarfs", "/sys/firmware/efi/efivars", "efivarfs", _SAFE | MS_RELATIME, required=False),
+    Mount("efivarfs", efivars.EFIVARS, "efivarfs", _SAFE | MS_RELATIME, required=False),
     Mount("pstore", "/sys/fs/pstore", "pstore", _SAFE | MS_RELATIME, required=False),
 )
 

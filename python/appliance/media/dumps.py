@@ -86,6 +86,10 @@ def list_dumps(esp: espfs.EspImage, dumps: list[Dump], log: bytes | None, out: T
         out.write("".join(f"  {line}\n" for line in lines[-20:]))
     else:
         out.write(f"update log ({layout.UPDATE_LOG}): none (no update was staged)\n")
+    salvaged = esp.list(layout.SALVAGED_DIR)
+    if salvaged:
+        out.write(f"fragments fsck.fat salvaged after power cuts ({layout.SALVAGED_DIR}, the newest "
+                  f"{layout.SALVAGED_KEEP} kept): {', '.join(salvaged)}\n")
 
 
 def show(d: Dump, out: TextIO) -> None:
