@@ -224,3 +224,20 @@ def test_a_boot_cut_short_is_said_and_recorded_as_a_reset(tmp_path: Path) -> Non
     (entry,) = History(esp).entries()
     record: records.Record = History(esp).read(entry)
     assert entry.kind == "reset" and record.meta["image"] == "9.8 (0123456789ab)"
+
+
+def test_the_init_failing_after_the_mount_is_kept_in_the_efi_variable_and_the_core_runs(tmp_path: Path) -> None:
+    root = machine(tmp_path, core_status=0)
+    esp = esp_folder(esp_of(root))
+    esp.write(layout.TEST_FAIL_INIT, b"")
+    said = boot(root)
+    assert "init: BUG: the init failed while finding and mounting the ESP:" in said
+    assert "RuntimeError: TEST: failing the init on purpose" in said and "init: core started: pid" in said
+    assert not esp.exists(layout.TEST_FAIL_INIT) and not esp.exists(layout.LAST_BOOT)  # nothing kept on the ESP
+    said = boot(root)  # the next boot shows it, archives it and erases the variable
+    assert "init: previous boot ended: failure of the init (RuntimeError: TEST: failing the init" in said
+    assert "init: | init: RuntimeError: TEST: failing the init on purpose" in said
+    (entry,) = History(esp).entries()
+    assert entry.kind == "init-failure"
+    assert not Path(efivars.path("ApplianceInitFailure", efivars.APPLIANCE, str(root / efivars.EFIVARS.lstrip("/")))
+                    ).exists()

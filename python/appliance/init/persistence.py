@@ -2,8 +2,8 @@
 
 One object says whether persistence is on (``files`` and a writable ESP), read-only
 (crashes are shown, not kept), or off (``why_off``); the history, the runtime log,
-the crash-loop counter and the boot's state file are kept through it. Where it is not
-writable, every keeping is a no-op that says so once.
+the crash-loop counter and the boot's state file are kept through it. Where the ESP is
+not writable, keeping does nothing: the console said why, once, when it was mounted.
 """
 
 from __future__ import annotations
@@ -26,10 +26,6 @@ from appliance.initconf import Config
 # Seconds of looking for the ESP behind the boot controller alone before loading the
 # other storage drivers too (USB sticks take about 2 s to enumerate under TCG).
 OTHER_STORAGE_AFTER = 3.0
-
-
-class InitTestFailure(RuntimeError):
-    """Test-only: layout.TEST_FAIL_INIT on the ESP fails the init right after the mount."""
 
 
 class Persistence:
@@ -95,9 +91,10 @@ class Persistence:
         if note:
             self.say(note)
         self.step_done("mount")
-        self.files, self.device, self.writable = MountedEsp(self.mountpoint), device, writable
-        if take_test_switch(self.files, layout.TEST_FAIL_INIT):
-            raise InitTestFailure(f"TEST: failing the init on purpose ({layout.TEST_FAIL_INIT} on the ESP)")
+        self.files, self.device = MountedEsp(self.mountpoint), device  # kept only once it is set up
+        if take_test_switch(self.files, layout.TEST_FAIL_INIT):  # test-only: a failure only the EFI variable keeps
+            raise RuntimeError(f"TEST: failing the init on purpose ({layout.TEST_FAIL_INIT} on the ESP)")
+        self.writable = writable
         self.say(f"ESP mounted: {device} (partition {found.partition.unique_guid}) at {layout.MOUNT}"
                  + ("" if writable else " read-only"))
         if writable:
