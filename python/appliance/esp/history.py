@@ -67,16 +67,8 @@ class History:
         never stalls one (``overfull`` says how many were left)."""
         names = self.files.list(self.directory)
         deadline = self.clock() + self.removal_budget
-        named: list[tuple[int, str, str]] = []
-        stale: list[str] = []
-        for name in names:
-            path = f"{self.directory}/{name}"
-            parsed = parse_name(name)
-            if name.endswith(".tmp"):
-                stale.append(path)
-            elif parsed:
-                named.append((parsed[0], parsed[1], path))
-        named.sort()
+        stale = [f"{self.directory}/{name}" for name in names if name.endswith(".tmp")]
+        named = self._named(names)
         excess = max(0, len(named) - self.max_records - LOOK_BEYOND)
         temporary = len(stale)
         stale += [path for _, _, path in named[:excess]]
@@ -125,12 +117,11 @@ class History:
 
     def named(self) -> list[tuple[int, str, str]]:
         """(sequence, kind, path) of every record file, oldest first; nothing is removed."""
-        out = []
-        for name in self.files.list(self.directory):
-            parsed = parse_name(name)
-            if parsed:
-                out.append((parsed[0], parsed[1], f"{self.directory}/{name}"))
-        return sorted(out)
+        return self._named(self.files.list(self.directory))
+
+    def _named(self, names: list[str]) -> list[tuple[int, str, str]]:
+        return sorted((parsed[0], parsed[1], f"{self.directory}/{name}")
+                      for name in names if (parsed := parse_name(name)))
 
     def trim(self, keep_newest: int = 0, entries: list[Entry] | None = None) -> list[Entry]:
         """Remove the oldest records until the count and byte bounds hold; what went."""

@@ -149,7 +149,7 @@ class Persistence:
             entry, why = self.history.add(kind, content, meta)
         except OSError as e:
             self.say(f"persistence DEGRADED: could not archive a record in "
-                     f"{self.files.where(layout.HISTORY_DIR) if self.files else layout.HISTORY_DIR}: {e}")
+                     f"{self.history.files.where(self.history.directory)}: {e}")
             return False, f"not archived: {e}"
         for problem in self.history.problems:
             self.say(f"history record {problem}")
