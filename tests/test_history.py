@@ -118,3 +118,45 @@ def test_torn_and_corrupt_records_are_found_at_the_next_addition(tmp_path: Path)
     assert h.problems == [f"{where(h, first)}: torn record: {len(b'a whole record') * 100 - 10} of 1400 bytes "
                           "present", f"{where(h, second)}: corrupt record: 4 bytes beyond its length"]
     assert [records.decode(where(h, e).read_bytes()).ok for e in h.entries()] == [False, False, True]
+
+
+def test_a_mark_renames_the_record_and_survives_a_new_listing(tmp_path: Path) -> None:
+    h = folder(tmp_path, free_floor=0, free_bytes=big_disk)
+    entry, _ = h.add("runtime-log", b"crash")
+    assert entry is not None and entry.mark == ""
+    sent = h.mark(entry, "sent")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["000001-runtime-log.sent.rec"]
+    assert h.entries() == [sent] and sent.mark == "sent"
+    assert h.read(sent).payload == b"crash"
+    later, _ = h.add("runtime-log", b"again")  # the sequence goes on past a marked record
+    assert later is not None and later.sequence == 2
+
+
+def test_rotation_removes_reported_records_before_unsent_ones_and_counts_the_unsent(tmp_path: Path) -> None:
+    h = folder(tmp_path, max_records=3, max_bytes=1 << 30, free_floor=0, free_bytes=big_disk)
+    for i in range(3):
+        h.add("runtime-log", f"crash {i}".encode())
+    _, second, third = h.entries()
+    h.mark(second, "sent")
+    h.mark(third, "refused")
+    h.add("runtime-log", b"crash 3")  # one must go: the sent one, not the older unsent one
+    assert [(e.sequence, e.mark) for e in h.entries()] == [(1, ""), (3, "refused"), (4, "")]
+    assert h.lost_unsent == 0
+    h.add("runtime-log", b"crash 4")  # then the refused one
+    assert [e.sequence for e in h.entries()] == [1, 4, 5]
+    h.add("runtime-log", b"crash 5")  # nothing reported is left: the oldest unsent goes, counted
+    assert [e.sequence for e in h.entries()] == [4, 5, 6]
+    assert h.lost_unsent == 1
+
+
+def test_the_free_floor_also_takes_reported_records_first(tmp_path: Path) -> None:
+    def free() -> int:  # an ESP of 8,000 bytes: room for three records of 1,124 bytes above the floor
+        return 8_000 - sum(p.stat().st_size for p in tmp_path.iterdir())
+    h = folder(tmp_path, max_records=100, max_bytes=1 << 30, free_floor=4_000, free_bytes=free)
+    for _ in range(3):
+        h.add("runtime-log", b"x" * 1000)
+    assert len(h.entries()) == 3
+    h.mark(h.entries()[1], "sent")
+    h.add("runtime-log", b"y" * 1000)  # one record must go to keep the floor
+    assert [(e.sequence, e.mark) for e in h.entries()] == [(1, ""), (3, ""), (4, "")]
+    assert h.lost_unsent == 0

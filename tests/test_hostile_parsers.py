@@ -285,11 +285,12 @@ def test_fsck_output_anything(stdout: str, stderr: str, code: int) -> None:
 
 
 @given(st.one_of(st.text(max_size=60), st.builds("{}-{}.rec".format, st.text("0123456789x", max_size=12),
-                                                   st.text("abc-.Z", max_size=8))))
+                                                   st.text("abcents-.Z", max_size=12))))
 def test_history_names_anything(name: str) -> None:
     parsed = history.parse_name(name)
     if parsed is not None:
-        assert parsed[0] >= 0 and name.endswith(f"-{parsed[1]}.rec")
+        assert parsed.sequence >= 0 and history.parse_name(history.record_name(*parsed)) == parsed
+        assert name.endswith(f"-{parsed.kind}{'.' + parsed.mark if parsed.mark else ''}.rec")
 
 
 @given(st.binary(max_size=400))

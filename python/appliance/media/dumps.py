@@ -36,7 +36,7 @@ class Dump(NamedTuple):
 def load_history(esp: espfs.EspImage) -> list[Dump]:
     """Every record, read by the code the init writes them with; nothing is removed."""
     out = []
-    for sequence, _, path in History(esp).named():
+    for sequence, _, _, path in History(esp).named():
         data = esp.read(path)
         out.append(Dump(sequence, path.rsplit("/", 1)[-1], data, records.decode(data)))
     return out
