@@ -1,0 +1,124 @@
+"""``python3 -m appliance.report``: the crash reporter the init starts, a process of its
+own. It waits for the network, sends the history's unsent records, says on its standard
+output (which the init puts on the console) what it did, and exits when nothing is left.
+
+    --esp DIR      where the ESP is mounted (the init's mount point)
+    --once         stop at the first wait instead of waiting (make dumps SEND=)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable
+
+from appliance import __version__
+from appliance import initconf as config
+from appliance.esp import identity, kvfile, layout
+from appliance.esp.files import EspFiles, MountedEsp
+from appliance.esp.history import History
+from appliance.report import dsn as dsns
+from appliance.report import event
+from appliance.report.queue import Reporter
+
+NETWORK_POLL = 1.0
+PRODUCT_UUID = "/sys/class/dmi/id/product_uuid"
+
+
+class Settings:
+    def __init__(self, dsn: dsns.Dsn | None, ca_file: str | None, why: str) -> None:
+        self.dsn, self.ca_file, self.why = dsn, ca_file, why  # why: where it came from, or why off
+
+
+def settings(files: EspFiles | None, conf: config.Config) -> Settings:
+    """Where reports go: the ESP's file (a fleet's choice) over the image's CRASH_REPORTS=."""
+    text, ca, origin = conf.crash_reports, conf.crash_reports_ca, "the image"
+    if files is not None:
+        try:
+            raw = kvfile.parse(files.read(layout.CRASH_REPORTS, 4096))
+            text, ca = raw.get("dsn", text), raw.get("ca", ca) or None
+            origin = files.where(layout.CRASH_REPORTS)
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as e:
+            return Settings(None, None, f"{files.where(layout.CRASH_REPORTS)} is unreadable ({e}): not sending")
+    if not text or text == "off":
+        return Settings(None, None, f"off ({origin})")
+    try:
+        return Settings(dsns.parse(text), ca, origin)
+    except ValueError as e:
+        return Settings(None, None, f"the DSN in {origin} is not usable: {e}")
+
+
+def machine_id(path: str = PRODUCT_UUID) -> str:
+    """A stable id of this machine that reveals nothing of it: a hash of the firmware's
+    product UUID (also after a reflash), else of the host name."""
+    try:
+        with open(path, "rb") as f:
+            basis = f.read(256).strip()
+    except OSError:
+        basis = b""
+    return hashlib.sha256(b"appliance-machine " + (basis or socket.gethostname().encode())).hexdigest()[:16]
+
+
+def this_machine(os_release: str = identity.OS_RELEASE) -> event.Machine:
+    image = identity.read(os_release)
+    conf, _ = config.load()
+    core_dir = conf.core if os.path.isdir(conf.core) else os.path.dirname(conf.core)
+    return event.Machine(image.version or "unknown", image.build_id, socket.gethostname(), machine_id(),
+                         core_dir, f"appliance/{__version__}")
+
+
+def wait_for_network(say: Callable[[str], None], path: str = config.NETWORK_STATE) -> bool:
+    """True once the network is up; False when this boot has none."""
+    said = False
+    while True:
+        try:
+            with open(path, "rb") as f:
+                state = kvfile.parse(f.read(4096)).get("state", "")
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError):
+            state = ""
+        if state == "up":
+            return True
+        if not said:
+            say("crash reports: waiting for the network")
+            said = True
+        time.sleep(NETWORK_POLL)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="appliance.report", description=__doc__.splitlines()[0])
+    parser.add_argument("--esp", default=layout.MOUNT)
+    parser.add_argument("--once", action="store_true")
+    args = parser.parse_args(argv)
+
+    def say(text: str) -> None:
+        print(text, flush=True)
+
+    conf, _ = config.load()
+    files = MountedEsp(args.esp)
+    chosen = settings(files, conf)
+    if chosen.dsn is None:
+        say(f"crash reports: {chosen.why}")
+        return 0
+    history = History(files, layout.HISTORY_DIR, conf.history_records, conf.history_bytes)
+    reporter = Reporter(history, chosen.dsn, this_machine(), say, chosen.ca_file,
+                        event.read_source(("/usr/lib/appliance/",)))
+    if not reporter.pending():
+        say(reporter.summary(0))
+        return 0
+    if conf.network == "dhcp" and not wait_for_network(say):
+        say("crash reports: this boot has no network: the records wait for one")
+        return 0
+    reporter.run(forever=not args.once)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
