@@ -128,3 +128,22 @@ def test_a_network_image_gets_the_nic_drivers_and_their_firmware(repo: Path, tmp
     render.render(render.Settings(repo=repo, core=repo / "examples/demo-core.py", mirrors=Mirrors("http://m", None)),
                   tmp_path / "r2")
     assert "Components: main\n" in (tmp_path / "r2/pkgmngr/etc/apt/sources.list.d/mkosi.sources").read_text()
+
+
+def test_crash_reports_are_baked_in_with_their_ca_and_checked_first(repo: Path, tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    settings = render.Settings(repo=repo, core=repo / "examples/demo-core.py", mirrors=Mirrors("http://m", None),
+                               network="dhcp", crash_reports="https://k3y@tracker.example/4", crash_reports_ca=ca)
+    render.render(settings, tmp_path / "r")
+    cfg = kvfile.parse((tmp_path / "r/extra/etc/appliance/init.conf").read_bytes())
+    assert cfg["crash_reports"] == "https://k3y@tracker.example/4"
+    assert (tmp_path / "r/extra" / cfg["crash_reports_ca"].lstrip("/")).read_bytes() == ca.read_bytes()
+    assert (tmp_path / "r/extra/usr/lib/appliance/python/appliance/report/queue.py").is_file()
+    for dsn, ca_file, network, says in (
+            ("https://k@h/1", None, "off", "NETWORK=dhcp"),
+            ("https://h/1", None, "dhcp", "public key"),
+            ("", ca, "dhcp", "CRASH_REPORTS_CA= is for CRASH_REPORTS="),
+            ("https://k@h/1", tmp_path / "missing.pem", "dhcp", "not a file of PEM certificates")):
+        with pytest.raises(render.CoreError, match=says):
+            render.check_crash_reports(dsn, ca_file, network)

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 # socket: socket.py imports enum (typing on 3.11 would hide that); the network step imports it when asked.
-SLOW = ("enum", "json", "re", "uuid", "dataclasses", "inspect", "subprocess", "traceback", "signal", "socket")
+SLOW = ("enum", "json", "re", "uuid", "dataclasses", "inspect", "subprocess", "traceback", "signal", "socket",
+        "threading")
 PYTHON_DIR = Path(__file__).resolve().parents[1] / "python"
 
 

@@ -83,9 +83,10 @@ def test_state_round_trip_and_each_reason(tmp_path: Path) -> None:
     # What the boot said of itself (and nothing else) is kept for the next boot's records.
     about = {"image": "2026.11.29-3f2a (3f2a0c1b9d8e)", "secure-boot": "on (lockdown: integrity)", "other": "x"}
     lastboot.save_running(path, about)
-    assert lastboot.load(path) == (lastboot.State(True, about={k: about[k] for k in lastboot.ABOUT}), "")
-    lastboot.save_ended(path, "core", "exited with status 1", {"secure-boot": "off", "image": ""})
-    assert lastboot.load(path)[0] == lastboot.State(False, "core", "exited with status 1", {"secure-boot": "off"})
+    assert lastboot.load(path) == (lastboot.State(True, about={k: about[k] for k in ("image", "secure-boot")}), "")
+    lastboot.save_ended(path, "core", "exited with status 1", {"secure-boot": "off", "image": "", "ended-at": "1.8e9"})
+    assert lastboot.load(path)[0] == lastboot.State(False, "core", "exited with status 1",
+                                                    {"secure-boot": "off", "ended-at": "1.8e9"})
     on_esp(tmp_path, layout.LAST_BOOT).write_bytes(b"\x00garbage")
     state, problem = lastboot.load(path)
     assert state is None and "unreadable" in problem

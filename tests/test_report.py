@@ -4,12 +4,10 @@ a real HTTP server on the loopback that answers as trackers (and broken ones) do
 from __future__ import annotations
 
 import functools
-import http.server
 import json
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from appliance.esp.history import History
 from appliance.report import dsn as dsns
 from appliance.report import event, send, tracebacks
 from appliance.report.queue import DayState, Limits, Reporter, rate_limit_seconds
+from tests.loopback_tracker import Tracker
 
 MACHINE = event.Machine("1.4", "b" * 12, "shop-7", "0123456789abcdef", "/tmp/core", "appliance/test")
 
@@ -185,52 +184,6 @@ def test_a_record_without_an_id_gets_the_same_one_everywhere() -> None:
 
 
 # -- the queue, against a real server ----------------------------------------------------
-class Tracker:
-    """An HTTP server on the loopback that answers as told: ``mode`` is ok, 429, 400, 500,
-    garbage, huge or silent; what it received is kept."""
-
-    def __init__(self) -> None:
-        self.mode = "ok"
-        self.received: list[bytes] = []
-        self.headers: list[dict[str, str]] = []
-        tracker = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                tracker.received.append(body)
-                tracker.headers.append(dict(self.headers))
-                mode = tracker.mode
-                if mode == "garbage":
-                    self.wfile.write(b"\x00\xffnot http at all\r\n\r\n")
-                    return
-                if mode == "silent":
-                    threading.Event().wait(5)
-                    return
-                status = {"ok": 200, "huge": 200, "429": 429, "400": 400, "500": 500}[mode]
-                self.send_response(status)
-                if mode == "429":
-                    self.send_header("X-Sentry-Rate-Limits", "120:error:organization")
-                self.end_headers()
-                if mode == "huge":
-                    self.wfile.write(b"x" * (8 << 20))
-                else:
-                    self.wfile.write(b'{"detail": "project is disabled"}' if mode == "400" else b'{"id": "1"}')
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        self.dsn = dsns.parse(f"http://pubkey@127.0.0.1:{self.server.server_address[1]}/9")
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def tracker() -> Iterator[Tracker]:
     t = Tracker()

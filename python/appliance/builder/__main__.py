@@ -48,6 +48,7 @@ def cmd_image(args: argparse.Namespace) -> int:
     repo = Path(args.repo).resolve()
     build = Path(args.build_dir).resolve()
     core = Path(args.core) if args.core else repo / "examples/demo-core.py"
+    reports_ca = Path(args.crash_reports_ca).resolve() if args.crash_reports_ca else None
     started = time.monotonic()
     _step = Steps(5)
 
@@ -59,6 +60,7 @@ def cmd_image(args: argparse.Namespace) -> int:
         if args.image_version:
             identity.check_version(args.image_version)
         render.check_hostname(args.hostname)
+        render.check_crash_reports(args.crash_reports, reports_ca, args.network)
         debs = packages.wanted(core, args.packages)
     except (render.CoreError, mirror.MirrorError, signing.SigningError, identity.IdentityError,
             packages.PackagesError) as e:
@@ -71,6 +73,7 @@ def cmd_image(args: argparse.Namespace) -> int:
         runtime_log_cap=args.runtime_log_cap, core_memory_max=args.core_memory_max or None,
         history_records=args.history_records, hw_watchdog_seconds=args.hw_watchdog_seconds,
         hostname=args.hostname, network=args.network, network_wait_seconds=args.network_wait,
+        crash_reports=args.crash_reports, crash_reports_ca=reports_ca,
     )
     render_dir = build / "render"
     render.render(settings, render_dir)
@@ -229,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
                      help="dhcp: NIC drivers, and DHCPv4 on the first wired link (NETWORK=; default off)")
     img.add_argument("--network-wait", type=float, default=float(os.environ.get("NETWORK_WAIT") or 0),
                      help="seconds the core waits for the network at most (NETWORK_WAIT=; default 0: never)")
+    img.add_argument("--crash-reports", default=os.environ.get("CRASH_REPORTS", ""),
+                     help="a Sentry DSN the crash history is sent to (CRASH_REPORTS=; needs NETWORK=dhcp)")
+    img.add_argument("--crash-reports-ca", default=os.environ.get("CRASH_REPORTS_CA", ""),
+                     help="PEM CA certificates for a private tracker's TLS (CRASH_REPORTS_CA=)")
     img.add_argument("--packages", default=os.environ.get("PACKAGES", ""),
                      help="Debian packages for the core, besides its packages.txt (PACKAGES=)")
     img.add_argument("--mirror", default=os.environ.get("MIRROR", ""))

@@ -24,8 +24,9 @@ INIT_DEFAULTS = Config()
 IMAGE_PYTHON_DIR = "usr/lib/appliance/python"
 IMAGE_CORE_DIR = "usr/lib/appliance/core"
 IMAGE_CONFIG = "etc/appliance/init.conf"
+IMAGE_REPORTS_CA = "etc/appliance/crash-reports-ca.pem"  # CRASH_REPORTS_CA=, copied in
 # Subpackages that run inside the image; the host-side ones stay out of it.
-IN_IMAGE_PACKAGES = ("init", "esp", "core")
+IN_IMAGE_PACKAGES = ("init", "esp", "core", "report")
 IN_IMAGE_MODULES = ("update.py", "efivars.py", "initconf.py")  # update: for the core
 
 
@@ -53,6 +54,25 @@ class Settings:
     hw_watchdog_seconds: int = INIT_DEFAULTS.hw_watchdog_seconds
     network: str = INIT_DEFAULTS.network
     network_wait_seconds: float = INIT_DEFAULTS.network_wait_seconds
+    crash_reports: str = ""  # a Sentry DSN (CRASH_REPORTS=); checked by check_crash_reports
+    crash_reports_ca: Path | None = None  # a CA bundle for a private tracker (CRASH_REPORTS_CA=)
+
+
+def check_crash_reports(dsn: str, ca: Path | None, network: str) -> None:
+    """CRASH_REPORTS= and CRASH_REPORTS_CA=, before any long work."""
+    from appliance.report import dsn as dsns
+    if not dsn:
+        if ca is not None:
+            raise CoreError("CRASH_REPORTS_CA= is for CRASH_REPORTS= (a tracker's DSN), which is not set")
+        return
+    if network != "dhcp":
+        raise CoreError("CRASH_REPORTS= sends over the network: build with NETWORK=dhcp too")
+    try:
+        dsns.parse(dsn)
+    except ValueError as e:
+        raise CoreError(f"CRASH_REPORTS={dsn!r}: {e}") from None
+    if ca is not None and not (ca.is_file() and b"-----BEGIN CERTIFICATE-----" in ca.read_bytes()[:1 << 20]):
+        raise CoreError(f"CRASH_REPORTS_CA={ca}: not a file of PEM certificates")
 
 
 def check_core(core: Path) -> Path:
@@ -167,6 +187,9 @@ def render(settings: Settings, out: Path) -> None:
 
     config = extra / IMAGE_CONFIG
     config.parent.mkdir(parents=True)
+    check_crash_reports(settings.crash_reports, settings.crash_reports_ca, settings.network)
+    if settings.crash_reports_ca is not None:
+        shutil.copy2(settings.crash_reports_ca, extra / IMAGE_REPORTS_CA)
     config.write_text(env.get_template("appliance.conf.j2").render(
         core_path=core_path,
         modules=read_module_list(repo / "initramfs/modules.txt"),
@@ -181,5 +204,7 @@ def render(settings: Settings, out: Path) -> None:
         hw_watchdog_seconds=settings.hw_watchdog_seconds,
         network=settings.network,
         network_wait_seconds=settings.network_wait_seconds,
+        crash_reports=settings.crash_reports,
+        crash_reports_ca=f"/{IMAGE_REPORTS_CA}" if settings.crash_reports_ca else "",
         profile=settings.profile,
     ))

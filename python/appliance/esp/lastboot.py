@@ -20,7 +20,8 @@ NOT_RECORDED = "power loss or reset: nothing was recorded"
 UNKNOWN = "unknown: no record of it (the first boot with this ESP, or its ESP was read-only)"
 # What a boot says of itself (as on its console), kept in its state file so that every
 # record the next boot makes of it carries them.
-ABOUT = ("image", "secure-boot")
+# "ended-at": the wall clock (seconds) when it ended, the crash's time in its reports.
+ABOUT = ("image", "secure-boot", "ended-at")
 
 
 class State(NamedTuple):

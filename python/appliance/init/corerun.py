@@ -35,15 +35,18 @@ class Ended(NamedTuple):
 class CoreDuties(Duties):
     """The init's work while the core runs: its output to the console and the runtime
     log, the deferred drivers 2 s after its start, the hardware watchdogs petted, the
-    update committed and the crash-loop counter reset once it is healthy."""
+    update committed and the crash-loop counter reset once it is healthy; ``on_deferred``
+    (the crash reporter's start) runs with the deferred drivers."""
 
     def __init__(self, console: Console, persist: Persistence, hardware: Hardware, cgroup: CoreCgroup,
-                 on_healthy: Callable[[], None], clock: Callable[[], float] = time.monotonic) -> None:
+                 on_healthy: Callable[[], None], clock: Callable[[], float] = time.monotonic,
+                 on_deferred: Callable[[], None] = lambda: None) -> None:
         self.console = console
         self.persist = persist
         self.hardware = hardware
         self.cgroup = cgroup
         self.on_healthy = on_healthy
+        self.on_deferred = on_deferred
         self.clock = clock
         self.bytes = 0  # what the core wrote
         self.deferred_at: float | None = clock() + DEFERRED_MODULES_AFTER
@@ -77,6 +80,7 @@ class CoreDuties(Duties):
             # core has had its start: on one CPU they would otherwise delay it.
             self.deferred_at = None
             self.hardware.arm_watchdogs()
+            self.on_deferred()
             self.hang_if_asked()
         interval = self.hardware.pet_interval()
         if interval is not None and now >= self.next_pet:
@@ -128,7 +132,8 @@ def start_debug_shell(say: Callable[[str], None], root: Root) -> None:
 
 
 def run(config: Config, console: Console, persist: Persistence, hardware: Hardware, root: Root,
-        on_started: Callable[[int], None], on_healthy: Callable[[], None]) -> Ended:
+        on_started: Callable[[int], None], on_healthy: Callable[[], None],
+        on_deferred: Callable[[], None] = lambda: None) -> Ended:
     """Start the core and supervise it until it ends; how it ended."""
     cgroup = CoreCgroup(root("/sys/fs/cgroup"))
     problem = cgroup.setup(config.core_memory_max)
@@ -147,7 +152,7 @@ def run(config: Config, console: Console, persist: Persistence, hardware: Hardwa
         os.close(write_fd)
         os.close(dog_w)
     on_started(pid)
-    duties = CoreDuties(console, persist, hardware, cgroup, on_healthy)
+    duties = CoreDuties(console, persist, hardware, cgroup, on_healthy, on_deferred=on_deferred)
     sup = Supervisor(pid, read_fd, duties, grace=config.shutdown_grace_seconds,
                      healthy_after=config.healthy_after_seconds,
                      watchdog=(dog_r, SoftWatchdog(config.core_watchdog_seconds)))

@@ -9,6 +9,7 @@ Each step lives in a module of its own (the file names are the architecture):
     previous     what the previous boot left: its end, pstore, the init's failure, its log
     trial        the update trial: which image booted, rollbacks, the commit
     network      DHCP, when the image asked for it
+    reports      the crash reporter, once the core has had its start (a network and a tracker)
     corerun      the core started and supervised until it ends
     wayout       persist, say why, sync, reboot: the one way out
 
@@ -30,6 +31,7 @@ from appliance.init.console import Console, Steps, kernel_ran_init
 from appliance.init.hardware import Hardware
 from appliance.init.persistence import Persistence
 from appliance.init.previous import PreviousBoot
+from appliance.init.reports import Reports
 from appliance.init.root import Root
 from appliance.init.sigs import signal
 from appliance.init.trial import Trial
@@ -100,7 +102,9 @@ class Boot:
                 say("the core has run healthy: crash-loop counter reset")
             failures.run("committing the update", trial.commit)
 
-        ended = corerun.run(self.config, self.console, persist, hardware, self.root, self.core_started, healthy)
+        reports = self.out.reports = Reports(self.config, say, self.root, lambda: persist.keeping)
+        ended = corerun.run(self.config, self.console, persist, hardware, self.root, self.core_started, healthy,
+                            on_deferred=lambda: failures.run("starting the crash reporter", reports.start))
         self.out.end(ended.reason, ended.failed, ended.category)
 
     def early_mounts(self) -> None:

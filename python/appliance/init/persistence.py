@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 from appliance import efivars
-from appliance.esp import backoff, fsutil, gpt, lastboot, layout
+from appliance.esp import backoff, fsutil, gpt, lastboot, layout, records
 from appliance.esp.fat import fat_dirty
 from appliance.esp.files import MountedEsp
 from appliance.esp.history import REMOVAL_BUDGET, History
@@ -26,6 +26,7 @@ from appliance.initconf import Config
 # Seconds of looking for the ESP behind the boot controller alone before loading the
 # other storage drivers too (USB sticks take about 2 s to enumerate under TCG).
 OTHER_STORAGE_AFTER = 3.0
+BOOT_ID = "/proc/sys/kernel/random/boot_id"  # the kernel's random id of this boot
 
 
 class Persistence:
@@ -44,6 +45,7 @@ class Persistence:
         self.history: History | None = None  # only on a writable ESP
         self.log: RuntimeLog | None = None
         self.failures = 0  # the crash-loop counter: failed boots in a row
+        self.archived = 0  # records this boot made (each gets its crash report's id)
         self._log_error_said = False
 
     @property
@@ -145,6 +147,7 @@ class Persistence:
         """(archived, where or why not): the crash history, bounded."""
         if self.history is None:
             return False, "not archived: " + ("the ESP is read-only" if self.files is not None else "no ESP")
+        meta = {"event-id": self.event_id(), **meta}
         try:
             entry, why = self.history.add(kind, content, meta)
         except OSError as e:
@@ -157,6 +160,17 @@ class Persistence:
             self.say(f"the crash history holds {self.history.overfull} record files beyond what it keeps: "
                      f"removing the oldest for at most {REMOVAL_BUDGET:g} s a boot")
         return (True, f"archived as {self.history.where(entry)}") if entry else (False, why)
+
+    def event_id(self) -> str:
+        """The crash report's id for the next record: this boot's (the kernel's random
+        boot id, readable without waiting for entropy) and the record's place in it."""
+        self.archived += 1
+        try:
+            with open(self.root(BOOT_ID), "rb") as f:
+                boot = f.read(64).strip()
+        except OSError:
+            boot = str(time.time_ns()).encode()
+        return records.sha256(b"%s %d" % (boot, self.archived))[:32]
 
     def start_runtime_log(self, previous_kept: bool) -> None:
         """This boot's runtime log, unless the previous boot's could not be archived."""

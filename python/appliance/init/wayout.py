@@ -20,6 +20,7 @@ from appliance.initconf import Config
 if TYPE_CHECKING:
     from appliance.init.hardware import Hardware
     from appliance.init.persistence import Persistence
+    from appliance.init.reports import Reports
 
 
 class WayOut:
@@ -32,6 +33,7 @@ class WayOut:
         self.hardware = hardware
         self.mountpoint = mountpoint
         self.about: dict[str, str] = {}  # what this boot says of itself (lastboot.ABOUT)
+        self.reports: Reports | None = None  # the crash reporter, once started
 
     def end(self, reason: str, failed: bool, category: str = "init") -> NoReturn:
         """Persist, say why, sync, reboot. ``category``: requested | core | init."""
@@ -39,13 +41,18 @@ class WayOut:
         if failed:
             say("the appliance encountered an uncorrectable error and must be restarted")
             say(f"cause: {reason}")
+        if self.reports is not None:
+            try:  # reports still being sent get a bounded time; then the history is the init's again
+                self.reports.finish(self.pet)
+            except Exception as e:  # noqa: BLE001 - nothing here may stop the way out
+                say(f"crash reports: could not wait for the reporter: {e}")
         persist = self.persist
         failures = ((persist.failures if persist is not None else 0) + 1) if failed else 0
         if persist is not None:
             persist.close_log()
             if failed or persist.failures:
                 persist.save_failures(failures)
-            persist.save_ended(category, reason, self.about)
+            persist.save_ended(category, reason, {**self.about, "ended-at": f"{time.time():.0f}"})
         os.sync()
         hold = self.hold_requested()
         if hold:

@@ -1,6 +1,6 @@
 """``python3 -m appliance.report``: the crash reporter the init starts, a process of its
 own. It waits for the network, sends the history's unsent records, says on its standard
-output (which the init puts on the console) what it did, and exits when nothing is left.
+error (which the init puts on the console) what it did, and exits when nothing is left.
 
     --esp DIR      where the ESP is mounted (the init's mount point)
     --once         stop at the first wait instead of waiting (make dumps SEND=)
@@ -40,7 +40,7 @@ def settings(files: EspFiles | None, conf: config.Config) -> Settings:
     if files is not None:
         try:
             raw = kvfile.parse(files.read(layout.CRASH_REPORTS, 4096))
-            text, ca = raw.get("dsn", text), raw.get("ca", ca) or None
+            text, ca = raw.get("dsn", text), raw.get("ca", ca)
             origin = files.where(layout.CRASH_REPORTS)
         except FileNotFoundError:
             pass
@@ -49,7 +49,7 @@ def settings(files: EspFiles | None, conf: config.Config) -> Settings:
     if not text or text == "off":
         return Settings(None, None, f"off ({origin})")
     try:
-        return Settings(dsns.parse(text), ca, origin)
+        return Settings(dsns.parse(text), ca or None, origin)
     except ValueError as e:
         return Settings(None, None, f"the DSN in {origin} is not usable: {e}")
 
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def say(text: str) -> None:
-        print(text, flush=True)
+        print(text, file=sys.stderr, flush=True)  # the init relays its standard error to the console
 
     conf, _ = config.load()
     files = MountedEsp(args.esp)

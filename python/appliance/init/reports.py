@@ -1,0 +1,123 @@
+"""Crash reports: the reporter started once the core has had its start, its lines on the
+console, and a bounded time for it at the way out.
+
+The reporter (``appliance.report``) is a process of its own: whatever the tracker sends
+is read there, never in PID 1. The init only starts it, puts its lines (bounded) on the
+console from a thread, and, at the way out, gives it a bounded time while it still has
+reports to send and the network is up: a core that crashes seconds after every start
+still gets every crash out.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from appliance.esp import kvfile, layout
+from appliance.init.root import Root
+from appliance.init.sigs import signal
+from appliance.init.supervise import SpawnError, spawn
+from appliance.initconf import NETWORK_STATE, Config
+
+if TYPE_CHECKING:
+    import threading
+
+PYTHON = "/usr/bin/python3"
+PYTHONPATH = "/usr/lib/appliance/python"
+GRACE = 20.0  # seconds the way out waits for reports still being sent
+MAX_LINE = 300  # characters of one reporter line put on the console
+MAX_LINES = 2000  # lines said in one boot (a reporter that loops cannot flood the console)
+
+
+class Reports:
+    def __init__(self, config: Config, say: Callable[[str], None], root: Root,
+                 esp: Callable[[], object | None]) -> None:
+        self.config = config
+        self.say = say
+        self.root = root
+        self.esp = esp  # the writable ESP's files, or None
+        self.pid = 0
+        self.done: threading.Event | None = None  # set once the reporter's output ended: it exited
+
+    def wanted(self) -> bool:
+        """Whether this boot sends reports: a network, and a tracker named by the image or
+        by the ESP's file (which may also say off; the reporter reads it)."""
+        if self.config.network != "dhcp":
+            return False
+        files = self.esp()
+        if self.config.crash_reports:
+            return True
+        return files is not None and os.path.exists(self.root(layout.MOUNT + layout.CRASH_REPORTS))
+
+    def start(self) -> None:
+        if not self.wanted():
+            return
+        if self.esp() is None:
+            self.say("crash reports: not sending: the ESP is not writable (a record sent could not be marked)")
+            return
+        import threading  # only boots that send reports pay for it
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        env = {"PATH": "/usr/bin:/usr/sbin", "LANG": "C.UTF-8", "TZ": "UTC", "PYTHONPATH": self.root(PYTHONPATH)}
+        try:
+            self.pid = spawn([self.root(PYTHON), "-SB", "-m", "appliance.report", "--esp", self.root(layout.MOUNT)],
+                             env, write_fd)
+        except (SpawnError, OSError) as e:
+            os.close(read_fd)
+            self.say(f"crash reports: could not start the reporter: {e}")
+            return
+        finally:
+            os.close(write_fd)
+        self.done = threading.Event()
+        threading.Thread(target=self._relay, args=(read_fd, self.done), name="crash-reports",
+                         daemon=True).start()
+
+    def _relay(self, fd: int, done: threading.Event) -> None:
+        """The reporter's lines onto the console, each cut at MAX_LINE, at most MAX_LINES."""
+        pending, said = b"", 0
+        try:
+            while chunk := os.read(fd, 4096):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                if len(pending) > MAX_LINE * 4:
+                    lines.append(pending)
+                    pending = b""
+                for line in lines:
+                    said += 1
+                    if said <= MAX_LINES:
+                        self.say(line[:MAX_LINE].decode("utf-8", "replace"))
+                    elif said == MAX_LINES + 1:
+                        self.say("crash reports: the reporter says more than the console takes; "
+                                 "its further lines are dropped")
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+            done.set()
+
+    def network_up(self) -> bool:
+        try:
+            with open(self.root(NETWORK_STATE), "rb") as f:
+                return kvfile.parse(f.read(4096)).get("state") == "up"
+        except (OSError, ValueError):
+            return False
+
+    def finish(self, pet: Callable[[], None] = lambda: None, grace: float = GRACE) -> None:
+        """At the way out: a bounded time for reports still being sent, then the reporter
+        is stopped (before the init writes to the history again)."""
+        done = self.done
+        if not self.pid or done is None or done.is_set():
+            return
+        if self.network_up():
+            self.say(f"crash reports: still sending; waiting at most {grace:g} s before going on")
+            until = time.monotonic() + grace
+            while (left := until - time.monotonic()) > 0 and not done.wait(min(left, 5.0)):
+                pet()
+        if not done.is_set():
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            done.wait(2.0)
+            self.say("crash reports: stopped the reporter; what it had not sent goes at the next boot")
