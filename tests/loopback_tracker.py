@@ -3,6 +3,7 @@ broken ones do (unit tests; the QEMU tests use a real Bugsink)."""
 
 from __future__ import annotations
 
+import http.client
 import http.server
 import threading
 from typing import Any
@@ -12,10 +13,15 @@ from appliance.report import dsn as dsns
 
 class Tracker:
     """An HTTP server on the loopback that answers as told: ``mode`` is ok, 429, 400, 500,
-    garbage, huge or silent; what it received is kept."""
+    garbage, huge or silent (for ``silence`` seconds, then it hangs up); what it received
+    is kept. With ``upstream`` (a real tracker's port), "ok" passes the request on to it
+    and its answer back."""
 
-    def __init__(self) -> None:
+    def __init__(self, upstream: int = 0) -> None:
         self.mode = "ok"
+        self.upstream = upstream
+        self.silence = 5.0
+        self.rate_limit = 120
         self.received: list[bytes] = []
         self.headers: list[dict[str, str]] = []
         tracker = self
@@ -33,12 +39,24 @@ class Tracker:
                     self.wfile.write(b"\x00\xffnot http at all\r\n\r\n")
                     return
                 if mode == "silent":
-                    threading.Event().wait(5)
+                    threading.Event().wait(tracker.silence)
+                    return
+                if mode == "ok" and tracker.upstream:
+                    conn = http.client.HTTPConnection("127.0.0.1", tracker.upstream, timeout=30)
+                    conn.request("POST", self.path, body, {k: v for k, v in self.headers.items()
+                                                           if k.lower() not in ("host", "connection")})
+                    answer = conn.getresponse()
+                    data = answer.read()
+                    self.send_response(answer.status)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    conn.close()
                     return
                 status = {"ok": 200, "huge": 200, "429": 429, "400": 400, "500": 500}[mode]
                 self.send_response(status)
                 if mode == "429":
-                    self.send_header("X-Sentry-Rate-Limits", "120:error:organization")
+                    self.send_header("X-Sentry-Rate-Limits", f"{tracker.rate_limit}:error:organization")
                 self.end_headers()
                 if mode == "huge":
                     self.wfile.write(b"x" * (8 << 20))

@@ -100,3 +100,14 @@ def test_the_esp_file_can_turn_reports_off_or_be_garbage(tmp_path: Path, tracker
         assert reports.done is not None and reports.done.wait(30)
         assert said_by(said, says), said
     assert tracker.received == []
+
+
+def test_a_reporter_waiting_out_a_broken_tracker_is_not_waited_for(tmp_path: Path, tracker: Tracker) -> None:
+    root, esp, said = machine(tmp_path, tracker)
+    tracker.mode = "500"
+    reports = Reports(Config(network="dhcp"), said.append, root, lambda: esp)
+    reports.start()
+    while not said_by(said, "next try in 5 s"):
+        threading.Event().wait(0.05)
+    reports.finish(grace=30)
+    assert not said_by(said, "still sending") and said_by(said, "crash reports: stopped the reporter")

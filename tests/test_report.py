@@ -298,3 +298,10 @@ def test_nobody_listening_is_a_network_error_said_once_per_try(tmp_path: Path) -
         port = s.getsockname()[1]
     answer = send.post(f"http://127.0.0.1:{port}/api/1/envelope/", {}, b"x", seconds=2)
     assert answer.status == 0 and "Connection refused" in answer.error
+
+
+def test_the_release_is_the_image_that_crashed_not_the_one_sending() -> None:
+    record = records.Record({"kind": "reset", "image": "1.3 (0123456789ab)", "event-id": "f" * 32}, b"")
+    got = event.build(record, MACHINE)
+    assert got["release"] == "1.3" and got["tags"]["build_id"] == "0123456789ab"
+    assert event.build(records.Record({"kind": "reset"}, b""), MACHINE)["release"] == MACHINE.release

@@ -11,6 +11,7 @@ from appliance.esp import kvfile
 
 CONFIG_PATH = "/etc/appliance/init.conf"
 NETWORK_STATE = "/run/appliance/network"  # APPLIANCE_NETWORK: the network's state, for the core (network.py)
+REPORTS_STATE = "/run/appliance/crash-reports"  # the crash reporter's: sending | waiting (appliance.report)
 HOSTNAME_FILE = "/etc/hostname"  # written by the build from HOSTNAME=, read by the init
 DEFAULT_HOSTNAME = "appliance"
 LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")

@@ -3,9 +3,11 @@ console, and a bounded time for it at the way out.
 
 The reporter (``appliance.report``) is a process of its own: whatever the tracker sends
 is read there, never in PID 1. The init only starts it, puts its lines (bounded) on the
-console from a thread, and, at the way out, gives it a bounded time while it still has
-reports to send and the network is up: a core that crashes seconds after every start
-still gets every crash out.
+console from a thread, and, at the way out (after the crash-loop back-off, during which it
+goes on sending), gives it a bounded time while it is sending and the network is up: a
+core that crashes seconds after every start still gets every crash out. A reporter that
+waits out a tracker's back-off or rate limit is not waited for: its records go at a
+later boot.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from appliance.esp import kvfile, layout
 from appliance.init.root import Root
 from appliance.init.sigs import signal
 from appliance.init.supervise import SpawnError, spawn
-from appliance.initconf import NETWORK_STATE, Config
+from appliance.initconf import NETWORK_STATE, REPORTS_STATE, Config
 
 if TYPE_CHECKING:
     import threading
@@ -61,7 +63,8 @@ class Reports:
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         env = {"PATH": "/usr/bin:/usr/sbin", "LANG": "C.UTF-8", "TZ": "UTC", "PYTHONPATH": self.root(PYTHONPATH)}
         try:
-            self.pid = spawn([self.root(PYTHON), "-SB", "-m", "appliance.report", "--esp", self.root(layout.MOUNT)],
+            self.pid = spawn([self.root(PYTHON), "-SB", "-m", "appliance.report", "--esp", self.root(layout.MOUNT),
+                              "--state", self.root(REPORTS_STATE)],
                              env, write_fd)
         except (SpawnError, OSError) as e:
             os.close(read_fd)
@@ -96,24 +99,34 @@ class Reports:
             os.close(fd)
             done.set()
 
-    def network_up(self) -> bool:
+    def state_of(self, path: str) -> str:
         try:
-            with open(self.root(NETWORK_STATE), "rb") as f:
-                return kvfile.parse(f.read(4096)).get("state") == "up"
+            with open(self.root(path), "rb") as f:
+                return kvfile.parse(f.read(4096)).get("state", "")
         except (OSError, ValueError):
-            return False
+            return ""
+
+    def sending(self) -> bool:
+        """Whether waiting is worth it: the network is up (or its lease is on the way) and
+        the reporter is starting or sending (not waiting out a back-off or a rate limit)."""
+        return (self.state_of(NETWORK_STATE) in ("up", "starting")
+                and self.state_of(REPORTS_STATE) in ("sending", ""))
 
     def finish(self, pet: Callable[[], None] = lambda: None, grace: float = GRACE) -> None:
         """At the way out: a bounded time for reports still being sent, then the reporter
-        is stopped (before the init writes to the history again)."""
+        is stopped (the reboot would stop it anyway; this says so)."""
         done = self.done
         if not self.pid or done is None or done.is_set():
             return
-        if self.network_up():
+        if self.sending():
             self.say(f"crash reports: still sending; waiting at most {grace:g} s before going on")
-            until = time.monotonic() + grace
-            while (left := until - time.monotonic()) > 0 and not done.wait(min(left, 5.0)):
-                pet()
+            until, next_pet = time.monotonic() + grace, 0.0
+            while (left := until - time.monotonic()) > 0 and not done.wait(min(left, 0.5)):
+                if not self.sending():
+                    break  # it went to waiting (the tracker is away), or the network went down
+                if time.monotonic() >= next_pet:
+                    pet()
+                    next_pet = time.monotonic() + 5.0
         if not done.is_set():
             try:
                 os.kill(self.pid, signal.SIGKILL)

@@ -92,10 +92,23 @@ def wait_for_network(say: Callable[[str], None], path: str = config.NETWORK_STAT
         time.sleep(NETWORK_POLL)
 
 
+def tell(path: str) -> Callable[[str, int], None]:
+    """How the reporter tells the init's way out whether waiting for it is worth it."""
+    def told(state: str, pending: int) -> None:
+        try:
+            with open(path + ".tmp", "w") as f:
+                f.write(f"state = {state}\npending = {pending}\n")
+            os.replace(path + ".tmp", path)
+        except OSError:
+            pass
+    return told
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="appliance.report", description=__doc__.splitlines()[0])
     parser.add_argument("--esp", default=layout.MOUNT)
     parser.add_argument("--once", action="store_true")
+    parser.add_argument("--state", default="", help="a file that says sending | waiting | done (the init's)")
     args = parser.parse_args(argv)
 
     def say(text: str) -> None:
@@ -109,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     history = History(files, layout.HISTORY_DIR, conf.history_records, conf.history_bytes)
     reporter = Reporter(history, chosen.dsn, this_machine(), say, chosen.ca_file,
-                        event.read_source(("/usr/lib/appliance/",)))
+                        event.read_source(("/usr/lib/appliance/",)),
+                        tell=tell(args.state) if args.state else lambda state, pending: None)
     if not reporter.pending():
         say(reporter.summary(0))
         return 0

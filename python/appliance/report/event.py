@@ -99,14 +99,15 @@ def build(record: records.Record, machine: Machine, source: SourceReader | None 
     ended = meta.get("ended", "")
     boot_ended = meta.get("boot-ended", "")
     lines = tracebacks.lines_of(record.payload)
-    tags = {"kind": kind, "build_id": machine.build_id, "machine_id": machine.machine_id,
+    release, build_id = image_of(meta, machine)
+    tags = {"kind": kind, "build_id": build_id, "machine_id": machine.machine_id,
             "boot_ended": boot_ended[:200], "secure_boot": meta.get("secure-boot", "")[:200]}
     event: dict[str, Any] = {
         "event_id": event_id(record),
         "platform": "python",
         "level": "fatal",
         "logger": f"appliance.{kind}",
-        "release": machine.release,
+        "release": release,
         "server_name": machine.host,
         "sdk": {"name": machine.client.partition("/")[0], "version": machine.client.partition("/")[2] or "0"},
         "contexts": {"os": {"name": "Linux"}, "appliance": {k: v for k, v in meta.items() if k != "sha256"}},
@@ -151,6 +152,16 @@ def build(record: records.Record, machine: Machine, source: SourceReader | None 
     if name:
         event["extra"]["record"] = name
     return event
+
+
+def image_of(meta: Mapping[str, str], machine: Machine) -> tuple[str, str]:
+    """(version, build id) of the image that crashed: the record's own ``image:``
+    ("1.4 (3f2a0c1b9d8e)"), which an update may have replaced since; else this machine's."""
+    version, _, rest = meta.get("image", "").partition(" (")
+    build = rest.rstrip(")")
+    if not version or version == "unknown":
+        return machine.release, machine.build_id
+    return version[:200], (build if build and build != "no build id" else "")[:64]
 
 
 def _summary(kind: str, ended: str, boot_ended: str, lines: list[str]) -> str:

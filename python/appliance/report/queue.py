@@ -40,16 +40,19 @@ class DayState(NamedTuple):
     sent: int = 0
     size: int = 0  # bytes sent
     wait_until: float = 0.0  # a rate limit's end (the wall clock)
+    host: str = ""  # the machine that sends, for reports sent from elsewhere (make dumps SEND=)
+    machine_id: str = ""
 
     @classmethod
     def parse(cls, data: bytes) -> DayState:
         raw = kvfile.parse(data)
         return cls(raw.get("day", ""), int(raw.get("sent", "0")), int(raw.get("bytes", "0")),
-                   float(raw.get("wait-until", "0")))
+                   float(raw.get("wait-until", "0")), raw.get("host", ""), raw.get("machine-id", ""))
 
     def render(self) -> bytes:
         return kvfile.render({"day": self.day, "sent": str(self.sent), "bytes": str(self.size),
-                              "wait-until": f"{self.wait_until:.0f}"})
+                              "wait-until": f"{self.wait_until:.0f}", "host": self.host,
+                              "machine-id": self.machine_id})
 
 
 def rate_limit_seconds(answer: send.Answer, now: float) -> float:
@@ -81,7 +84,8 @@ class Reporter:
                  ca_file: str | None = None, source: event.SourceReader | None = None,
                  limits: Limits = DEFAULT_LIMITS, clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep,
-                 post: Callable[..., send.Answer] = send.post) -> None:
+                 post: Callable[..., send.Answer] = send.post,
+                 tell: Callable[[str, int], None] = lambda state, pending: None) -> None:
         self.history = history
         self.files = history.files
         self.dsn = dsn
@@ -93,6 +97,7 @@ class Reporter:
         self.clock = clock
         self.sleep = sleep
         self.post = post
+        self.tell = tell  # (sending | waiting | done, records pending): for the init's way out
         self.sent = 0  # this run
         self.refused = 0
         self.failures = 0  # exchanges in a row that got no usable answer
@@ -123,7 +128,9 @@ class Reporter:
 
     def today(self, state: DayState) -> DayState:
         day = time.strftime("%Y-%m-%d", time.gmtime(self.clock()))
-        return state if state.day == day else DayState(day, 0, 0, state.wait_until)
+        if state.day != day:
+            state = DayState(day, 0, 0, state.wait_until)
+        return state._replace(host=self.machine.host, machine_id=self.machine.machine_id)
 
     def run(self, forever: bool = True) -> int:
         """Send until nothing is pending (then return how many were sent), or, with
@@ -132,6 +139,7 @@ class Reporter:
         while True:
             pending = self.pending()
             if not pending:
+                self.tell("done", 0)
                 self.say(self.summary(0))
                 return self.sent
             now = self.clock()
@@ -144,14 +152,17 @@ class Reporter:
                 self.say(f"crash reports: {self.dsn.host} asked to wait: {len(pending)} pending, "
                          f"next try in {wait:.0f} s")
             if wait > 0:
+                self.tell("waiting", len(pending))
                 if not forever:
                     return self.sent
                 self.sleep(min(wait, 3600.0))
                 state = self.today(state)
                 continue
+            self.tell("sending", len(pending))
             state = self.send_one(pending[0], len(pending), state)
             if self.failures:
                 delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** min(self.failures - 1, 16))
+                self.tell("waiting", len(pending))
                 self.say(f"crash reports: {len(pending)} pending; next try in {delay:g} s")
                 if not forever:
                     return self.sent
