@@ -406,6 +406,35 @@ def test_dumps_clear_asks_first(crashed_image: Path) -> None:
     assert rc == 0 and "no records" in out and "last runtime log (/appliance/runtime.log): none" in out
 
 
+def test_dumps_sends_the_unsent_records_once_with_the_machines_event_ids(crashed_image: Path) -> None:
+    from sentry_sdk.envelope import Envelope
+
+    from appliance.report.event import event_id
+    from tests.loopback_tracker import Tracker
+    tracker = Tracker()
+    try:
+        esp = espfs.EspImage(crashed_image)
+        esp.rename(f"{layout.HISTORY_DIR}/000001-runtime-log.rec", f"{layout.HISTORY_DIR}/000001-runtime-log.sent.rec")
+        rc, out = run_dumps(crashed_image, send_to=tracker.dsn.text)
+        assert rc == 0, out
+        assert "dumps: crash reports: 2 unsent record(s) to 127.0.0.1" in out
+        assert "sent 000002-runtime-log.rec" in out and "sent 000003-runtime-log.rec" in out  # the torn one too
+        ids = [Envelope.deserialize(body).headers["event_id"] for body in tracker.received]
+        want = [event_id(records.decode(esp.read(f"{layout.HISTORY_DIR}/00000{n}-runtime-log.sent.rec")))
+                for n in (2, 3)]
+        assert ids == want  # what the machine itself would have sent: stored once wherever it comes from
+        rc, out = run_dumps(crashed_image, send_to=tracker.dsn.text)
+        assert rc == 0 and "nothing to send" in out and len(tracker.received) == 2
+        rc, out = run_dumps(crashed_image)
+        assert "crash history (/appliance/history): 3 records" in out
+        rows = [line for line in out.splitlines() if " runtime-log " in line]
+        assert len(rows) == 3 and all(" sent " in row for row in rows), rows
+        rc, out = run_dumps(crashed_image, send_to="https://nokey.example/1")
+        assert rc == 2 and "public key" in out
+    finally:
+        tracker.close()
+
+
 def test_dumps_says_what_is_wrong_with_the_source(tmp_path: Path) -> None:
     rc, out = run_dumps(tmp_path / "missing.raw")
     assert rc == 2 and "does not exist" in out

@@ -4,6 +4,7 @@
     python -m appliance.media.dumps SOURCE --show N|all|runtime
     python -m appliance.media.dumps SOURCE --save DIR      copy them, byte for byte
     python -m appliance.media.dumps SOURCE --clear [--yes] delete them (asks first)
+    python -m appliance.media.dumps SOURCE --send DSN      send the unsent ones to a tracker
 
 SOURCE is a block device (/dev/sdX) or an image file. Nothing is mounted and nothing
 is booted: the ESP is read with mtools. Each history record's length and checksum are
@@ -31,14 +32,15 @@ class Dump(NamedTuple):
     name: str  # the file name on the ESP
     data: bytes
     record: records.Record
+    mark: str = ""  # what crash reports made of it: "" (unsent), sent, refused
 
 
 def load_history(esp: espfs.EspImage) -> list[Dump]:
     """Every record, read by the code the init writes them with; nothing is removed."""
     out = []
-    for sequence, _, _, path in History(esp).named():
+    for sequence, _, mark, path in History(esp).named():
         data = esp.read(path)
-        out.append(Dump(sequence, path.rsplit("/", 1)[-1], data, records.decode(data)))
+        out.append(Dump(sequence, path.rsplit("/", 1)[-1], data, records.decode(data), mark))
     return out
 
 
@@ -61,12 +63,13 @@ def list_dumps(esp: espfs.EspImage, dumps: list[Dump], log: bytes | None, out: T
               f"{_size(esp.free())} free\n")
     out.write(f"crash history ({layout.HISTORY_DIR}): {len(dumps) or 'no'} record{'s' if len(dumps) != 1 else ''}\n")
     if dumps:
-        out.write(f"  {'#':>6}  {'kind':<14} {'size':>10}  {'image':<20} {'how that boot ended':<40} check\n")
+        out.write(f"  {'#':>6}  {'kind':<14} {'size':>10}  {'image':<20} {'how that boot ended':<40} "
+                  f"{'report':<8} check\n")
     for d in dumps:
         ended = d.record.meta.get("ended") or d.record.meta.get("boot-ended", "-")
         image = d.record.meta.get("image", "-").split(" (")[0]  # the version; --show gives the build id
         out.write(f"  {d.sequence:>6}  {d.record.kind:<14} {_size(len(d.data)):>10}  {image[:20]:<20} "
-                  f"{ended[:40]:<40} {_status(d.record)}\n")
+                  f"{ended[:40]:<40} {d.mark or 'unsent':<8} {_status(d.record)}\n")
     if log is not None:
         out.write(f"last runtime log ({layout.RUNTIME_LOG}): {_size(len(log))}, not archived yet (the appliance has "
                   "not booted since it was written); --show runtime prints it\n")
@@ -151,8 +154,44 @@ def clear(esp: espfs.EspImage, dumps: list[Dump], log: bytes | None, yes: bool,
     return 0
 
 
+def send(esp: espfs.EspImage, dsn_text: str, ca_file: str | None, out: TextIO) -> int:
+    """The stick's unsent records to a tracker (an air-gapped site's), each with the event id
+    the machine would have used, marked sent on the stick as the machine marks them."""
+    from appliance import __version__
+    from appliance.report import dsn as dsns
+    from appliance.report import event, queue
+    try:
+        dsn = dsns.parse(dsn_text)
+    except ValueError as e:
+        out.write(f"dumps: SEND={dsn_text!r}: {e}\n")
+        return 2
+    history = History(esp, layout.HISTORY_DIR)
+
+    def say(text: str) -> None:
+        out.write(f"dumps: {text}\n")
+        out.flush()
+
+    try:
+        state = queue.DayState.parse(esp.read(layout.REPORTS_STATE, 4096))
+    except (OSError, ValueError):
+        state = queue.DayState()
+    machine = event.Machine("unknown", "", state.host, state.machine_id, client=f"appliance/{__version__}")
+    reporter = queue.Reporter(history, dsn, machine, say, ca_file, limits=queue.Limits(1 << 30, 1 << 50))
+    pending = len(reporter.pending())
+    if not pending:
+        say("crash reports: nothing to send: every record on the stick is marked sent or refused")
+        return 0
+    say(f"crash reports: {pending} unsent record(s) to {dsn.host}")
+    reporter.run(forever=False)
+    left = len(reporter.pending())
+    if left:
+        say(reporter.summary(left))
+    return 1 if left or reporter.refused else 0
+
+
 def run(source: str, show_what: str = "", save_to: str = "", do_clear: bool = False, yes: bool = False,
-        ask: Callable[[str], str] | None = None, out: TextIO = sys.stdout) -> int:
+        ask: Callable[[str], str] | None = None, out: TextIO = sys.stdout, send_to: str = "",
+        ca_file: str | None = None) -> int:
     if not os.path.exists(source):
         out.write(f"dumps: {source} does not exist\n")
         return 2
@@ -164,6 +203,8 @@ def run(source: str, show_what: str = "", save_to: str = "", do_clear: bool = Fa
         out.write(f"dumps: {e}\n")
         return 2
     status = 0
+    if send_to:
+        return send(esp, send_to, ca_file, out)
     if show_what:
         if show_what == "runtime":
             if log is None:
@@ -202,9 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--save", default="", metavar="DIR", help="copy the records and the runtime log into DIR")
     p.add_argument("--clear", action="store_true", help="delete the records and the runtime log (asks first)")
     p.add_argument("--yes", action="store_true", help="with --clear: do not ask")
+    p.add_argument("--send", default="", metavar="DSN", help="send the unsent records to a Sentry-protocol tracker")
+    p.add_argument("--send-ca", default=None, metavar="PEM", help="with --send: CA certificates for its TLS")
     args = p.parse_args(argv)
     try:
-        return run(args.source, args.show, args.save, args.clear, args.yes)
+        return run(args.source, args.show, args.save, args.clear, args.yes, send_to=args.send,
+                   ca_file=args.send_ca)
     except espfs.EspError as e:
         print(f"dumps: {e}")
         return 2
