@@ -39,7 +39,17 @@ $(VENV_STAMP): python/pyproject.toml | $(HOST_STAMP)
 	$(PY) -m pip install --quiet -e 'python[dev]'
 	@touch $@
 
-deps: $(HOST_STAMP) $(VENV_STAMP) ## install what building and testing need (apt, venv)
+# A real error tracker for the crash-report tests and the bench (appliance.harness.bugsink),
+# in a venv of its own: its Django must not meet the harness's packages.
+TRACKER_VENV ?= .venv-tracker
+TRACKER_STAMP := $(TRACKER_VENV)/.ready
+export TRACKER_VENV
+$(TRACKER_STAMP): | $(HOST_STAMP)
+	$(PYTHON) -m venv $(TRACKER_VENV)
+	$(TRACKER_VENV)/bin/python -m pip install --quiet 'bugsink==2.6.2'
+	@touch $@
+
+deps: $(HOST_STAMP) $(VENV_STAMP) $(TRACKER_STAMP) ## install what building and testing need (apt, venvs)
 
 image: deps ## build build/appliance.raw (and .efi, .bmap); CORE=, PROFILE=debug
 	$(PY) -m appliance.builder image --build-dir $(BUILD) --cache-dir $(CACHE_DIR) --profile $(PROFILE) \
@@ -75,10 +85,11 @@ update: deps ## stage the image make image built onto a stick or image, keeping 
 	$(PY) -m appliance.media.update "$(or $(DEV),$(IMG))" --image $(BUILD)/appliance.efi $(if $(TRIES),--tries $(TRIES)) \
 		$(if $(ALLOW_NON_REMOVABLE),--allow-non-removable "$(ALLOW_NON_REMOVABLE)")
 
-dumps: deps ## crash dumps off a stick or image: DEV=/dev/sdX or IMG=path [SHOW=N|all|runtime] [SAVE=dir] [CLEAR=1]
+dumps: deps ## crash dumps off a stick or image: DEV=/dev/sdX or IMG=path [SHOW=N|all|runtime] [SAVE=dir] [CLEAR=1] [SEND=dsn]
 	@test -n "$(DEV)$(IMG)" || { echo "make dumps: say where from: make dumps DEV=/dev/sdX or IMG=path"; exit 2; }
 	$(PY) -m appliance.media.dumps "$(or $(DEV),$(IMG))" $(if $(SHOW),--show "$(SHOW)") $(if $(SAVE),--save "$(SAVE)") \
-		$(if $(filter 1 yes true,$(CLEAR)),--clear) $(if $(filter 1 yes true,$(YES)),--yes)
+		$(if $(filter 1 yes true,$(CLEAR)),--clear) $(if $(filter 1 yes true,$(YES)),--yes) \
+		$(if $(SEND),--send "$(SEND)") $(if $(SEND_CA),--send-ca "$(SEND_CA)")
 
 lint: deps ## ruff and mypy
 	$(VENV)/bin/ruff check python tests initramfs/init initramfs/launch-core mkosi.finalize mkosi.prepare.chroot mkosi.postinst.chroot
@@ -110,4 +121,4 @@ clean: ## remove build outputs (keeps the package cache and incremental image)
 	rm -rf $(BUILD)
 
 distclean: clean ## also remove the venv and mkosi's caches
-	rm -rf $(VENV) $(CACHE_DIR)
+	rm -rf $(VENV) $(TRACKER_VENV) $(CACHE_DIR)

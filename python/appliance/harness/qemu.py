@@ -136,11 +136,16 @@ class MachineSpec:
     extra: tuple[str, ...] = field(default_factory=tuple)
 
 
-def user_network(forward: dict[str, int] | None = None, nic: str = "virtio-net-pci") -> tuple[str, ...]:
+def user_network(forward: dict[str, int] | None = None, nic: str = "virtio-net-pci",
+                 relay: dict[str, int] | None = None) -> tuple[str, ...]:
     """QEMU's arguments for a NIC on QEMU's user network, restricted: nothing leaves this
     machine. Its DHCP server gives 10.0.2.15, router 10.0.2.2, DNS 10.0.2.3; ``forward``
-    maps "10.0.2.100:80" (in the guest) to a port on the host's loopback."""
+    maps "10.0.2.100:80" (in the guest) to a port on the host's loopback: one connection,
+    made once. ``relay`` does the same through a socat of its own for every connection
+    the guest makes (retries, a server restarted, the next boot's)."""
     rules = "".join(f",guestfwd=tcp:{guest}-tcp:127.0.0.1:{port}" for guest, port in (forward or {}).items())
+    rules += "".join(f",guestfwd=tcp:{guest}-cmd:socat -lf /dev/null - TCP:127.0.0.1:{port}"
+                     for guest, port in (relay or {}).items())
     return ("-netdev", f"user,id=net0,restrict=on{rules}", "-device", f"{nic},netdev=net0,romfile=")
 
 

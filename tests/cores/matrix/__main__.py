@@ -231,8 +231,15 @@ def stage_update() -> None:
     sys.exit(0)
 
 
+def raise_from_a_helper(what: str) -> None:
+    """A frame of the core's own below <module>, with source lines around it."""
+    reason = f"matrix core: raised on purpose, {what}"
+    raise LookupError(reason)
+
+
 def main() -> None:
     print(f"matrix core: image {image_version()}", flush=True)
+    print(f"matrix core: clock {time.time():.0f}", flush=True)  # never before the image's build
     action = action_of_this_version() or take_action()
     print(f"matrix core: action {action or '(none)'}", flush=True)
     if action == "":
@@ -243,6 +250,9 @@ def main() -> None:
         sys.exit(3)
     elif action == "raise":
         raise RuntimeError("matrix core: raised on purpose in the main thread")
+    elif action.startswith("raise-after "):  # a crash loop with some life in it
+        time.sleep(float(action.split()[1]))
+        raise_from_a_helper(f"token {os.urandom(4).hex()}")
     elif action == "thread":
         def worker() -> None:
             raise ValueError("matrix core: raised on purpose in a worker thread")
