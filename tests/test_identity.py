@@ -48,13 +48,13 @@ def test_the_identity_goes_into_os_release_and_the_init_reads_it(tmp_path: Path)
     target = tmp_path / "usr/lib/os-release.debian"
     target.write_text('PRETTY_NAME="Debian GNU/Linux 13 (trixie)"\nID=debian\nIMAGE_VERSION=stale\n')
     osrel.symlink_to(target.name)  # a package's file behind a link: never written through
-    identity.write_fragment(tmp_path, "1.4.2", "3f2a0c1b9d8e")
+    identity.write_fragment(tmp_path, "1.4.2", "3f2a0c1b9d8e", built_at=1796000000)
     assert identity.merge_os_release(tmp_path)
     assert not (tmp_path / identity.FRAGMENT).exists() and not osrel.is_symlink()
     assert "IMAGE_VERSION=stale" in target.read_text()
     text = osrel.read_text()
     assert text.count("IMAGE_VERSION=") == 1 and text.startswith('PRETTY_NAME="Debian')
-    assert running.read(str(osrel)) == running.Identity("1.4.2", "3f2a0c1b9d8e")
+    assert running.read(str(osrel)) == running.Identity("1.4.2", "3f2a0c1b9d8e", 1796000000)
     assert running.read(str(osrel)).describe() == "1.4.2 (3f2a0c1b9d8e)"
     assert not identity.merge_os_release(tmp_path)  # nothing left to merge: said, not guessed
 

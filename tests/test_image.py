@@ -100,7 +100,8 @@ def test_the_image_knows_who_it_is(built_efi: Path, initrd: dict[str, inspect.En
     assert found.os_release["IMAGE_ID"] == "appliance" and found.os_release["ID"] == "debian"
     assert found.identity.version and len(found.identity.build_id) == 12
     inside = identity.parse(initrd["usr/lib/os-release"].data)
-    assert (inside["IMAGE_VERSION"], inside["BUILD_ID"]) == found.identity
+    assert (inside["IMAGE_VERSION"], inside["BUILD_ID"]) == found.identity[:2]
+    assert found.identity.built_at > 1_700_000_000 and inside[identity.BUILT_AT] == str(found.identity.built_at)
     assert "usr/lib/appliance/os-release.image" not in initrd  # merged, not left behind
 
 

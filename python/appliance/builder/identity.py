@@ -17,6 +17,8 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from appliance.esp import identity as running
+
 IMAGE_ID = "appliance"
 # Written by the build into the rendered tree; mkosi.finalize merges it into os-release.
 FRAGMENT = "usr/lib/appliance/os-release.image"
@@ -67,10 +69,15 @@ def default_version(build: str, now: float | None = None) -> str:
     return time.strftime("%Y.%m.%d", time.gmtime(when)) + "-" + build[:8]
 
 
-def write_fragment(tree: Path, version: str, build: str) -> None:
+def write_fragment(tree: Path, version: str, build: str, built_at: int | None = None) -> None:
+    """The image's identity for os-release; ``built_at`` (default now, or SOURCE_DATE_EPOCH)
+    is the floor of the machine's clock."""
+    if built_at is None:
+        built_at = int(os.environ.get("SOURCE_DATE_EPOCH") or time.time())
     path = tree / FRAGMENT
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"IMAGE_ID={IMAGE_ID}\nIMAGE_VERSION={check_version(version)}\nBUILD_ID={build}\n")
+    path.write_text(f"IMAGE_ID={IMAGE_ID}\nIMAGE_VERSION={check_version(version)}\nBUILD_ID={build}\n"
+                    f"{running.BUILT_AT}={built_at}\n")
 
 
 def merge_os_release(tree: Path) -> bool:

@@ -9,12 +9,14 @@ from __future__ import annotations
 from typing import NamedTuple
 
 OS_RELEASE = "/usr/lib/os-release"
+BUILT_AT = "APPLIANCE_BUILT_AT"  # seconds since 1970; outside the build id (which names the content)
 MAX_BYTES = 16 * 1024
 
 
 class Identity(NamedTuple):
     version: str
     build_id: str
+    built_at: int = 0  # when the image was built (seconds since 1970): the clock's floor
 
     def describe(self) -> str:
         return f"{self.version or 'unknown'} ({self.build_id or 'no build id'})"
@@ -39,4 +41,11 @@ def read(path: str = OS_RELEASE) -> Identity:
             fields = parse(f.read(MAX_BYTES))
     except OSError:
         fields = {}
-    return Identity(fields.get("IMAGE_VERSION", ""), fields.get("BUILD_ID", ""))
+    return from_fields(fields)
+
+
+def from_fields(fields: dict[str, str]) -> Identity:
+    """The identity in os-release's fields (parsed)."""
+    built = fields.get(BUILT_AT, "")
+    return Identity(fields.get("IMAGE_VERSION", ""), fields.get("BUILD_ID", ""),
+                    int(built) if built.isdigit() and len(built) < 12 else 0)

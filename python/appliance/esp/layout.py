@@ -11,7 +11,7 @@ and the tests all take their paths from here.
     /loader/loader.conf              systemd-boot's settings
     /loader/entries/appliance-*.conf one boot entry per image, with its tries in the name
     /appliance/runtime.log           this boot's runtime log (the core's stderr, the init's lines)
-    /appliance/history/NNNNNN-<kind>[.sent].rec  the crash history: one record per file (marked once reported)
+    /appliance/history/NNNNNN-<kind>[.sent].rec  the crash history, one record a file (.sent/.refused: reported)
     /appliance/last-boot.txt         how the last boot ended (or that it is running)
     /appliance/backoff.txt           crash-loop counter: failures in a row
     /appliance/updates.log           what became of each update
@@ -19,6 +19,7 @@ and the tests all take their paths from here.
     /appliance/hold                  a switch: do not reboot when the core ends
     /appliance/crash-reports.txt     where crash reports go, set by the fleet (overrides the build's)
     /appliance/reports-state.txt     what the crash reporter sent today, a tracker's rate limit
+    /appliance/clock.txt             the time this machine last saved: its clock's floor
     /appliance-test/                 the test core's switches (tests/cores/matrix)
 """
 
@@ -46,6 +47,7 @@ UPDATE_LOG = f"{APP_DIR}/updates.log"
 SALVAGED_DIR = f"{APP_DIR}/salvaged"
 HOLD = f"{APP_DIR}/hold"
 CRASH_REPORTS = f"{APP_DIR}/crash-reports.txt"  # "dsn = ..." overrides CRASH_REPORTS= (see docs/crash-reports.md)
+CLOCK = f"{APP_DIR}/clock.txt"  # "time = <seconds>": the clock's floor (appliance.init.clock)
 REPORTS_STATE = f"{APP_DIR}/reports-state.txt"  # the day's count, a rate limit's end: appliance.report.queue
 # Test-only switches (documented in docs/testing.md): each acts once and is removed.
 TEST_HANG_INIT = f"{APP_DIR}/test-hang-init"  # the init hangs with the watchdogs armed

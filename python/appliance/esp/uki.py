@@ -42,7 +42,7 @@ class Uki(NamedTuple):
 
     @property
     def identity(self) -> identity.Identity:
-        return identity.Identity(self.os_release.get("IMAGE_VERSION", ""), self.os_release.get("BUILD_ID", ""))
+        return identity.from_fields(self.os_release)
 
 
 def _read(f: BinaryIO, offset: int, n: int, size: int, what: str) -> bytes:

@@ -36,11 +36,13 @@ class CoreDuties(Duties):
     """The init's work while the core runs: its output to the console and the runtime
     log, the deferred drivers 2 s after its start, the hardware watchdogs petted, the
     update committed and the crash-loop counter reset once it is healthy; ``on_deferred``
-    (the crash reporter's start) runs with the deferred drivers."""
+    (the crash reporter's start) runs with the deferred drivers, ``periodic`` (seconds,
+    what: the clock saved) every so often."""
 
     def __init__(self, console: Console, persist: Persistence, hardware: Hardware, cgroup: CoreCgroup,
                  on_healthy: Callable[[], None], clock: Callable[[], float] = time.monotonic,
-                 on_deferred: Callable[[], None] = lambda: None) -> None:
+                 on_deferred: Callable[[], None] = lambda: None,
+                 periodic: tuple[float, Callable[[], None]] | None = None) -> None:
         self.console = console
         self.persist = persist
         self.hardware = hardware
@@ -51,6 +53,8 @@ class CoreDuties(Duties):
         self.bytes = 0  # what the core wrote
         self.deferred_at: float | None = clock() + DEFERRED_MODULES_AFTER
         self.next_pet = clock()
+        self.periodic = periodic
+        self.next_periodic = clock() + periodic[0] if periodic else None
 
     def output(self, data: bytes) -> None:
         self.bytes += len(data)
@@ -71,7 +75,8 @@ class CoreDuties(Duties):
         self.cgroup.kill_all()
 
     def due(self) -> float | None:
-        times = [t for t in (self.deferred_at, self.next_pet if self.hardware.watchdogs else None) if t is not None]
+        times = [t for t in (self.deferred_at, self.next_pet if self.hardware.watchdogs else None,
+                             self.next_periodic) if t is not None]
         return min(times) if times else None
 
     def work(self, now: float) -> None:
@@ -82,6 +87,9 @@ class CoreDuties(Duties):
             self.hardware.arm_watchdogs()
             self.on_deferred()
             self.hang_if_asked()
+        if self.periodic and self.next_periodic is not None and now >= self.next_periodic:
+            self.next_periodic = now + self.periodic[0]
+            self.periodic[1]()
         interval = self.hardware.pet_interval()
         if interval is not None and now >= self.next_pet:
             self.next_pet = now + interval
@@ -133,7 +141,8 @@ def start_debug_shell(say: Callable[[str], None], root: Root) -> None:
 
 def run(config: Config, console: Console, persist: Persistence, hardware: Hardware, root: Root,
         on_started: Callable[[int], None], on_healthy: Callable[[], None],
-        on_deferred: Callable[[], None] = lambda: None) -> Ended:
+        on_deferred: Callable[[], None] = lambda: None,
+        periodic: tuple[float, Callable[[], None]] | None = None) -> Ended:
     """Start the core and supervise it until it ends; how it ended."""
     cgroup = CoreCgroup(root("/sys/fs/cgroup"))
     problem = cgroup.setup(config.core_memory_max)
@@ -152,7 +161,7 @@ def run(config: Config, console: Console, persist: Persistence, hardware: Hardwa
         os.close(write_fd)
         os.close(dog_w)
     on_started(pid)
-    duties = CoreDuties(console, persist, hardware, cgroup, on_healthy, on_deferred=on_deferred)
+    duties = CoreDuties(console, persist, hardware, cgroup, on_healthy, on_deferred=on_deferred, periodic=periodic)
     sup = Supervisor(pid, read_fd, duties, grace=config.shutdown_grace_seconds,
                      healthy_after=config.healthy_after_seconds,
                      watchdog=(dog_r, SoftWatchdog(config.core_watchdog_seconds)))

@@ -6,6 +6,7 @@ Each step lives in a module of its own (the file names are the architecture):
     machine      the host name, the loopback interface
     hardware     kernel modules now and later, the hardware watchdogs
     persistence  the ESP found, checked and mounted; the history, the runtime log, the counters
+    clock        the wall clock never before the image's build nor the last time saved
     previous     what the previous boot left: its end, pstore, the init's failure, its log
     trial        the update trial: which image booted, rollbacks, the commit
     network      DHCP, when the image asked for it
@@ -27,6 +28,7 @@ from appliance import __version__, efivars
 from appliance import initconf as config
 from appliance.esp import identity, layout
 from appliance.init import corerun, initfailure, machine, mounts, secureboot
+from appliance.init.clock import SAVE_EVERY, WallClock
 from appliance.init.console import Console, Steps, kernel_ran_init
 from appliance.init.hardware import Hardware
 from appliance.init.persistence import Persistence
@@ -60,7 +62,8 @@ class Boot:
     def run(self) -> NoReturn:
         say, about, failures = self.console.say, self.out.about, self.failures
         self.console.at(f"appliance init {__version__} started")
-        about["image"] = identity.read(self.root(identity.OS_RELEASE)).describe()
+        image = identity.read(self.root(identity.OS_RELEASE))
+        about["image"] = image.describe()
         say(f"image {about['image']}")
         self.early_mounts()
         self.config = self.out.config = self.load_config()
@@ -83,6 +86,8 @@ class Boot:
                                                                 self.steps.done)
         failures.run("finding and mounting the ESP", lambda: persist.mount(hardware))
         failures.run("keeping what fsck.fat salvaged", persist.keep_salvaged)
+        clock = self.out.clock = WallClock(say)
+        failures.run("checking the clock", lambda: clock.check(persist.keeping, image.built_at))
         previous = PreviousBoot(persist, say, self.root)
         failures.run("accounting for the previous boot", lambda: previous.account(hardware, about))
         trial = Trial(persist, say, self.root)
@@ -104,7 +109,8 @@ class Boot:
 
         reports = self.out.reports = Reports(self.config, say, self.root, lambda: persist.keeping)
         ended = corerun.run(self.config, self.console, persist, hardware, self.root, self.core_started, healthy,
-                            on_deferred=lambda: failures.run("starting the crash reporter", reports.start))
+                            on_deferred=lambda: failures.run("starting the crash reporter", reports.start),
+                            periodic=(SAVE_EVERY, lambda: failures.run("saving the clock", clock.save)))
         self.out.end(ended.reason, ended.failed, ended.category)
 
     def early_mounts(self) -> None:

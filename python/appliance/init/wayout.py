@@ -18,6 +18,7 @@ from appliance.init.sigs import signal
 from appliance.initconf import Config
 
 if TYPE_CHECKING:
+    from appliance.init.clock import WallClock
     from appliance.init.hardware import Hardware
     from appliance.init.persistence import Persistence
     from appliance.init.reports import Reports
@@ -34,6 +35,7 @@ class WayOut:
         self.mountpoint = mountpoint
         self.about: dict[str, str] = {}  # what this boot says of itself (lastboot.ABOUT)
         self.reports: Reports | None = None  # the crash reporter, once started
+        self.clock: WallClock | None = None  # saved at the way out: the next boot's floor
 
     def end(self, reason: str, failed: bool, category: str = "init") -> NoReturn:
         """Persist, say why, sync, reboot. ``category``: requested | core | init."""
@@ -41,11 +43,6 @@ class WayOut:
         if failed:
             say("the appliance encountered an uncorrectable error and must be restarted")
             say(f"cause: {reason}")
-        if self.reports is not None:
-            try:  # reports still being sent get a bounded time; then the history is the init's again
-                self.reports.finish(self.pet)
-            except Exception as e:  # noqa: BLE001 - nothing here may stop the way out
-                say(f"crash reports: could not wait for the reporter: {e}")
         persist = self.persist
         failures = ((persist.failures if persist is not None else 0) + 1) if failed else 0
         if persist is not None:
@@ -53,6 +50,8 @@ class WayOut:
             if failed or persist.failures:
                 persist.save_failures(failures)
             persist.save_ended(category, reason, {**self.about, "ended-at": f"{time.time():.0f}"})
+            if self.clock is not None:
+                self.clock.save()
         os.sync()
         hold = self.hold_requested()
         if hold:
@@ -65,6 +64,11 @@ class WayOut:
             while (left := until - time.monotonic()) > 0:
                 self.pet()
                 time.sleep(min(left, 5.0))
+        if self.reports is not None:  # it sent during the back-off; what it is still sending gets a bounded time
+            try:
+                self.reports.finish(self.pet)
+            except Exception as e:  # noqa: BLE001 - nothing here may stop the way out
+                say(f"crash reports: could not wait for the reporter: {e}")
         self.pet()
         reboot(self.kernel, self.console, persist.device if persist and persist.files else None,
                self.hardware.close_watchdogs if self.hardware else lambda: None, self.mountpoint)
