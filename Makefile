@@ -111,7 +111,7 @@ fuzz: deps ## the parsers of untrusted bytes against many random inputs [FUZZ_EX
 soak: deps test-image ## power cuts at random moments of many boots, the ESP checked after each [SOAK_CUTS=1000]
 	$(PY) -m appliance.tools.soak --image $(BUILD)/test/appliance.raw --out $(BUILD)/soak $(if $(SOAK_CUTS),--cuts $(SOAK_CUTS))
 
-bench: deps ## ours vs a systemd image: sizes, builds, boots, crash turnaround [BENCH_BOOTS=5] [BENCH_COLD=1]
+bench: deps ## ours vs a systemd image: sizes, builds, boots, crash turnaround [BENCH_BOOTS=5] [BENCH_COLD=1]; crash reports: python -m appliance.bench --only-reports
 	$(PY) -m appliance.bench --build-dir $(BUILD) --cache-dir $(CACHE_DIR) $(if $(filter 1 yes true,$(BENCH_COLD)),--cold)
 
 bench-build: deps ## time a rebuild after a change to one file under python/ (prints seconds)

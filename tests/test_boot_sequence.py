@@ -158,6 +158,26 @@ def test_a_crash_is_archived_at_the_next_boot_and_the_counter_counts(tmp_path: P
     assert "000002-runtime-log.rec" in said and backoff.load(esp) == (0, "")
     assert [e.sequence for e in history.entries()] == [1, 2]
     assert "the appliance encountered an uncorrectable error" not in said
+    first, second = (history.read(e).meta for e in history.entries())
+    assert len(first["event-id"]) == 32 and first["event-id"] != second["event-id"]  # each its crash report's id
+    assert "ended-at" not in first and abs(float(second["ended-at"]) - time.time()) < 60  # the crash's time
+    assert "init: clock: " in said and b"time = " in esp.read(layout.CLOCK)
+
+
+def test_rotation_says_when_it_removed_records_no_report_had_taken(tmp_path: Path) -> None:
+    root = machine(tmp_path, core_status=0)
+    esp = esp_folder(esp_of(root))
+    history = History(esp, layout.HISTORY_DIR, max_records=4, free_floor=0)
+    for i in range(4):
+        history.add("runtime-log", f"core: crash {i}\n".encode())
+    history.mark(history.entries()[1], "sent")
+    esp.write(layout.RUNTIME_LOG, b"core: crash 4\ninit: core ended: exited with status 1\n")
+    said = boot(root)
+    assert "the crash history is full" not in said  # the sent one went
+    assert [e.mark for e in history.entries()] == ["", "", "", ""]
+    esp.write(layout.RUNTIME_LOG, b"core: crash 5\ninit: core ended: exited with status 1\n")
+    said = boot(root)
+    assert "init: the crash history is full: 1 record(s) no crash report had taken were removed" in said
 
 
 def test_without_its_esp_the_core_runs_without_persistence(tmp_path: Path) -> None:

@@ -305,3 +305,23 @@ def test_the_release_is_the_image_that_crashed_not_the_one_sending() -> None:
     got = event.build(record, MACHINE)
     assert got["release"] == "1.3" and got["tags"]["build_id"] == "0123456789ab"
     assert event.build(records.Record({"kind": "reset"}, b""), MACHINE)["release"] == MACHINE.release
+
+
+def test_tls_is_verified_against_the_ca_given_and_refused_otherwise(tmp_path: Path) -> None:
+    import ssl
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=tracker",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    tracker = Tracker()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    tracker.server.socket = context.wrap_socket(tracker.server.socket, server_side=True)
+    try:
+        url = f"https://127.0.0.1:{tracker.server.server_address[1]}/api/9/envelope/"
+        assert send.post(url, {}, b"x", ca_file=str(cert), seconds=5).ok  # a private tracker's CA
+        refused = send.post(url, {}, b"x", seconds=5)  # the system's CAs do not know it
+        assert refused.status == 0 and "CERTIFICATE_VERIFY_FAILED" in refused.error, refused
+        assert len(tracker.received) == 1
+    finally:
+        tracker.close()

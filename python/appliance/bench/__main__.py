@@ -27,8 +27,9 @@ from appliance.bench import figures
 from appliance.builder import disk, inspect, mirror, mkosi, render, shim
 from appliance.builder.__main__ import main as build_main
 from appliance.esp import layout, uki
+from appliance.harness import bugsink
 from appliance.harness.machine import HarnessTimeout, Machine
-from appliance.harness.qemu import kvm_works
+from appliance.harness.qemu import kvm_works, user_network
 from appliance.media import update
 from appliance.media.espfs import EspImage
 
@@ -135,6 +136,72 @@ def rollback_turnaround(test_raw: Path, v2_efi: Path, work: Path, log_dir: Path)
     return took
 
 
+def report_turnaround(test_net_raw: Path, tracker: bugsink.Bugsink, work: Path, log_dir: Path) -> tuple[float, float]:
+    """(seconds from a core's crash to its event stored in a real Bugsink on the loopback,
+    seconds from the next core's start to the reporter's "sent" line), with the test
+    network image (make test-image)."""
+    guest = "10.0.2.100:8080"
+    m = Machine(test_net_raw, work, name="bench-reports", log_dir=log_dir,
+                nic=user_network(relay={guest: tracker.port}))
+    m.esp_write(layout.CRASH_REPORTS, f"dsn = {tracker.guest_dsn(guest)}\n".encode())
+    m.esp_write(layout.TEST_ACTION, b"raise")
+    before = len(tracker.events())
+    with m:
+        m.expect(r"init: core ended: exited with status 1", 300)
+        crashed = time.monotonic()
+        m.expect(r"init: core started", 300)
+        started = time.monotonic()
+        m.expect(r"init: crash reports: sent \S+", 300)
+        sent = time.monotonic()
+        deadline = sent + 60
+        while len(tracker.events()) == before and time.monotonic() < deadline:
+            time.sleep(0.2)
+        stored = time.monotonic()
+        m.power_cut()
+    shutil.rmtree(work, ignore_errors=True)
+    if len(tracker.events()) == before:
+        raise RuntimeError("the tracker stored no event within 60 s of the machine's sent line")
+    return stored - crashed, sent - started
+
+
+def report_package_bytes(efi: Path) -> int:
+    """What crash reports add to the initrd: the reporter's package (uncompressed)."""
+    return sum(e.size for e in inspect.initrd_entries(efi)
+               if e.is_file and e.path.startswith("usr/lib/appliance/python/appliance/report/"))
+
+
+def only_reports(build: Path, runs: int) -> int:
+    """``--only-reports``: a core's crash to its event in a real tracker, ``runs`` times."""
+    test_net = build / "test-net/appliance.raw"
+    if not test_net.exists():
+        say("no test network image: run `make test-image` first")
+        return 2
+    why = bugsink.available()
+    if why:
+        say(why)
+        return 2
+    with tempfile.TemporaryDirectory(dir=build) as work:
+        tracker = bugsink.Bugsink(Path(work) / "bugsink").set_up()
+        try:
+            stored, sending = [], []
+            for i in range(runs):
+                a, b = report_turnaround(test_net, tracker, Path(work) / f"reports{i}", build / "bench/logs")
+                stored.append(a)
+                sending.append(b)
+                say(f"crash report {i + 1}/{runs}: stored {a:.2f} s after the crash; sent {b:.2f} s after "
+                    "the next core started")
+        finally:
+            tracker.stop()
+    accel = "kvm" if kvm_works() else "tcg"
+    print(f"a core's crash -> its event stored in Bugsink: {figures.spread(stored).text()} "
+          f"(the reboot, the next boot, the reporter; {runs} runs, under {accel} on {os.cpu_count()} CPUs)")
+    print(f"the next core's start -> the reporter's sent line: {figures.spread(sending).text()} "
+          "(the reporter starts 2 s after the core: the core's start is not delayed)")
+    print(f"the reporter's package in the initrd: {report_package_bytes(test_net.with_suffix('.efi')) / 1024:.1f} "
+          "KiB uncompressed (standard library only: http.client, ssl, json were already in the image)")
+    return 0
+
+
 def only_rollback(build: Path, runs: int) -> int:
     """``--only-rollback``: the rollback row alone, measured ``runs`` times."""
     test_raw, v2_efi = build / "test/appliance.raw", build / "test-v2/appliance.efi"
@@ -214,6 +281,11 @@ def report(result: dict[str, Any]) -> str:
     if ours.get("rollback") is not None:
         rows.append(("crash-looping update staged -> previous core ready", f"{ours['rollback']:.2f} s",
                      "n/a: no updates", ""))
+    if ours.get("crash_report") is not None:
+        stored, sending = ours["crash_report"]
+        rows.append(("crash -> its event stored in a tracker (Bugsink)", f"{stored:.2f} s", "n/a: no reports", ""))
+        rows.append(("  next core started -> report sent", f"{sending:.2f} s", "", ""))
+        rows.append(("  the reporter in the initrd", f"{ours['report_package'] / 1024:.1f} KiB", "", ""))
     text = figures.table(rows)
     if ours.get("secure_boot_boots"):
         on = [figures.Boot(*b) for b in ours["secure_boot_boots"]]
@@ -243,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-rebuild", action="store_true", help="skip the warm rebuilds (measure boots only)")
     p.add_argument("--only-rollback", action="store_true",
                    help="only the update rollback row, --boots times, with the test images (make test-image)")
+    p.add_argument("--only-reports", action="store_true",
+                   help="only the crash report rows, --boots times, with the test network image (make test-image)")
     p.add_argument("--against", metavar="OTHER.raw", type=Path,
                    help="only boots: our bench image against another image of the bench core, interleaved "
                         "(with OTHER.efi beside it for the sizes)")
@@ -251,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         return only_against(Path(args.build_dir).resolve(), args.against.resolve(), args.boots)
     if args.only_rollback:
         return only_rollback(Path(args.build_dir).resolve(), args.boots)
+    if args.only_reports:
+        return only_reports(Path(args.build_dir).resolve(), args.boots)
     repo = Path(args.repo).resolve()
     bench = Path(args.build_dir).resolve() / "bench"
     cache = Path(args.cache_dir).resolve()
@@ -302,6 +378,19 @@ def main(argv: list[str] | None = None) -> int:
             say(f"update rolled back: previous core ready {result['ours']['rollback']:.2f} s after the first try")
         else:
             say("no test images (make test-image): the update rollback figure is skipped")
+        test_net = bench.parent / "test-net/appliance.raw"
+        why = bugsink.available() or ("" if test_net.exists() else "no test network image (make test-image)")
+        if why:
+            say(f"{why}: the crash report figure is skipped")
+        else:
+            with tempfile.TemporaryDirectory(dir=bench) as work:
+                tracker = bugsink.Bugsink(Path(work) / "bugsink").set_up()
+                try:
+                    result["ours"]["crash_report"] = report_turnaround(test_net, tracker, Path(work) / "reports", logs)
+                finally:
+                    tracker.stop()
+            result["ours"]["report_package"] = report_package_bytes(test_net.with_suffix(".efi"))
+            say(f"crash report: stored {result['ours']['crash_report'][0]:.2f} s after the crash")
         result["accel"] = "kvm" if kvm_works() else "tcg"
     except (RuntimeError, HarnessTimeout, OSError) as e:
         say(f"failed: {e}")

@@ -46,6 +46,7 @@ class Persistence:
         self.log: RuntimeLog | None = None
         self.failures = 0  # the crash-loop counter: failed boots in a row
         self.archived = 0  # records this boot made (each gets its crash report's id)
+        self.lost_said = 0  # unsent records rotation removed, said so far
         self._log_error_said = False
 
     @property
@@ -156,6 +157,10 @@ class Persistence:
             return False, f"not archived: {e}"
         for problem in self.history.problems:
             self.say(f"history record {problem}")
+        if self.history.lost_unsent > self.lost_said:
+            self.say(f"the crash history is full: {self.history.lost_unsent - self.lost_said} record(s) no crash "
+                     "report had taken were removed (the oldest first)")
+            self.lost_said = self.history.lost_unsent
         if self.history.overfull:
             self.say(f"the crash history holds {self.history.overfull} record files beyond what it keeps: "
                      f"removing the oldest for at most {REMOVAL_BUDGET:g} s a boot")
