@@ -19,7 +19,7 @@ PROFILE ?= default
 ESP_FREE_MIB ?= 64
 CORE ?=
 HOSTNAME_ARG := $(if $(filter command line,$(origin HOSTNAME)),--hostname '$(HOSTNAME)',)
-export CORE PACKAGES NETWORK NETWORK_WAIT CRASH_REPORTS CRASH_REPORTS_CA MIRROR SECURITY_MIRROR SECURE_BOOT KEYS_DIR SB_KEY SB_CERT SIGN_DEBUG_WITH_THIS_KEY VERSION
+export CORE PACKAGES NETWORK NETWORK_WAIT NTP CRASH_REPORTS CRASH_REPORTS_CA MIRROR SECURITY_MIRROR SECURE_BOOT KEYS_DIR SB_KEY SB_CERT SIGN_DEBUG_WITH_THIS_KEY VERSION
 
 HOST_STAMP := $(BUILD)/.host-ready
 VENV_STAMP := $(VENV)/.ready
@@ -39,14 +39,18 @@ $(VENV_STAMP): python/pyproject.toml | $(HOST_STAMP)
 	$(PY) -m pip install --quiet -e 'python[dev]'
 	@touch $@
 
-# A real error tracker for the crash-report tests and the bench (appliance.harness.bugsink),
-# in a venv of its own: its Django must not meet the harness's packages.
+# The real servers the tests start: an error tracker for crash reports and the bench
+# (Bugsink, appliance.harness.bugsink) in a venv of its own (its Django must not meet the
+# harness's packages), and a time server (Debian's chronyd, unpacked there: installing
+# the package would start it as this machine's own time daemon).
 TRACKER_VENV ?= .venv-tracker
 TRACKER_STAMP := $(TRACKER_VENV)/.ready
 export TRACKER_VENV
 $(TRACKER_STAMP): | $(HOST_STAMP)
 	$(PYTHON) -m venv $(TRACKER_VENV)
 	$(TRACKER_VENV)/bin/python -m pip install --quiet 'bugsink==2.6.2'
+	rm -rf $(TRACKER_VENV)/chrony && mkdir -p $(TRACKER_VENV)/chrony
+	cd $(TRACKER_VENV)/chrony && apt-get download -qq chrony 2>/dev/null && dpkg -x chrony_*.deb root && rm chrony_*.deb
 	@touch $@
 
 deps: $(HOST_STAMP) $(VENV_STAMP) $(TRACKER_STAMP) ## install what building and testing need (apt, venvs)

@@ -61,6 +61,7 @@ def cmd_image(args: argparse.Namespace) -> int:
             identity.check_version(args.image_version)
         render.check_hostname(args.hostname)
         render.check_crash_reports(args.crash_reports, reports_ca, args.network)
+        render.check_time_servers(tuple(args.time_servers.split()), args.network)
         debs = packages.wanted(core, args.packages)
     except (render.CoreError, mirror.MirrorError, signing.SigningError, identity.IdentityError,
             packages.PackagesError) as e:
@@ -73,7 +74,7 @@ def cmd_image(args: argparse.Namespace) -> int:
         runtime_log_cap=args.runtime_log_cap, core_memory_max=args.core_memory_max or None,
         history_records=args.history_records, hw_watchdog_seconds=args.hw_watchdog_seconds,
         hostname=args.hostname, network=args.network, network_wait_seconds=args.network_wait,
-        crash_reports=args.crash_reports, crash_reports_ca=reports_ca,
+        crash_reports=args.crash_reports, crash_reports_ca=reports_ca, time_servers=tuple(args.time_servers.split()),
     )
     render_dir = build / "render"
     render.render(settings, render_dir)
@@ -232,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="dhcp: NIC drivers, and DHCPv4 on the first wired link (NETWORK=; default off)")
     img.add_argument("--network-wait", type=float, default=float(os.environ.get("NETWORK_WAIT") or 0),
                      help="seconds the core waits for the network at most (NETWORK_WAIT=; default 0: never)")
+    img.add_argument("--time-servers", default=os.environ.get("NTP", ""),
+                     help="SNTP servers (IPv4, :port if not 123), asked before those DHCP names (NTP=)")
     img.add_argument("--crash-reports", default=os.environ.get("CRASH_REPORTS", ""),
                      help="a Sentry DSN the crash history is sent to (CRASH_REPORTS=; needs NETWORK=dhcp)")
     img.add_argument("--crash-reports-ca", default=os.environ.get("CRASH_REPORTS_CA", ""),

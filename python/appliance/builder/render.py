@@ -54,8 +54,22 @@ class Settings:
     hw_watchdog_seconds: int = INIT_DEFAULTS.hw_watchdog_seconds
     network: str = INIT_DEFAULTS.network
     network_wait_seconds: float = INIT_DEFAULTS.network_wait_seconds
+    time_servers: tuple[str, ...] = ()  # SNTP servers before DHCP's (NTP=); checked by check_time_servers
     crash_reports: str = ""  # a Sentry DSN (CRASH_REPORTS=); checked by check_crash_reports
     crash_reports_ca: Path | None = None  # a CA bundle for a private tracker (CRASH_REPORTS_CA=)
+
+
+def check_time_servers(servers: tuple[str, ...], network: str) -> None:
+    """NTP=: IPv4 addresses, each with a port if not 123 (the init has no DNS when it asks)."""
+    from appliance.init import sntp
+    if servers and network != "dhcp":
+        raise CoreError("NTP= asks time servers over the network: build with NETWORK=dhcp too")
+    for server in servers:
+        try:
+            sntp.parse_server(server)
+        except (OSError, ValueError):
+            raise CoreError(f"NTP={server!r}: an IPv4 address, with :port if not 123 (no names: the init "
+                            "asks before any DNS)") from None
 
 
 def check_crash_reports(dsn: str, ca: Path | None, network: str) -> None:
@@ -188,6 +202,7 @@ def render(settings: Settings, out: Path) -> None:
     config = extra / IMAGE_CONFIG
     config.parent.mkdir(parents=True)
     check_crash_reports(settings.crash_reports, settings.crash_reports_ca, settings.network)
+    check_time_servers(settings.time_servers, settings.network)
     if settings.crash_reports_ca is not None:
         shutil.copy2(settings.crash_reports_ca, extra / IMAGE_REPORTS_CA)
     config.write_text(env.get_template("appliance.conf.j2").render(
@@ -204,6 +219,7 @@ def render(settings: Settings, out: Path) -> None:
         hw_watchdog_seconds=settings.hw_watchdog_seconds,
         network=settings.network,
         network_wait_seconds=settings.network_wait_seconds,
+        time_servers=settings.time_servers,
         crash_reports=settings.crash_reports,
         crash_reports_ca=f"/{IMAGE_REPORTS_CA}" if settings.crash_reports_ca else "",
         profile=settings.profile,

@@ -15,10 +15,10 @@ DISCOVER, OFFER, REQUEST, DECLINE, ACK, NAK, RELEASE = 1, 2, 3, 4, 5, 6, 7
 BROADCAST_FLAG = 0x8000  # ask the server to broadcast its answer: we have no address yet
 
 OPT_PAD, OPT_END = 0, 255
-OPT_SUBNET, OPT_ROUTER, OPT_DNS, OPT_HOSTNAME = 1, 3, 6, 12
+OPT_SUBNET, OPT_ROUTER, OPT_DNS, OPT_HOSTNAME, OPT_NTP = 1, 3, 6, 12, 42
 OPT_REQUESTED_IP, OPT_LEASE, OPT_TYPE, OPT_SERVER_ID, OPT_PARAMS = 50, 51, 53, 54, 55
 OPT_T1, OPT_T2, OPT_CLIENT_ID = 58, 59, 61
-PARAMS = bytes([OPT_SUBNET, OPT_ROUTER, OPT_DNS, OPT_LEASE, OPT_T1, OPT_T2])
+PARAMS = bytes([OPT_SUBNET, OPT_ROUTER, OPT_DNS, OPT_LEASE, OPT_T1, OPT_T2, OPT_NTP])
 
 
 class Reply(NamedTuple):
@@ -32,6 +32,7 @@ class Reply(NamedTuple):
     lease: int  # seconds
     t1: int
     t2: int
+    ntp: tuple[str, ...] = ()  # time servers (option 42): the clock's source
 
 
 def request(kind: int, xid: int, mac: bytes, hostname: str = "", requested: str = "", server: str = "",
@@ -106,4 +107,4 @@ def parse(packet: bytes, xid: int, mac: bytes) -> Reply | None:
     return Reply(kind, got_xid, str(ipaddress.IPv4Address(yiaddr)), prefix, _addresses(opts.get(OPT_ROUTER))[:4],
                  _addresses(opts.get(OPT_DNS))[:3], str(ipaddress.IPv4Address(server)) if server and
                  len(server) == 4 else "", lease, min(_seconds(opts.get(OPT_T1), lease // 2), lease),
-                 min(_seconds(opts.get(OPT_T2), lease * 7 // 8), lease))
+                 min(_seconds(opts.get(OPT_T2), lease * 7 // 8), lease), _addresses(opts.get(OPT_NTP))[:3])

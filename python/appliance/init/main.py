@@ -97,7 +97,8 @@ class Boot:
         if self.config.network != "off":
             from appliance.init import network  # socket, threading: only where the image asked for a network
             failures.run("starting the network", lambda: network.start_if_asked(
-                self.config.network, self.config.network_wait_seconds, say, hardware.load_deferred))
+                self.config.network, self.config.network_wait_seconds, say, hardware.load_deferred,
+                on_lease=lambda lease: clock.sync([*self.config.time_servers, *lease.ntp])))
             self.steps.done("network")
         failures.keep(persist.log.init_line if persist.log else None, self.root(efivars.EFIVARS))
 

@@ -161,8 +161,9 @@ class Network:
     """The thread: find a link, lease, keep the lease; say and record every change."""
 
     def __init__(self, say: Callable[[str], None], hostname: str, state_path: str = NETWORK_STATE,
-                 resolv: str = RESOLV_CONF) -> None:
+                 resolv: str = RESOLV_CONF, on_lease: Callable[[dhcp.Reply], object] = lambda lease: None) -> None:
         self.say, self.hostname = say, hostname
+        self.on_lease = on_lease  # before the network is said up: the clock set from a time server
         self.state_path = state_path
         self.resolv = resolv
         self.up = threading.Event()
@@ -249,6 +250,10 @@ class Network:
         via = f" via {gateway}" if gateway else " (no router)"
         dns = f", DNS {' '.join(lease.dns)}" if lease.dns else ", no DNS server"
         self.say(f"network: {name} {lease.address}/{lease.prefix}{via}{dns}, lease {lease.lease} s")
+        try:
+            self.on_lease(lease)
+        except Exception as e:  # noqa: BLE001 - the network must never fail for what it is used for
+            self.say(f"network: BUG: after the lease: {type(e).__name__}: {e}")
         self._record(State("up", name, f"{lease.address}/{lease.prefix}", gateway, lease.dns))
         self._keep(client, lease)
 
@@ -287,7 +292,8 @@ def wait_until_up(net: Network, seconds: float, say: Callable[[str], None]) -> N
 
 
 
-def start_if_asked(mode: str, wait: float, say: Callable[[str], None], load_drivers: Callable[[], None]) -> None:
+def start_if_asked(mode: str, wait: float, say: Callable[[str], None], load_drivers: Callable[[], None],
+                   on_lease: Callable[[dhcp.Reply], object] = lambda lease: None) -> None:
     """The init's step: start the thread when the image asks for a network; with a wait,
     load the NIC drivers now (they otherwise wait until the core has started) and wait."""
     if mode == "off":
@@ -295,7 +301,7 @@ def start_if_asked(mode: str, wait: float, say: Callable[[str], None], load_driv
     if mode != "dhcp":
         say(f"network: unknown mode {mode!r} (dhcp or off): no network")
         return
-    net = Network(say, socket.gethostname())
+    net = Network(say, socket.gethostname(), on_lease=on_lease)
     net.start()
     if wait > 0:
         load_drivers()

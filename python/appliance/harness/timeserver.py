@@ -1,0 +1,78 @@
+"""A real time server for the tests: Debian's chronyd, unpacked by ``make deps`` beside
+Bugsink (``TRACKER_VENV``), serving this machine's clock over NTP on a loopback port
+(``local stratum 8``: it answers as a synchronised server without peers of its own).
+It never touches this machine's clock (``-x``)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from appliance.harness import bugsink
+
+CONF = """port {port}
+bindaddress {address}
+allow {address}
+local stratum 8
+cmdport 0
+pidfile {folder}/chronyd.pid
+driftfile {folder}/drift
+"""
+
+
+def chronyd() -> Path:
+    return bugsink.venv() / "chrony" / "root" / "usr" / "sbin" / "chronyd"
+
+
+def available() -> str:
+    """Why chronyd cannot run here, or ""."""
+    return "" if chronyd().exists() else f"chronyd is not unpacked in {chronyd().parents[3]} (make deps does it)"
+
+
+def free_udp_port(address: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((address, 0))
+        return int(s.getsockname()[1])
+
+
+class TimeServer:
+    def __init__(self, folder: Path, address: str = "127.0.0.1") -> None:
+        self.folder = folder
+        self.address = address
+        self.port = free_udp_port(address)
+        self.process: subprocess.Popen[bytes] | None = None
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "chrony.conf").write_text(CONF.format(port=self.port, address=address, folder=folder))
+
+    def start(self) -> TimeServer:
+        from appliance.init import sntp
+        log = open(self.folder / "chronyd.log", "ab")  # noqa: SIM115 - the server's, closed with it
+        self.process = subprocess.Popen([str(chronyd()), "-d", "-x", "-u", "root", "-f",
+                                         str(self.folder / "chrony.conf")], stdout=log, stderr=log)
+        log.close()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"chronyd ended: {(self.folder / 'chronyd.log').read_text(errors='replace')}")
+            try:
+                sntp.query(self.address, self.port, timeout=0.5)
+                return self
+            except (OSError, sntp.SntpError):
+                time.sleep(0.2)
+        raise RuntimeError("chronyd did not answer within 20 s")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    @property
+    def server(self) -> str:
+        return f"{self.address}:{self.port}"
