@@ -19,7 +19,7 @@ PROFILE ?= default
 ESP_FREE_MIB ?= 64
 CORE ?=
 HOSTNAME_ARG := $(if $(filter command line,$(origin HOSTNAME)),--hostname '$(HOSTNAME)',)
-export CORE PACKAGES NETWORK NETWORK_WAIT NTP CRASH_REPORTS CRASH_REPORTS_CA MIRROR SECURITY_MIRROR SECURE_BOOT KEYS_DIR SB_KEY SB_CERT SIGN_DEBUG_WITH_THIS_KEY VERSION
+export CORE PACKAGES NETWORK NETWORK_WAIT NTP SYSLOG CRASH_REPORTS CRASH_REPORTS_CA MIRROR SECURITY_MIRROR SECURE_BOOT KEYS_DIR SB_KEY SB_CERT SIGN_DEBUG_WITH_THIS_KEY VERSION
 
 HOST_STAMP := $(BUILD)/.host-ready
 VENV_STAMP := $(VENV)/.ready
@@ -41,8 +41,8 @@ $(VENV_STAMP): python/pyproject.toml | $(HOST_STAMP)
 
 # The real servers the tests start: an error tracker for crash reports and the bench
 # (Bugsink, appliance.harness.bugsink) in a venv of its own (its Django must not meet the
-# harness's packages), and a time server (Debian's chronyd, unpacked there: installing
-# the package would start it as this machine's own time daemon).
+# harness's packages), a time server and a syslog receiver (Debian's chronyd and rsyslogd,
+# unpacked there: installing the packages would start them as this machine's own daemons).
 TRACKER_VENV ?= .venv-tracker
 TRACKER_STAMP := $(TRACKER_VENV)/.ready
 export TRACKER_VENV
@@ -51,6 +51,9 @@ $(TRACKER_STAMP): | $(HOST_STAMP)
 	$(TRACKER_VENV)/bin/python -m pip install --quiet 'bugsink==2.6.2'
 	rm -rf $(TRACKER_VENV)/chrony && mkdir -p $(TRACKER_VENV)/chrony
 	cd $(TRACKER_VENV)/chrony && apt-get download -qq chrony 2>/dev/null && dpkg -x chrony_*.deb root && rm chrony_*.deb
+	rm -rf $(TRACKER_VENV)/rsyslog && mkdir -p $(TRACKER_VENV)/rsyslog
+	cd $(TRACKER_VENV)/rsyslog && apt-get download -qq rsyslog libestr0 libfastjson4 2>/dev/null \
+		&& for deb in *.deb; do dpkg -x "$$deb" root; done && rm ./*.deb
 	@touch $@
 
 deps: $(HOST_STAMP) $(VENV_STAMP) $(TRACKER_STAMP) ## install what building and testing need (apt, venvs)
@@ -70,7 +73,7 @@ test-image: deps ## build build/test/appliance.raw with the crash-matrix test co
 		--secure-boot off --image-version test-v2 --hostname matrix
 	$(PY) -m appliance.builder image --build-dir $(BUILD)/test-net --cache-dir $(CACHE_DIR) \
 		--core tests/cores/matrix --core-memory-max 256M --history-records 4 --hw-watchdog-seconds 15 \
-		--secure-boot off --hostname matrix --network dhcp
+		--secure-boot off --hostname matrix --network dhcp --syslog 10.0.2.101:514
 
 size: deps ## print the UKI's size breakdown (kernel, initrd, largest directories)
 	$(PY) -m appliance.builder size $(BUILD)/appliance.efi

@@ -135,11 +135,13 @@ def test_crash_reports_are_baked_in_with_their_ca_and_checked_first(repo: Path, 
     ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
     settings = render.Settings(repo=repo, core=repo / "examples/demo-core.py", mirrors=Mirrors("http://m", None),
                                network="dhcp", crash_reports="https://k3y@tracker.example/4", crash_reports_ca=ca,
-                               time_servers=("192.0.2.1", "192.0.2.2:11123"))
+                               time_servers=("192.0.2.1", "192.0.2.2:11123"), syslog="logs.example:514")
     render.render(settings, tmp_path / "r")
     cfg = kvfile.parse((tmp_path / "r/extra/etc/appliance/init.conf").read_bytes())
     assert cfg["crash_reports"] == "https://k3y@tracker.example/4"
-    assert cfg["time_servers"] == "192.0.2.1 192.0.2.2:11123"
+    assert cfg["time_servers"] == "192.0.2.1 192.0.2.2:11123" and cfg["syslog"] == "logs.example:514"
+    with pytest.raises(render.CoreError, match="host:port expected"):
+        render.check_syslog("logs.example", "dhcp")
     with pytest.raises(render.CoreError, match="an IPv4 address"):
         render.check_time_servers(("pool.ntp.org",), "dhcp")
     with pytest.raises(render.CoreError, match="NETWORK=dhcp"):

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from appliance.esp import identity, layout, uki
-from appliance.harness import bugsink
+from appliance.harness import bugsink, syslogd
 from appliance.harness.machine import Machine
 from appliance.harness.qemu import user_network
 from appliance.init import clock
@@ -30,6 +30,7 @@ from tests.loopback_tracker import Tracker
 pytestmark = pytest.mark.qemu
 
 GUEST = "10.0.2.100:8080"  # where the machine reaches the tracker
+SYSLOG = "10.0.2.101:514"  # and the syslog receiver (the test network image's SYSLOG=)
 HOST = re.escape(GUEST.split(":")[0])
 TOKEN = re.compile(r"LookupError: matrix core: raised on purpose, token ([0-9a-f]{8})")
 
@@ -47,8 +48,9 @@ def tracker(tmp_path: Path) -> Iterator[bugsink.Bugsink]:
 
 
 def machine(image: Path, tmp_path: Path, log_dir: Path, name: str, port: int, dsn: str,
-            extra: tuple[str, ...] = ()) -> Machine:
-    m = Machine(image, tmp_path / "m", name=name, log_dir=log_dir, nic=(*user_network(relay={GUEST: port}), *extra))
+            extra: tuple[str, ...] = (), syslog_port: int = 0) -> Machine:
+    relay = {GUEST: port, **({SYSLOG: syslog_port} if syslog_port else {})}
+    m = Machine(image, tmp_path / "m", name=name, log_dir=log_dir, nic=(*user_network(relay=relay), *extra))
     m.esp_write(layout.CRASH_REPORTS, f"# the fleet's tracker\ndsn = {dsn}\n".encode())
     return m
 
@@ -59,8 +61,14 @@ def frames_of(event: dict[str, Any]) -> list[dict[str, Any]]:
 
 def test_crashes_made_offline_arrive_once_and_a_crash_loop_gets_every_crash_out(
         test_net_raw: Path, qemu_ready: None, tracker: bugsink.Bugsink, tmp_path: Path, log_dir: Path) -> None:
+    """Also the console's lines, forwarded to a real rsyslogd as they happen."""
+    why = syslogd.available()
+    if why:
+        pytest.fail(f"{why}: make test installs it first")
+    receiver = syslogd.Syslogd(tmp_path / "rsyslog").start()
     tracker.stop()  # away while the first crashes are made
-    m = machine(test_net_raw, tmp_path, log_dir, "reports-backlog", tracker.port, tracker.guest_dsn(GUEST))
+    m = machine(test_net_raw, tmp_path, log_dir, "reports-backlog", tracker.port, tracker.guest_dsn(GUEST),
+                syslog_port=receiver.port)
     always(m, b"raise-after 3")
     with m:
         m.wait_boot(timeout=120)
@@ -76,6 +84,13 @@ def test_crashes_made_offline_arrive_once_and_a_crash_loop_gets_every_crash_out(
         m.expect(r"init: crash reports: sent 000005-runtime-log\.rec to " + HOST, 240)
         m.expect(r"init: crash reports: 1 sent to " + HOST + r" \(0 pending\)", 60)
         m.power_cut()
+    receiver.stop()
+    logged = receiver.messages()
+    assert "matrix init 1 init: syslog: the console's lines go to 10.0.2.101:514 (RFC 5424 over TCP)" in logged
+    assert any(re.fullmatch(r"matrix core \d+ matrix core: action raise-after 3", line) for line in logged)
+    assert any(re.fullmatch(r"matrix core \d+ LookupError: matrix core: raised on purpose, token [0-9a-f]{8}", line)
+               for line in logged)  # the core's stderr as it died, before the next boot showed it
+    assert any("init: crash reports: sent 000005-runtime-log.rec" in line for line in logged)
     console = m.log_path.read_text(errors="replace")
     made = list(dict.fromkeys(TOKEN.findall(console)))  # every crash, in order
     events = tracker.events()

@@ -45,6 +45,7 @@ class Config(NamedTuple):
     network: str = "off"  # off | dhcp (make image NETWORK=)
     network_wait_seconds: float = 0.0  # hold the core back until the network is up, at most this (NETWORK_WAIT=)
     time_servers: tuple[str, ...] = ()  # SNTP servers, "ip" or "ip:port", before DHCP's (NTP=)
+    syslog: str = ""  # host:port of a syslog receiver the console's lines go to (SYSLOG=); "" off
     crash_reports: str = ""  # a Sentry DSN the history's records are sent to (CRASH_REPORTS=); "" off
     crash_reports_ca: str = ""  # a CA bundle in the image for the tracker's TLS (CRASH_REPORTS_CA=)
     switches: Mapping[str, str] = {}  # appliance.* from the kernel command line (never mutated)

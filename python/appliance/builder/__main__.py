@@ -62,6 +62,7 @@ def cmd_image(args: argparse.Namespace) -> int:
         render.check_hostname(args.hostname)
         render.check_crash_reports(args.crash_reports, reports_ca, args.network)
         render.check_time_servers(tuple(args.time_servers.split()), args.network)
+        render.check_syslog(args.syslog, args.network)
         debs = packages.wanted(core, args.packages)
     except (render.CoreError, mirror.MirrorError, signing.SigningError, identity.IdentityError,
             packages.PackagesError) as e:
@@ -75,6 +76,7 @@ def cmd_image(args: argparse.Namespace) -> int:
         history_records=args.history_records, hw_watchdog_seconds=args.hw_watchdog_seconds,
         hostname=args.hostname, network=args.network, network_wait_seconds=args.network_wait,
         crash_reports=args.crash_reports, crash_reports_ca=reports_ca, time_servers=tuple(args.time_servers.split()),
+        syslog=args.syslog,
     )
     render_dir = build / "render"
     render.render(settings, render_dir)
@@ -235,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="seconds the core waits for the network at most (NETWORK_WAIT=; default 0: never)")
     img.add_argument("--time-servers", default=os.environ.get("NTP", ""),
                      help="SNTP servers (IPv4, :port if not 123), asked before those DHCP names (NTP=)")
+    img.add_argument("--syslog", default=os.environ.get("SYSLOG", ""),
+                     help="host:port of a syslog receiver the console's lines go to, RFC 5424 over TCP (SYSLOG=)")
     img.add_argument("--crash-reports", default=os.environ.get("CRASH_REPORTS", ""),
                      help="a Sentry DSN the crash history is sent to (CRASH_REPORTS=; needs NETWORK=dhcp)")
     img.add_argument("--crash-reports-ca", default=os.environ.get("CRASH_REPORTS_CA", ""),

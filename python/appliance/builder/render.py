@@ -55,6 +55,7 @@ class Settings:
     network: str = INIT_DEFAULTS.network
     network_wait_seconds: float = INIT_DEFAULTS.network_wait_seconds
     time_servers: tuple[str, ...] = ()  # SNTP servers before DHCP's (NTP=); checked by check_time_servers
+    syslog: str = ""  # host:port of a syslog receiver (SYSLOG=); checked by check_syslog
     crash_reports: str = ""  # a Sentry DSN (CRASH_REPORTS=); checked by check_crash_reports
     crash_reports_ca: Path | None = None  # a CA bundle for a private tracker (CRASH_REPORTS_CA=)
 
@@ -70,6 +71,19 @@ def check_time_servers(servers: tuple[str, ...], network: str) -> None:
         except (OSError, ValueError):
             raise CoreError(f"NTP={server!r}: an IPv4 address, with :port if not 123 (no names: the init "
                             "asks before any DNS)") from None
+
+
+def check_syslog(target: str, network: str) -> None:
+    """SYSLOG=host:port, before any long work."""
+    from appliance.init import syslog
+    if not target:
+        return
+    if network != "dhcp":
+        raise CoreError("SYSLOG= sends the console over the network: build with NETWORK=dhcp too")
+    try:
+        syslog.parse_target(target)
+    except ValueError as e:
+        raise CoreError(str(e)) from None
 
 
 def check_crash_reports(dsn: str, ca: Path | None, network: str) -> None:
@@ -203,6 +217,7 @@ def render(settings: Settings, out: Path) -> None:
     config.parent.mkdir(parents=True)
     check_crash_reports(settings.crash_reports, settings.crash_reports_ca, settings.network)
     check_time_servers(settings.time_servers, settings.network)
+    check_syslog(settings.syslog, settings.network)
     if settings.crash_reports_ca is not None:
         shutil.copy2(settings.crash_reports_ca, extra / IMAGE_REPORTS_CA)
     config.write_text(env.get_template("appliance.conf.j2").render(
@@ -220,6 +235,7 @@ def render(settings: Settings, out: Path) -> None:
         network=settings.network,
         network_wait_seconds=settings.network_wait_seconds,
         time_servers=settings.time_servers,
+        syslog=settings.syslog,
         crash_reports=settings.crash_reports,
         crash_reports_ca=f"/{IMAGE_REPORTS_CA}" if settings.crash_reports_ca else "",
         profile=settings.profile,

@@ -23,6 +23,7 @@ class Console:
         self.fd = fd
         self.prefix = prefix
         self.clock = clock
+        self.copy: Callable[[bytes, str], None] | None = None  # (what was shown, init | core): syslog
 
     def write_raw(self, data: bytes) -> None:
         """Write bytes as they are; a console that fails is not worth dying for."""
@@ -38,7 +39,16 @@ class Console:
 
     def say(self, message: str) -> None:
         lines = message.splitlines() or [""]
-        self.write_raw("".join(f"{self.prefix}{line}\n" for line in lines).encode("utf-8", "replace"))
+        data = "".join(f"{self.prefix}{line}\n" for line in lines).encode("utf-8", "replace")
+        self.write_raw(data)
+        if self.copy is not None:
+            self.copy(data, "init")
+
+    def core_output(self, data: bytes) -> None:
+        """What the core wrote, shown as it is."""
+        self.write_raw(data)
+        if self.copy is not None:
+            self.copy(data, "core")
 
     def at(self, message: str) -> None:
         """A line carrying the time since boot, for milestones."""

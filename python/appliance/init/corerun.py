@@ -58,7 +58,7 @@ class CoreDuties(Duties):
 
     def output(self, data: bytes) -> None:
         self.bytes += len(data)
-        self.console.write_raw(data)
+        self.console.core_output(data)
         if self.persist.log is not None:
             self.persist.log.core_output(data)
 

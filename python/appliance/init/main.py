@@ -69,6 +69,8 @@ class Boot:
         self.config = self.out.config = self.load_config()
         failures.run("setting the host name and the loopback interface", lambda: machine.set_up(
             say, self.root(config.HOSTNAME_FILE), self.root(machine.KERNEL_HOSTNAME)))
+        if self.config.syslog and self.config.network != "off":
+            failures.run("forwarding the console to syslog", self.start_syslog)
         self.steps.done("mounts")
         # Best-effort from here to the core: a bug in a step (or bytes that defeat it) is
         # said and kept, and the core runs all the same.
@@ -135,7 +137,17 @@ class Boot:
             self.console.say(p)
         return loaded
 
+    def start_syslog(self) -> None:
+        from appliance.init import syslog  # socket, threading: only where the image asked for it
+        forwarder = self.out.syslog = syslog.Forwarder(self.config.syslog, machine.read_hostname(
+            self.root(config.HOSTNAME_FILE))[0], self.console.say)
+        self.console.copy = forwarder.feed
+        forwarder.start()
+        self.console.say(f"syslog: the console's lines go to {self.config.syslog} (RFC 5424 over TCP)")
+
     def core_started(self, pid: int) -> None:
+        if self.out.syslog is not None:
+            self.out.syslog.core_pid = str(pid)
         self.steps.done("starting the core")
         exec_at = kernel_ran_init(self.root("/dev/kmsg"))
         python = f"/init exec at {exec_at:.3f} s, Python start {self.steps.started - exec_at:.2f} s, " \

@@ -22,6 +22,10 @@ if TYPE_CHECKING:
     from appliance.init.hardware import Hardware
     from appliance.init.persistence import Persistence
     from appliance.init.reports import Reports
+    from appliance.init.syslog import Forwarder
+
+
+SYSLOG_FLUSH = 2.0  # seconds the last lines get to reach the syslog receiver
 
 
 class WayOut:
@@ -36,6 +40,7 @@ class WayOut:
         self.about: dict[str, str] = {}  # what this boot says of itself (lastboot.ABOUT)
         self.reports: Reports | None = None  # the crash reporter, once started
         self.clock: WallClock | None = None  # saved at the way out: the next boot's floor
+        self.syslog: Forwarder | None = None  # given a moment to send the last lines
 
     def end(self, reason: str, failed: bool, category: str = "init") -> NoReturn:
         """Persist, say why, sync, reboot. ``category``: requested | core | init."""
@@ -69,6 +74,8 @@ class WayOut:
                 self.reports.finish(self.pet)
             except Exception as e:  # noqa: BLE001 - nothing here may stop the way out
                 say(f"crash reports: could not wait for the reporter: {e}")
+        if self.syslog is not None:
+            self.syslog.flush(SYSLOG_FLUSH)
         self.pet()
         reboot(self.kernel, self.console, persist.device if persist and persist.files else None,
                self.hardware.close_watchdogs if self.hardware else lambda: None, self.mountpoint)

@@ -1,0 +1,71 @@
+"""A real syslog receiver for the tests: Debian's rsyslogd, unpacked by ``make deps``
+beside Bugsink (``TRACKER_VENV``), taking RFC 5424 over TCP on a loopback port and
+writing each message as ``<host> <app> <procid> <text>`` into a file."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from appliance.harness import bugsink
+
+CONF = """module(load="imtcp")
+input(type="imtcp" port="{port}" address="127.0.0.1")
+template(name="plain" type="string" string="%hostname% %app-name% %procid% %msg%\\n")
+*.* action(type="omfile" file="{out}" template="plain")
+"""
+
+
+def root() -> Path:
+    return bugsink.venv() / "rsyslog" / "root"
+
+
+def available() -> str:
+    daemon = root() / "usr/sbin/rsyslogd"
+    return "" if daemon.exists() else f"rsyslogd is not unpacked in {root().parent} (make deps does it)"
+
+
+class Syslogd:
+    def __init__(self, folder: Path, port: int = 0) -> None:
+        self.folder = folder
+        self.port = port or bugsink.free_port()
+        self.out = folder / "messages.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "rsyslog.conf").write_text(CONF.format(port=self.port, out=self.out))
+
+    def start(self) -> Syslogd:
+        libs = root() / "usr/lib/x86_64-linux-gnu"
+        log = open(self.folder / "rsyslogd.log", "ab")  # noqa: SIM115 - the daemon's, closed with it
+        (self.folder / "rsyslogd.pid").unlink(missing_ok=True)
+        self.process = subprocess.Popen(
+            [str(root() / "usr/sbin/rsyslogd"), "-n", "-f", str(self.folder / "rsyslog.conf"),
+             "-i", str(self.folder / "rsyslogd.pid"), "-M", str(libs / "rsyslog")],
+            env={**os.environ, "LD_LIBRARY_PATH": str(libs)}, stdout=log, stderr=log)
+        log.close()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"rsyslogd ended: {(self.folder / 'rsyslogd.log').read_text(errors='replace')}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return self
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("rsyslogd did not listen within 20 s")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def messages(self) -> list[str]:
+        return self.out.read_text(errors="replace").splitlines() if self.out.exists() else []
