@@ -20,9 +20,9 @@ from tests.helpers import esp_folder, on_esp
 
 
 def at_boot(esp: str, writable: bool, history: Callable[[], list[records.Record]], say: Callable[[str], None],
-            efivars: str) -> slots.Slots:
+            efivars: str, keep: Callable[[str, str], object] = lambda line, version: None) -> slots.Slots:
     """The trial's look at boot, on the ESP in the folder ``esp``, with ``efivars`` saying what booted."""
-    return trial.at_boot(MountedEsp(esp), writable, history, say, trial.selected_entry(efivars))
+    return trial.at_boot(MountedEsp(esp), writable, history, say, trial.selected_entry(efivars), keep)
 
 
 def commit(esp: str, found: slots.Slots) -> str:
@@ -93,7 +93,10 @@ def test_an_update_that_used_its_tries_is_rolled_back_with_its_causes(tmp_path: 
                                     ("kernel panic (Panic, kept by pstore)", "2.0 (aaaa)"),
                                     ("watchdog reset (watchdog0: i6300ESB timer): the machine hung", "2.0 (aaaa)"))]
     said: list[str] = []
-    slots = at_boot(esp, True, lambda: history, said.append, efivars)
+    kept: list[tuple[str, str]] = []
+    slots = at_boot(esp, True, lambda: history, said.append, efivars,
+                    lambda line, version: kept.append((line, version)))
+    assert kept == [(said[1], "2.0")]  # a record for the crash history: the fleet hears of it
     assert said == [
         "boot entry appliance-000001.conf: image 1.0, committed",
         "update to 2.0 rolled back after 3 failed boots: core crash (exited with status 1); kernel panic (Panic, "

@@ -50,9 +50,9 @@ def causes(history_records: list[records.Record], version: str) -> list[str]:
             if r.ok and r.meta.get("image", "").split(" (")[0] == version]
 
 
-def rolled_back(files: EspFiles, found: Slots, history: Callable[[], list[records.Record]]) -> list[str]:
-    """Failed updates (no tries left, newer than the booted image): what to say of each;
-    each is logged and removed."""
+def rolled_back(files: EspFiles, found: Slots, history: Callable[[], list[records.Record]]) -> list[tuple[str, str]]:
+    """Failed updates (no tries left, newer than the booted image): (what to say, the
+    failed version) of each; each is logged and removed."""
     b = found.booted
     if b is None:
         return []
@@ -64,16 +64,18 @@ def rolled_back(files: EspFiles, found: Slots, history: Callable[[], list[record
         n = image.entry.tries_done
         line = (f"update to {image.version} rolled back after {n} failed boot{'s' if n != 1 else ''}: "
                 f"{'; '.join(why) if why else 'no record of why (power lost, or the ESP was not writable)'}")
-        said.append(line)
+        said.append((line, image.version))
         updatelog.append(files, line)
         slots.remove(files, image)
     return said
 
 
 def at_boot(files: EspFiles, writable: bool, read_history: Callable[[], list[records.Record]],
-            say: Callable[[str], None], selected: str) -> Slots:
+            say: Callable[[str], None], selected: str,
+            keep: Callable[[str, str], object] = lambda line, version: None) -> Slots:
     """Say which image booted and whether it is on trial; say, log and remove updates that
-    failed their tries (only with a writable ESP)."""
+    failed their tries (only with a writable ESP), and ``keep`` each rollback (its line,
+    the failed version) as a record of the crash history: a crash report tells the fleet."""
     found, problems = slots.scan(files, selected)
     for p in problems:
         say(f"update: {p}")
@@ -87,8 +89,9 @@ def at_boot(files: EspFiles, writable: bool, read_history: Callable[[], list[rec
         say(f"update: boot entries {image.entry.name} and {kept.entry.name} name one image (a rename cut "
             f"short): removing the first")
         files.delete(f"{layout.ENTRIES_DIR}/{image.entry.name}")
-    for line in rolled_back(files, found, read_history):
+    for line, version in rolled_back(files, found, read_history):
         say(line)
+        keep(line, version)
     return slots.scan(files, selected)[0] if found.booted else found
 
 
@@ -116,7 +119,9 @@ class Trial:
         history = persist.history
         self.slots = at_boot(persist.files, persist.keeping is not None,
                              lambda: [history.read(e) for e in history.entries()] if history is not None else [],
-                             self.say, selected_entry(self.root(efivars.EFIVARS)))
+                             self.say, selected_entry(self.root(efivars.EFIVARS)),
+                             lambda line, version: persist.archive("rollback", f"{line}\n".encode(), {
+                                 "image": version, "boot-ended": "update rolled back"}))
         if on_trial(self.slots) is not None and not hardware.watchdogs:
             # An image on trial may hang the machine before the drivers' usual time (2 s
             # after the core starts): the hardware watchdog is armed before the core runs,
