@@ -41,19 +41,18 @@ $(VENV_STAMP): python/pyproject.toml | $(HOST_STAMP)
 
 # The real servers the tests start: an error tracker for crash reports and the bench
 # (Bugsink, appliance.harness.bugsink) in a venv of its own (its Django must not meet the
-# harness's packages), a time server and a syslog receiver (Debian's chronyd and rsyslogd,
-# unpacked there: installing the packages would start them as this machine's own daemons).
+# harness's packages), a time server, a syslog receiver and a DHCP server (Debian's chronyd,
+# rsyslogd and dnsmasq, unpacked there: installed, they would become this machine's daemons).
 TRACKER_VENV ?= .venv-tracker
 TRACKER_STAMP := $(TRACKER_VENV)/.ready
 export TRACKER_VENV
-$(TRACKER_STAMP): | $(HOST_STAMP)
+$(TRACKER_STAMP): scripts/unpack-debs | $(HOST_STAMP)
 	$(PYTHON) -m venv $(TRACKER_VENV)
 	$(TRACKER_VENV)/bin/python -m pip install --quiet 'bugsink==2.6.2'
-	rm -rf $(TRACKER_VENV)/chrony && mkdir -p $(TRACKER_VENV)/chrony
-	cd $(TRACKER_VENV)/chrony && apt-get download -qq chrony 2>/dev/null && dpkg -x chrony_*.deb root && rm chrony_*.deb
-	rm -rf $(TRACKER_VENV)/rsyslog && mkdir -p $(TRACKER_VENV)/rsyslog
-	cd $(TRACKER_VENV)/rsyslog && apt-get download -qq rsyslog libestr0 libfastjson4 2>/dev/null \
-		&& for deb in *.deb; do dpkg -x "$$deb" root; done && rm ./*.deb
+	scripts/unpack-debs $(abspath $(TRACKER_VENV))/chrony chrony
+	scripts/unpack-debs $(abspath $(TRACKER_VENV))/rsyslog rsyslog libestr0 libfastjson4
+	scripts/unpack-debs $(abspath $(TRACKER_VENV))/dnsmasq dnsmasq-base libnetfilter-conntrack3 libnftables1 \
+		libnfnetlink0 libnftnl11 libjansson4 libmnl0 libxtables12
 	@touch $@
 
 deps: $(HOST_STAMP) $(VENV_STAMP) $(TRACKER_STAMP) ## install what building and testing need (apt, venvs)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import re
 import threading
+import time
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -70,3 +71,28 @@ def test_without_a_nic_or_a_dhcp_answer_the_core_starts_on_time_and_the_console_
         m.power_cut()
     console = m.log_path.read_text(errors="replace")
     assert re.search(r"init: network: \S+ \d", console) is None  # no address was ever said
+
+
+def test_a_dead_rtc_is_set_from_the_time_server_dhcp_names(
+        test_net_raw: Path, qemu_ready: None, tmp_path: Path, log_dir: Path) -> None:
+    """On a network of the test's own (a namespace with a tap: UDP cannot pass QEMU's
+    restricted user network), dnsmasq's lease names chronyd as the time server: the
+    clock, at 2001 from the RTC, goes to the build's time, then to this machine's time
+    (within 2 s) before the network counts as up, and the RTC is written."""
+    from appliance.harness import tapnet
+    why = tapnet.available()
+    if why:
+        pytest.skip(why)
+    with tapnet.TapNetwork(tmp_path / "net") as net:
+        m = Machine(test_net_raw, tmp_path / "m", name="network-time", log_dir=log_dir,
+                    nic=(*net.nic, "-rtc", "base=2001-01-01"), wrapper=net.wrapper)
+        act(m, b"clock-after-network")
+        with m:
+            m.wait_boot(timeout=120)
+            m.expect(r"init: clock: 2001-01-01T\S+ from the RTC is before the image's build: set to ", 60)
+            m.expect(r"init: network: eth0 10\.9\.0\.\d+/24 [^\n]*lease 3600 s", 90)
+            m.expect(r"init: clock: \S+ from SNTP 10\.9\.0\.1 \(stratum 8, \+\d+\.\d+ s, round trip \d+ ms\); "
+                     r"RTC written", 30)
+            seen = float(m.expect(r"matrix core: clock after the network (\d+\.\d+)", 60).group(1))
+            assert abs(seen - time.time()) < 2
+            m.power_cut()

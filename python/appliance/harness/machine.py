@@ -79,7 +79,8 @@ class Machine:
                  watchdog: bool = False, warm_reset: bool = False, log_dir: str | Path | None = None,
                  machine: str = "q35", blkdebug: str | None = None, resume: bool = False,
                  secure_boot: str = "off", db_cert: str | Path | None = None,
-                 mok_cert: str | Path | None = None, nic: tuple[str, ...] = ()) -> None:
+                 mok_cert: str | Path | None = None, nic: tuple[str, ...] = (),
+                 wrapper: tuple[str, ...] = ()) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.name = name
@@ -113,7 +114,7 @@ class Machine:
             drives=(*others, ours) if extra_drives_first else (ours, *others),
             firmware=fw, vars_path=str(self.vars), accel=accel,
             memory_mib=memory_mib, watchdog=watchdog, no_reboot=not warm_reset, machine=machine,
-            secure_boot=secure_boot != "off", extra=nic,
+            secure_boot=secure_boot != "off", extra=nic, wrapper=wrapper,
         )
         self.warm_reset = warm_reset
         self.power_cycles = 0  # guest resets turned into a fresh QEMU

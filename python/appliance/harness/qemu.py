@@ -134,6 +134,7 @@ class MachineSpec:
     machine: str = "q35"  # q35 | pc (i440fx, the older PC)
     secure_boot: bool = False  # SMM on and the firmware's variables behind it, as Secure Boot needs
     extra: tuple[str, ...] = field(default_factory=tuple)
+    wrapper: tuple[str, ...] = field(default_factory=tuple)  # runs QEMU: ("ip", "netns", "exec", NAME)
 
 
 def user_network(forward: dict[str, int] | None = None, nic: str = "virtio-net-pci",
@@ -157,7 +158,7 @@ def silent_network(nic: str = "virtio-net-pci") -> tuple[str, ...]:
 def command(spec: MachineSpec, qemu: str = "qemu-system-x86_64") -> list[str]:
     """The full QEMU command: serial console on stdio, no network, nothing implicit."""
     cmd = [
-        qemu,
+        *spec.wrapper, qemu,
         "-machine", f"{spec.machine},smm={'on' if spec.secure_boot else 'off'},accel={spec.accel}",
         "-cpu", "host" if spec.accel == "kvm" else "max",
         "-smp", str(spec.cpus),

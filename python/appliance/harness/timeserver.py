@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from appliance.harness import bugsink
 
+PYTHON_DIR = Path(__file__).resolve().parents[2]
 CONF = """port {port}
 bindaddress {address}
 allow {address}
@@ -38,10 +41,15 @@ def free_udp_port(address: str = "127.0.0.1") -> int:
 
 
 class TimeServer:
-    def __init__(self, folder: Path, address: str = "127.0.0.1") -> None:
+    """chronyd on ``address`` (a free port, or ``port``); ``wrapper`` runs it (and the
+    readiness probe) elsewhere: in a network namespace."""
+
+    def __init__(self, folder: Path, address: str = "127.0.0.1", port: int = 0,
+                 wrapper: tuple[str, ...] = ()) -> None:
         self.folder = folder
         self.address = address
-        self.port = free_udp_port(address)
+        self.port = port or free_udp_port(address)
+        self.wrapper = wrapper
         self.process: subprocess.Popen[bytes] | None = None
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "chrony.conf").write_text(CONF.format(port=self.port, address=address, folder=folder))
@@ -49,19 +57,29 @@ class TimeServer:
     def start(self) -> TimeServer:
         from appliance.init import sntp
         log = open(self.folder / "chronyd.log", "ab")  # noqa: SIM115 - the server's, closed with it
-        self.process = subprocess.Popen([str(chronyd()), "-d", "-x", "-u", "root", "-f",
+        self.process = subprocess.Popen([*self.wrapper, str(chronyd()), "-d", "-x", "-u", "root", "-f",
                                          str(self.folder / "chrony.conf")], stdout=log, stderr=log)
         log.close()
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"chronyd ended: {(self.folder / 'chronyd.log').read_text(errors='replace')}")
+            if self.answers(sntp):
+                return self
+            time.sleep(0.2)
+        raise RuntimeError("chronyd did not answer within 20 s")
+
+    def answers(self, sntp: Any) -> bool:
+        if not self.wrapper:
             try:
                 sntp.query(self.address, self.port, timeout=0.5)
-                return self
+                return True
             except (OSError, sntp.SntpError):
-                time.sleep(0.2)
-        raise RuntimeError("chronyd did not answer within 20 s")
+                return False
+        probe = ("import sys; sys.path.insert(0, sys.argv[1]); from appliance.init import sntp; "
+                 "sntp.query(sys.argv[2], int(sys.argv[3]), timeout=0.5)")
+        return subprocess.run([*self.wrapper, sys.executable, "-S", "-c", probe, str(PYTHON_DIR), self.address,
+                               str(self.port)], capture_output=True, check=False).returncode == 0
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -1,7 +1,7 @@
 """The console's lines to a syslog receiver as they happen (``make image SYSLOG=host:port``):
 RFC 5424 messages over TCP, octet-counted (RFC 6587), sent by a thread of their own.
 
-Every line the console shows (the init's and the core's) is queued with its time; while
+Every line the init says and every line of the core's stderr is queued with its time; while
 the receiver is away the queue waits in bounded memory (the oldest lines go first, and
 how many went is sent once it is back). Queuing is all that happens in PID 1's
 supervising loop: it never waits for the network. Nothing is read from the receiver.

@@ -197,9 +197,7 @@ def check_the_machine() -> None:
     print(f"matrix core: machine: {len(checks)} checks, {failed} failed", flush=True)
 
 
-def fetch_over_the_network(url: str) -> None:
-    """Wait for the init's network (NETWORK=dhcp), say its state, fetch ``url``."""
-    import urllib.request
+def wait_for_the_network() -> dict[str, str]:
     path = os.environ.get("APPLIANCE_NETWORK", "")
     print(f"matrix core: network state file {path or '(none)'}", flush=True)
     state: dict[str, str] = {}
@@ -209,6 +207,13 @@ def fetch_over_the_network(url: str) -> None:
         if state.get("state") == "up":
             break
         time.sleep(0.5)
+    return state
+
+
+def fetch_over_the_network(url: str) -> None:
+    """Wait for the init's network (NETWORK=dhcp), say its state, fetch ``url``."""
+    import urllib.request
+    state = wait_for_the_network()
     print(f"matrix core: network {state.get('state')} {state.get('interface')} {state.get('address')} "
           f"gateway {state.get('gateway')} dns {state.get('dns')}", flush=True)
     with open("/etc/resolv.conf") as f:
@@ -326,6 +331,10 @@ def main() -> None:
         # Through the standard library (json, from the image's zip archive) into a dependency:
         # every frame of both has its source line.
         json.loads('{"one": "1"}', object_hook=fill)
+    elif action == "clock-after-network":  # the init sets the clock before it says the network is up
+        wait_for_the_network()
+        print(f"matrix core: clock after the network {time.time():.3f}", flush=True)
+        idle()
     elif action.startswith("net-fetch "):
         fetch_over_the_network(action.split(" ", 1)[1])
         idle()
