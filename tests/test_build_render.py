@@ -141,11 +141,11 @@ def test_crash_reports_are_baked_in_with_their_ca_and_checked_first(repo: Path, 
     assert cfg["crash_reports"] == "https://k3y@tracker.example/4"
     assert cfg["time_servers"] == "192.0.2.1 192.0.2.2:11123" and cfg["syslog"] == "logs.example:514"
     with pytest.raises(render.CoreError, match="host:port expected"):
-        render.check_syslog("logs.example", "dhcp")
+        render.check_fleet("dhcp", syslog="logs.example")
     with pytest.raises(render.CoreError, match="an IPv4 address"):
-        render.check_time_servers(("pool.ntp.org",), "dhcp")
-    with pytest.raises(render.CoreError, match="NETWORK=dhcp"):
-        render.check_time_servers(("192.0.2.1",), "off")
+        render.check_fleet("dhcp", time_servers=("pool.ntp.org",))
+    with pytest.raises(render.CoreError, match="NTP= goes over the network: build with NETWORK=dhcp"):
+        render.check_fleet("off", time_servers=("192.0.2.1",))
     assert (tmp_path / "r/extra" / cfg["crash_reports_ca"].lstrip("/")).read_bytes() == ca.read_bytes()
     assert (tmp_path / "r/extra/usr/lib/appliance/python/appliance/report/queue.py").is_file()
     for dsn, ca_file, network, says in (
@@ -154,4 +154,4 @@ def test_crash_reports_are_baked_in_with_their_ca_and_checked_first(repo: Path, 
             ("", ca, "dhcp", "CRASH_REPORTS_CA= is for CRASH_REPORTS="),
             ("https://k@h/1", tmp_path / "missing.pem", "dhcp", "not a file of PEM certificates")):
         with pytest.raises(render.CoreError, match=says):
-            render.check_crash_reports(dsn, ca_file, network)
+            render.check_fleet(network, crash_reports=dsn, crash_reports_ca=ca_file)

@@ -60,9 +60,7 @@ def cmd_image(args: argparse.Namespace) -> int:
         if args.image_version:
             identity.check_version(args.image_version)
         render.check_hostname(args.hostname)
-        render.check_crash_reports(args.crash_reports, reports_ca, args.network)
-        render.check_time_servers(tuple(args.time_servers.split()), args.network)
-        render.check_syslog(args.syslog, args.network)
+        render.check_fleet(args.network, tuple(args.time_servers.split()), args.syslog, args.crash_reports, reports_ca)
         debs = packages.wanted(core, args.packages)
     except (render.CoreError, mirror.MirrorError, signing.SigningError, identity.IdentityError,
             packages.PackagesError) as e:

@@ -54,53 +54,43 @@ class Settings:
     hw_watchdog_seconds: int = INIT_DEFAULTS.hw_watchdog_seconds
     network: str = INIT_DEFAULTS.network
     network_wait_seconds: float = INIT_DEFAULTS.network_wait_seconds
-    time_servers: tuple[str, ...] = ()  # SNTP servers before DHCP's (NTP=); checked by check_time_servers
-    syslog: str = ""  # host:port of a syslog receiver (SYSLOG=); checked by check_syslog
-    crash_reports: str = ""  # a Sentry DSN (CRASH_REPORTS=); checked by check_crash_reports
+    time_servers: tuple[str, ...] = ()  # SNTP servers before DHCP's (NTP=); checked by check_fleet
+    syslog: str = ""  # host:port of a syslog receiver (SYSLOG=); checked by check_fleet
+    crash_reports: str = ""  # a Sentry DSN (CRASH_REPORTS=); checked by check_fleet
     crash_reports_ca: Path | None = None  # a CA bundle for a private tracker (CRASH_REPORTS_CA=)
 
 
-def check_time_servers(servers: tuple[str, ...], network: str) -> None:
-    """NTP=: IPv4 addresses, each with a port if not 123 (the init has no DNS when it asks)."""
+def check_fleet(network: str, time_servers: tuple[str, ...] = (), syslog: str = "", crash_reports: str = "",
+                crash_reports_ca: Path | None = None) -> None:
+    """NTP=, SYSLOG=, CRASH_REPORTS= and CRASH_REPORTS_CA=, before any long work: each
+    goes over the network, and each must be usable as given."""
     from appliance.init import sntp
-    if servers and network != "dhcp":
-        raise CoreError("NTP= asks time servers over the network: build with NETWORK=dhcp too")
-    for server in servers:
+    from appliance.init import syslog as syslogs
+    from appliance.report import dsn as dsns
+    if crash_reports_ca is not None and not crash_reports:
+        raise CoreError("CRASH_REPORTS_CA= is for CRASH_REPORTS= (a tracker's DSN), which is not set")
+    for variable, value in (("NTP", " ".join(time_servers)), ("SYSLOG", syslog), ("CRASH_REPORTS", crash_reports)):
+        if value and network != "dhcp":
+            raise CoreError(f"{variable}= goes over the network: build with NETWORK=dhcp too")
+    for server in time_servers:
         try:
             sntp.parse_server(server)
         except (OSError, ValueError):
             raise CoreError(f"NTP={server!r}: an IPv4 address, with :port if not 123 (no names: the init "
                             "asks before any DNS)") from None
-
-
-def check_syslog(target: str, network: str) -> None:
-    """SYSLOG=host:port, before any long work."""
-    from appliance.init import syslog
-    if not target:
-        return
-    if network != "dhcp":
-        raise CoreError("SYSLOG= sends the console over the network: build with NETWORK=dhcp too")
     try:
-        syslog.parse_target(target)
+        if syslog:
+            syslogs.parse_target(syslog)  # its error names SYSLOG=
     except ValueError as e:
         raise CoreError(str(e)) from None
-
-
-def check_crash_reports(dsn: str, ca: Path | None, network: str) -> None:
-    """CRASH_REPORTS= and CRASH_REPORTS_CA=, before any long work."""
-    from appliance.report import dsn as dsns
-    if not dsn:
-        if ca is not None:
-            raise CoreError("CRASH_REPORTS_CA= is for CRASH_REPORTS= (a tracker's DSN), which is not set")
-        return
-    if network != "dhcp":
-        raise CoreError("CRASH_REPORTS= sends over the network: build with NETWORK=dhcp too")
     try:
-        dsns.parse(dsn)
+        if crash_reports:
+            dsns.parse(crash_reports)
     except ValueError as e:
-        raise CoreError(f"CRASH_REPORTS={dsn!r}: {e}") from None
-    if ca is not None and not (ca.is_file() and b"-----BEGIN CERTIFICATE-----" in ca.read_bytes()[:1 << 20]):
-        raise CoreError(f"CRASH_REPORTS_CA={ca}: not a file of PEM certificates")
+        raise CoreError(f"CRASH_REPORTS={crash_reports!r}: {e}") from None
+    if crash_reports_ca is not None and not (crash_reports_ca.is_file() and b"-----BEGIN CERTIFICATE-----" in
+                                             crash_reports_ca.read_bytes()[:1 << 20]):
+        raise CoreError(f"CRASH_REPORTS_CA={crash_reports_ca}: not a file of PEM certificates")
 
 
 def check_core(core: Path) -> Path:
@@ -215,9 +205,8 @@ def render(settings: Settings, out: Path) -> None:
 
     config = extra / IMAGE_CONFIG
     config.parent.mkdir(parents=True)
-    check_crash_reports(settings.crash_reports, settings.crash_reports_ca, settings.network)
-    check_time_servers(settings.time_servers, settings.network)
-    check_syslog(settings.syslog, settings.network)
+    check_fleet(settings.network, settings.time_servers, settings.syslog, settings.crash_reports,
+                settings.crash_reports_ca)
     if settings.crash_reports_ca is not None:
         shutil.copy2(settings.crash_reports_ca, extra / IMAGE_REPORTS_CA)
     config.write_text(env.get_template("appliance.conf.j2").render(

@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from appliance.harness import daemon
 
 DEFAULT_VENV = Path(__file__).resolve().parents[3] / ".venv-tracker"
 API = "/api/canonical/0"
@@ -37,6 +38,22 @@ def available() -> str:
     if not (venv() / "bin" / "bugsink-manage").exists():
         return f"Bugsink is not installed in {venv()} (make deps installs it)"
     return ""
+
+
+def wait_listening(port: int, process: subprocess.Popen[bytes], log: Path, seconds: float) -> bool:
+    """Whether ``process`` listens on the loopback's TCP ``port`` within ``seconds``;
+    TrackerError if it ends first."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            why = daemon.ended(process, log)
+            if why:
+                raise TrackerError(why) from None
+            time.sleep(0.1)
+    return False
 
 
 def free_port() -> int:
@@ -94,31 +111,14 @@ class Bugsink:
         return self
 
     def start(self) -> None:
-        log = open(self.folder / "gunicorn.log", "ab")  # noqa: SIM115 - the server's, closed with it
-        self.process = subprocess.Popen(
-            [str(venv() / "bin" / "gunicorn"), "--bind", f"127.0.0.1:{self.port}", "--workers", "2",
-             "--timeout", "60", "bugsink.wsgi"], env=self.env, cwd=self.folder, stdout=log, stderr=log)
-        log.close()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
-            except OSError:
-                if self.process.poll() is not None:
-                    said = (self.folder / "gunicorn.log").read_text(errors="replace")
-                    raise TrackerError(f"gunicorn ended: {said[-2000:]}") from None
-                time.sleep(0.2)
-        raise TrackerError("Bugsink did not listen within 60 s")
+        log = self.folder / "gunicorn.log"
+        self.process = daemon.spawn([str(venv() / "bin" / "gunicorn"), "--bind", f"127.0.0.1:{self.port}",
+                                     "--workers", "2", "--timeout", "60", "bugsink.wsgi"], log, self.env, self.folder)
+        if not wait_listening(self.port, self.process, log, 60):
+            raise TrackerError("Bugsink did not listen within 60 s")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        daemon.stop(self.process, 20)
         self.process = None
 
     def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:

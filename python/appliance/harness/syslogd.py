@@ -5,12 +5,10 @@ writing each message as ``<host> <app> <procid> <text>`` into a file."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import time
 from pathlib import Path
 
-from appliance.harness import bugsink
+from appliance.harness import bugsink, daemon
 
 CONF = """module(load="imtcp")
 input(type="imtcp" port="{port}" address="127.0.0.1")
@@ -39,32 +37,18 @@ class Syslogd:
 
     def start(self) -> Syslogd:
         libs = root() / "usr/lib/x86_64-linux-gnu"
-        log = open(self.folder / "rsyslogd.log", "ab")  # noqa: SIM115 - the daemon's, closed with it
+        log = self.folder / "rsyslogd.log"
         (self.folder / "rsyslogd.pid").unlink(missing_ok=True)
-        self.process = subprocess.Popen(
+        self.process = daemon.spawn(
             [str(root() / "usr/sbin/rsyslogd"), "-n", "-f", str(self.folder / "rsyslog.conf"),
              "-i", str(self.folder / "rsyslogd.pid"), "-M", str(libs / "rsyslog")],
-            env={**os.environ, "LD_LIBRARY_PATH": str(libs)}, stdout=log, stderr=log)
-        log.close()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"rsyslogd ended: {(self.folder / 'rsyslogd.log').read_text(errors='replace')}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return self
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("rsyslogd did not listen within 20 s")
+            log, {**os.environ, "LD_LIBRARY_PATH": str(libs)})
+        if not bugsink.wait_listening(self.port, self.process, log, 20):
+            raise RuntimeError("rsyslogd did not listen within 20 s")
+        return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        daemon.stop(self.process)
         self.process = None
 
     def messages(self) -> list[str]:

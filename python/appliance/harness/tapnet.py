@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from appliance.harness import bugsink, timeserver
+from appliance.harness import bugsink, daemon, timeserver
 
 GATEWAY = "10.9.0.1"  # the namespace's end of the tap: DHCP and the time server
 TAP = "tap0"
@@ -59,15 +59,13 @@ class TapNetwork:
             self._ip("addr", "add", f"{GATEWAY}/24", "dev", TAP)
             self._ip("link", "set", TAP, "up")
             libs = dnsmasq_root() / "usr/lib/x86_64-linux-gnu"
-            log = open(self.folder / "dnsmasq.log", "ab")
-            self.dhcp = subprocess.Popen(
+            self.dhcp = daemon.spawn(
                 [*self.wrapper, "env", f"LD_LIBRARY_PATH={libs}", str(dnsmasq_root() / "usr/sbin/dnsmasq"),
                  "--keep-in-foreground", "--log-facility=-", "--conf-file=/dev/null", "--port=0",
                  f"--interface={TAP}", "--bind-interfaces", "--user=root", "--group=root",
                  "--dhcp-range=10.9.0.10,10.9.0.20,255.255.255.0,1h", f"--dhcp-option=42,{GATEWAY}",
                  f"--dhcp-leasefile={self.folder / 'leases'}", f"--pid-file={self.folder / 'dnsmasq.pid'}"],
-                stdout=log, stderr=log)
-            log.close()
+                self.folder / "dnsmasq.log")
             self.time.start()
         except BaseException:
             self.__exit__(None, None, None)
@@ -76,7 +74,5 @@ class TapNetwork:
 
     def __exit__(self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None) -> None:
         self.time.stop()
-        if self.dhcp is not None and self.dhcp.poll() is None:
-            self.dhcp.terminate()
-            self.dhcp.wait(10)
+        daemon.stop(self.dhcp)
         subprocess.run(["ip", "netns", "del", self.name], check=False, capture_output=True)

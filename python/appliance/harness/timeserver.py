@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from appliance.harness import bugsink
+from appliance.harness import bugsink, daemon
 
 PYTHON_DIR = Path(__file__).resolve().parents[2]
 CONF = """port {port}
@@ -56,14 +56,14 @@ class TimeServer:
 
     def start(self) -> TimeServer:
         from appliance.init import sntp
-        log = open(self.folder / "chronyd.log", "ab")  # noqa: SIM115 - the server's, closed with it
-        self.process = subprocess.Popen([*self.wrapper, str(chronyd()), "-d", "-x", "-u", "root", "-f",
-                                         str(self.folder / "chrony.conf")], stdout=log, stderr=log)
-        log.close()
+        log = self.folder / "chronyd.log"
+        self.process = daemon.spawn([*self.wrapper, str(chronyd()), "-d", "-x", "-u", "root", "-f",
+                                     str(self.folder / "chrony.conf")], log)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"chronyd ended: {(self.folder / 'chronyd.log').read_text(errors='replace')}")
+            why = daemon.ended(self.process, log)
+            if why:
+                raise RuntimeError(why)
             if self.answers(sntp):
                 return self
             time.sleep(0.2)
@@ -82,13 +82,7 @@ class TimeServer:
                                str(self.port)], capture_output=True, check=False).returncode == 0
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        daemon.stop(self.process)
         self.process = None
 
     @property
