@@ -39,7 +39,7 @@ class TapNetwork:
         self.name = f"appliance-{os.getpid()}-{time.monotonic_ns() % 100000}"
         self.wrapper = ("ip", "netns", "exec", self.name)
         self.dhcp: subprocess.Popen[bytes] | None = None
-        self.time = timeserver.TimeServer(folder / "chrony", GATEWAY, 123, self.wrapper)
+        self.time = timeserver.TimeServer(folder / "chrony", GATEWAY, 123, self.wrapper, allow=f"{GATEWAY}/24")
         folder.mkdir(parents=True, exist_ok=True)
 
     @property

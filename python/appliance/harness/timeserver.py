@@ -17,7 +17,7 @@ from appliance.harness import bugsink, daemon
 PYTHON_DIR = Path(__file__).resolve().parents[2]
 CONF = """port {port}
 bindaddress {address}
-allow {address}
+allow {allow}
 local stratum 8
 cmdport 0
 pidfile {folder}/chronyd.pid
@@ -45,14 +45,15 @@ class TimeServer:
     readiness probe) elsewhere: in a network namespace."""
 
     def __init__(self, folder: Path, address: str = "127.0.0.1", port: int = 0,
-                 wrapper: tuple[str, ...] = ()) -> None:
+                 wrapper: tuple[str, ...] = (), allow: str = "") -> None:
         self.folder = folder
         self.address = address
         self.port = port or free_udp_port(address)
         self.wrapper = wrapper
         self.process: subprocess.Popen[bytes] | None = None
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "chrony.conf").write_text(CONF.format(port=self.port, address=address, folder=folder))
+        (folder / "chrony.conf").write_text(CONF.format(port=self.port, address=address, folder=folder,
+                                                              allow=allow or address))
 
     def start(self) -> TimeServer:
         from appliance.init import sntp
