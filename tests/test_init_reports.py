@@ -30,6 +30,23 @@ def tracker() -> Iterator[Tracker]:
     t.close()
 
 
+@pytest.fixture(autouse=True)
+def reaped(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The reporters these tests start are reaped here (the init's supervisor reaps them on
+    the machine): left as zombies, they would be counted by a later supervisor test."""
+    started: list[Reports] = []
+    real = Reports.start
+
+    def start(self: Reports) -> None:
+        started.append(self)
+        real(self)
+    monkeypatch.setattr(Reports, "start", start)
+    yield
+    for reports in started:
+        if reports.pid:
+            os.waitpid(reports.pid, 0)
+
+
 def machine(tmp_path: Path, tracker: Tracker, records: int = 2) -> tuple[Root, MountedEsp, list[str]]:
     """A root with the image's Python and package, an ESP with unsent records that names the
     tracker, and a network that is up."""
