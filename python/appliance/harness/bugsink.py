@@ -30,7 +30,7 @@ class TrackerError(Exception):
 
 
 def venv() -> Path:
-    return Path(os.environ.get("TRACKER_VENV") or DEFAULT_VENV)
+    return Path(os.environ.get("TRACKER_VENV") or DEFAULT_VENV).resolve()  # servers run in folders of their own
 
 
 def available() -> str:
