@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from appliance.esp import kvfile, layout
+from appliance.esp.files import EspFiles
 from appliance.init.root import Root
 from appliance.init.sigs import signal
 from appliance.init.supervise import SpawnError, spawn
@@ -35,7 +36,7 @@ MAX_LINES = 2000  # lines said in one boot (a reporter that loops cannot flood t
 
 class Reports:
     def __init__(self, config: Config, say: Callable[[str], None], root: Root,
-                 esp: Callable[[], object | None]) -> None:
+                 esp: Callable[[], EspFiles | None]) -> None:
         self.config = config
         self.say = say
         self.root = root
@@ -48,10 +49,10 @@ class Reports:
         by the ESP's file (which may also say off; the reporter reads it)."""
         if self.config.network != "dhcp":
             return False
-        files = self.esp()
         if self.config.crash_reports:
             return True
-        return files is not None and os.path.exists(self.root(layout.MOUNT + layout.CRASH_REPORTS))
+        files = self.esp()
+        return files is not None and files.exists(layout.CRASH_REPORTS)
 
     def start(self) -> None:
         if not self.wanted():

@@ -65,9 +65,8 @@ def machine_id(path: str = PRODUCT_UUID) -> str:
     return hashlib.sha256(b"appliance-machine " + (basis or socket.gethostname().encode())).hexdigest()[:16]
 
 
-def this_machine(os_release: str = identity.OS_RELEASE) -> event.Machine:
+def this_machine(conf: config.Config, os_release: str = identity.OS_RELEASE) -> event.Machine:
     image = identity.read(os_release)
-    conf, _ = config.load()
     core_dir = conf.core if os.path.isdir(conf.core) else os.path.dirname(conf.core)
     return event.Machine(image.version or "unknown", image.build_id, socket.gethostname(), machine_id(),
                          core_dir, f"appliance/{__version__}")
@@ -121,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"crash reports: {chosen.why}")
         return 0
     history = History(files, layout.HISTORY_DIR, conf.history_records, conf.history_bytes)
-    reporter = Reporter(history, chosen.dsn, this_machine(), say, chosen.ca_file,
+    reporter = Reporter(history, chosen.dsn, this_machine(conf), say, chosen.ca_file,
                         event.read_source(("/usr/lib/appliance/",)),
                         tell=tell(args.state) if args.state else lambda state, pending: None)
     if not reporter.pending():
