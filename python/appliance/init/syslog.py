@@ -80,9 +80,7 @@ class Forwarder:
                 text = line[:MAX_LINE].decode("utf-8", "replace").rstrip("\r")
                 self.queue.append((now, source, text))
                 self.size += len(text)
-            while self.queue and (len(self.queue) > MAX_LINES or self.size > MAX_BYTES):
-                self.size -= len(self.queue.popleft()[2])
-                self.dropped += 1
+            self._bound()
             if lines:
                 self.ready.notify()
 
@@ -112,9 +110,13 @@ class Forwarder:
             self.queue.extendleft(reversed(batch))
             self.size += sum(len(b[2]) for b in batch)
             self.dropped += dropped
-            while self.queue and (len(self.queue) > MAX_LINES or self.size > MAX_BYTES):
-                self.size -= len(self.queue.popleft()[2])
-                self.dropped += 1
+            self._bound()
+
+    def _bound(self) -> None:
+        """The oldest lines go (counted) until the queue is within its bounds; under the lock."""
+        while self.queue and (len(self.queue) > MAX_LINES or self.size > MAX_BYTES):
+            self.size -= len(self.queue.popleft()[2])
+            self.dropped += 1
 
     def _run(self) -> None:
         conn: socket.socket | None = None
