@@ -98,19 +98,17 @@ class WallClock:
             self.say(f"clock: {iso(now)} from the RTC")
         self.save()
 
-    def sync(self, servers: Sequence[str], query: Callable[..., object] | None = None) -> bool:
+    def sync(self, servers: Sequence[str]) -> bool:
         """Set the clock from the first of ``servers`` ("ip" or "ip:port") that answers
         believably, then the RTC; whether one did. In the network thread."""
         from appliance.init import sntp
-        ask = query or sntp.query
         if not servers:
             self.say("clock: no time server (none from DHCP, none in the image): the clock stays as it is")
             return False
         for text in servers:
             try:
                 host, port = sntp.parse_server(text)
-                sample = ask(host, port, SNTP_TIMEOUT, self.now)
-                assert isinstance(sample, sntp.Sample)
+                sample = sntp.query(host, port, SNTP_TIMEOUT, self.now)
             except (OSError, ValueError, sntp.SntpError) as e:
                 self.say(f"clock: no time from {text}: {e}")
                 continue
