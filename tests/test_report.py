@@ -325,3 +325,23 @@ def test_tls_is_verified_against_the_ca_given_and_refused_otherwise(tmp_path: Pa
         assert len(tracker.received) == 1
     finally:
         tracker.close()
+
+
+def test_an_oom_kill_and_a_watchdogs_dump_are_events_too(tmp_path: Path) -> None:
+    oom = record_of(tmp_path, b"core: allocating\n", ended="killed by the kernel's OOM killer (signal 9, SIGKILL)")
+    got = event.build(oom, MACHINE)
+    assert got["message"]["formatted"] == "core killed by the kernel's OOM killer (signal 9, SIGKILL)"
+    assert "exception" not in got
+    # A hung core dumped by the software watchdog: SIGABRT to a process with faulthandler on.
+    hung = ("import faulthandler, os, signal, threading, time\n"
+            "lock = threading.Lock(); lock.acquire()\n"
+            "def stuck():\n    lock.acquire()\n"
+            "threading.Thread(target=stuck, name='worker', daemon=True).start()\n"
+            "faulthandler.enable(); time.sleep(0.2); os.kill(os.getpid(), signal.SIGABRT)\n")
+    done = subprocess.run([sys.executable, "-c", hung], capture_output=True, check=False)
+    log = b"".join(b"core: " + line + b"\n" for line in done.stderr.splitlines())
+    got = event.build(record_of(tmp_path, log, ended="killed by signal 6 (SIGABRT)"), MACHINE)
+    (value,) = got["exception"]["values"]
+    assert (value["type"], value["value"]) == ("SIGABRT", "Aborted")
+    threads = got["threads"]["values"]
+    assert len(threads) == 2 and any(f["function"] == "stuck" for t in threads for f in t["stacktrace"]["frames"])
