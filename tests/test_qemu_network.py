@@ -93,6 +93,6 @@ def test_a_dead_rtc_is_set_from_the_time_server_dhcp_names(
             m.expect(r"init: network: eth0 10\.9\.0\.\d+/24 [^\n]*lease 3600 s", 90)
             m.expect(r"init: clock: \S+ from SNTP 10\.9\.0\.1 \(stratum 8, \+\d+\.\d+ s, round trip \d+ ms\); "
                      r"RTC written", 30)
-            seen = float(m.expect(r"matrix core: clock after the network (\d+\.\d+)", 60).group(1))
+            seen = float(m.expect(r"matrix core: clock after the network (\d+\.\d+)\r*\n", 60).group(1))
             assert abs(seen - time.time()) < 2
             m.power_cut()

@@ -131,14 +131,14 @@ def test_a_kernel_panic_meets_a_broken_tracker_then_arrives_with_its_kernel_log(
             m.wait_boot(timeout=120)
             m.expect(r"init: clock: 2001-01-01T\S+ from the RTC is before the image's build: set to "
                      + re.escape(clock.iso(built)), 60)
-            seen = int(m.expect(r"matrix core: clock (\d+)", 60).group(1))
+            seen = int(m.expect(r"matrix core: clock (\d+)\r*\n", 60).group(1))
             assert built <= seen < built + 600
             m.expect(r"Kernel panic - not syncing", 90)
             m.wait_boot(timeout=180)  # panic=10: the kernel reboots by itself
             saved = m.expect(r"init: clock: 2001-01-01T\S+ from the RTC is before the time this machine last "
-                             r"saved: set to (\S+)", 60).group(1)
+                             r"saved: set to (\S+)\r*\n", 60).group(1)
             floor = calendar.timegm(time.strptime(saved, "%Y-%m-%dT%H:%M:%SZ"))
-            assert built <= floor and int(m.expect(r"matrix core: clock (\d+)", 60).group(1)) >= floor
+            assert built <= floor and int(m.expect(r"matrix core: clock (\d+)\r*\n", 60).group(1)) >= floor
             m.expect(r"matrix core: ready", 90)  # the core starts on time whatever the tracker does
             m.expect(HOST + r" is rate-limiting \(HTTP 429\): 00000\d-\S+ waits 5 s", 120)
             front.mode = "500"
