@@ -29,7 +29,7 @@ from appliance.init import findesp as esp
 from tests.helpers import esp_folder, on_esp
 
 pytestmark = pytest.mark.fuzz
-MAX_GPT_READ = 4096 + gpt.MAX_TABLE_BYTES  # one header sector (at most 4 KiB) and the table
+MAX_GPT_READ = 2 * (4096 + gpt.MAX_TABLE_BYTES)  # two header sectors (at most 4 KiB) and two tables
 
 
 class CountingDisk(io.BytesIO):

@@ -2,9 +2,14 @@
 
 Every disk attached at boot is read here, and none of them is vouched for: a stick
 left in a port may carry any bytes. So the parser is total and bounded: whatever the
-bytes, it reads at most one header sector and an entry table of at most
-``MAX_TABLE_BYTES``, checks both checksums, and raises only ``GPTError`` (for what
+bytes, it reads at most two header sectors and two entry tables of at most
+``MAX_TABLE_BYTES``, checks every checksum, and raises only ``GPTError`` (for what
 the bytes say) or ``OSError`` (for what the disk does).
+
+The primary table (LBA 1) is read first. Where it is not whole, the backup at the
+disk's last sector is read instead, as firmware and the kernel do: a power cut while
+the init rewrites the table (``appliance.esp.gptedit``, the data partition's first
+boot) leaves one of the two whole.
 """
 
 from __future__ import annotations
@@ -72,10 +77,10 @@ class Header(NamedTuple):
     entries_crc: int
 
 
-def parse_header(sector: bytes, disk_sectors: int | None = None) -> Header:
-    """The primary header at LBA 1, checked: signature, size, checksum, its own place,
-    and an entry table that the specification allows and that lies on the disk
-    (``disk_sectors``, when known)."""
+def parse_header(sector: bytes, disk_sectors: int | None = None, at_lba: int = 1) -> Header:
+    """The header read at ``at_lba`` (1: the primary; the disk's last: the backup),
+    checked: signature, size, checksum, its own place, and an entry table that the
+    specification allows and that lies on the disk (``disk_sectors``, when known)."""
     if len(sector) < 92 or sector[:8] != SIGNATURE:
         raise GPTError(NO_SIGNATURE)
     header_size = struct.unpack_from("<I", sector, 12)[0]
@@ -87,8 +92,9 @@ def parse_header(sector: bytes, disk_sectors: int | None = None) -> Header:
         raise GPTError("GPT header checksum mismatch")
     my_lba, _, first, last = struct.unpack_from("<QQQQ", sector, 24)
     entries_lba, count, size, entries_crc = struct.unpack_from("<QIII", sector, 72)
-    if my_lba != 1:
-        raise GPTError(f"the primary GPT header says it is at LBA {my_lba}, not 1")
+    if my_lba != at_lba:
+        which = "primary" if at_lba == 1 else "backup"
+        raise GPTError(f"the {which} GPT header says it is at LBA {my_lba}, not {at_lba}")
     if size < ENTRY_SIZE or size > MAX_ENTRY_SIZE or size & (size - 1):
         raise GPTError(f"implausible GPT entry size {size} (128 * 2**n, at most {MAX_ENTRY_SIZE})")
     if count == 0 or count * size > MAX_TABLE_BYTES:
@@ -139,14 +145,25 @@ def _read_at(f: BinaryIO, offset: int, size: int) -> bytes:
 
 
 def read_table(f: BinaryIO, sector_size: int = 512) -> list[Partition]:
-    """The partitions on the disk open as ``f``. Reads at most one sector and
-    ``MAX_TABLE_BYTES``; GPTError for what is not a sane GPT."""
+    """The partitions on the disk open as ``f``: the primary table's, else the backup's.
+    Reads at most two sectors and twice ``MAX_TABLE_BYTES``; GPTError (the primary's
+    fault) where neither is a sane GPT."""
     if sector_size not in SECTOR_SIZES:
         raise GPTError(f"unsupported sector size {sector_size}")
     disk_sectors = f.seek(0, os.SEEK_END) // sector_size
     if disk_sectors < 3:
         raise GPTError(NO_SIGNATURE if disk_sectors == 0 else f"a disk of {disk_sectors} sectors holds no GPT")
-    header = parse_header(_read_at(f, sector_size, sector_size), disk_sectors)
+    try:
+        return _read_one(f, sector_size, disk_sectors, 1)
+    except GPTError as primary:
+        try:  # the backup; where it is no better, the primary's fault is the one said
+            return _read_one(f, sector_size, disk_sectors, disk_sectors - 1)
+        except GPTError:
+            raise primary from None
+
+
+def _read_one(f: BinaryIO, sector_size: int, disk_sectors: int, at_lba: int) -> list[Partition]:
+    header = parse_header(_read_at(f, at_lba * sector_size, sector_size), disk_sectors, at_lba)
     return parse_entries(_read_at(f, header.entries_lba * sector_size, header.entries * header.entry_size), header)
 
 
