@@ -48,6 +48,7 @@ class Config(NamedTuple):
     syslog: str = ""  # host:port of a syslog receiver the console's lines go to (SYSLOG=); "" off
     crash_reports: str = ""  # a Sentry DSN the history's records are sent to (CRASH_REPORTS=); "" off
     crash_reports_ca: str = ""  # a CA bundle in the image for the tracker's TLS (CRASH_REPORTS_CA=)
+    data_size: str = "rest"  # the data partition made on the first boot: rest | none | bytes (DATA_SIZE=)
     switches: Mapping[str, str] = {}  # appliance.* from the kernel command line (never mutated)
 
     @property

@@ -17,6 +17,7 @@ and the tests all take their paths from here.
     /appliance/updates.log           what became of each update
     /appliance/salvaged/FSCKnnnn.REC fragments fsck.fat salvaged after a power cut (the newest few)
     /appliance/hold                  a switch: do not reboot when the core ends
+    /appliance/erase-data            a switch: the next boot erases the data partition, makes a fresh one
     /appliance/crash-reports.txt     where crash reports go, set by the fleet (overrides the build's)
     /appliance/reports-state.txt     what the crash reporter sent today, a tracker's rate limit
     /appliance/clock.txt             the time this machine last saved: its clock's floor
@@ -46,12 +47,14 @@ BACKOFF = f"{APP_DIR}/backoff.txt"  # "failures = N": see appliance.esp.backoff
 UPDATE_LOG = f"{APP_DIR}/updates.log"
 SALVAGED_DIR = f"{APP_DIR}/salvaged"
 HOLD = f"{APP_DIR}/hold"
+ERASE_DATA = f"{APP_DIR}/erase-data"  # the next boot makes a fresh data file system (appliance.init.data)
 CRASH_REPORTS = f"{APP_DIR}/crash-reports.txt"  # "dsn = ..." overrides CRASH_REPORTS= (see docs/crash-reports.md)
 CLOCK = f"{APP_DIR}/clock.txt"  # "time = <seconds>": the clock's floor (appliance.init.clock)
 REPORTS_STATE = f"{APP_DIR}/reports-state.txt"  # the day's count, a rate limit's end: appliance.report.queue
 # Test-only switches (documented in docs/testing.md): each acts once and is removed.
 TEST_HANG_INIT = f"{APP_DIR}/test-hang-init"  # the init hangs with the watchdogs armed
 TEST_FAIL_INIT = f"{APP_DIR}/test-fail-init"  # the init fails right after mounting the ESP
+TEST_DATA_CUT = f"{APP_DIR}/test-data-cut"  # "table" or "made": the init waits there for a power cut
 TEST_DIR = "/appliance-test"  # the matrix test core's switches (tests/cores/matrix reads them)
 TEST_ACTION = f"{TEST_DIR}/action"  # what the core does at the next boot, once
 TEST_ALWAYS = f"{TEST_DIR}/always"  # what it does at every boot

@@ -107,7 +107,7 @@ class CoreDuties(Duties):
             time.sleep(3600)
 
 
-def core_env(config: Config, persist: Persistence) -> dict[str, str]:
+def core_env(config: Config, persist: Persistence, data: str = "") -> dict[str, str]:
     return {
         "PATH": "/usr/bin:/usr/sbin",
         "HOME": "/root",
@@ -117,6 +117,8 @@ def core_env(config: Config, persist: Persistence) -> dict[str, str]:
         "PYTHONUNBUFFERED": "1",
         "APPLIANCE_ESP": layout.MOUNT if persist.files else "",  # mounted: perhaps read-only or full
         "APPLIANCE_RUNTIME_LOG": persist.log.path if persist.log else "",
+        # The data partition's mount point (/data), or empty where there is none this boot.
+        "APPLIANCE_DATA": data,
         # The software watchdog: write to this fd to ping (the first write arms it).
         "APPLIANCE_WATCHDOG_FD": str(WATCHDOG_FD),
         "APPLIANCE_WATCHDOG_SEC": f"{config.core_watchdog_seconds:g}",
@@ -142,7 +144,7 @@ def start_debug_shell(say: Callable[[str], None], root: Root) -> None:
 def run(config: Config, console: Console, persist: Persistence, hardware: Hardware, root: Root,
         on_started: Callable[[int], None], on_healthy: Callable[[], None],
         on_deferred: Callable[[], None] = lambda: None,
-        periodic: tuple[float, Callable[[], None]] | None = None) -> Ended:
+        periodic: tuple[float, Callable[[], None]] | None = None, data: str = "") -> Ended:
     """Start the core and supervise it until it ends; how it ended."""
     cgroup = CoreCgroup(root("/sys/fs/cgroup"))
     problem = cgroup.setup(config.core_memory_max)
@@ -153,7 +155,7 @@ def run(config: Config, console: Console, persist: Persistence, hardware: Hardwa
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     dog_r, dog_w = os.pipe2(os.O_CLOEXEC)
     try:
-        pid = spawn([root(LAUNCH_CORE), config.core], core_env(config, persist), write_fd, cgroup.procs,
+        pid = spawn([root(LAUNCH_CORE), config.core], core_env(config, persist, data), write_fd, cgroup.procs,
                     watchdog_fd=dog_w)
     except (SpawnError, OSError) as e:
         return Ended(f"could not start the core: {e}", True, "init")

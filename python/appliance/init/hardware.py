@@ -45,6 +45,12 @@ class Hardware:
             self.say(f"booted from {os.path.basename(controller or '?')}: its drivers first; other storage "
                      f"drivers wait ({' '.join(self.coldplug.other_storage)})")
 
+    def load_named(self, named: list[str]) -> None:
+        """More of the image's modules, when a step needs them (ext4, for the data partition);
+        the report after the core's start says how each went."""
+        if self.coldplug is not None:
+            self.coldplug.load_named(named)
+
     def scan_again(self, other_storage_too: bool, waited: float) -> None:
         """Devices behind drivers loaded since (USB disks); after ``waited`` seconds without
         the ESP, the storage drivers held back for the boot controller too."""

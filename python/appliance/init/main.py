@@ -6,6 +6,7 @@ Each step lives in a module of its own (the file names are the architecture):
     machine      the host name, the loopback interface
     hardware     kernel modules now and later, the hardware watchdogs
     persistence  the ESP found, checked and mounted; the history, the runtime log, the counters
+    data         the core's data partition: made on the first boot, checked and mounted at /data
     clock        the wall clock never before the image's build nor the last time saved
     previous     what the previous boot left: its end, pstore, the init's failure, its log
     trial        the update trial: which image booted, rollbacks, the commit
@@ -30,6 +31,7 @@ from appliance.esp import identity, layout
 from appliance.init import corerun, initfailure, machine, mounts, secureboot
 from appliance.init.clock import SAVE_EVERY, WallClock
 from appliance.init.console import Console, Steps, kernel_ran_init
+from appliance.init.data import Data
 from appliance.init.hardware import Hardware
 from appliance.init.persistence import Persistence
 from appliance.init.previous import PreviousBoot
@@ -96,6 +98,11 @@ class Boot:
         failures.run("looking at the update trial", lambda: trial.look(hardware))
         failures.run("starting the runtime log", lambda: persist.start_runtime_log(previous.log_kept))
         self.steps.done("previous log")
+        data = self.out.data = Data(self.kernel, say, self.root, self.config.data_size, hardware.load_named,
+                                    hardware.pet_watchdogs)
+        failures.run("setting up the data partition", lambda: data.set_up(persist.disk, persist.sector, persist.esp,
+                                                                           persist.keeping))
+        self.steps.done("data")
         if self.config.network != "off":
             from appliance.init import network  # socket, threading: only where the image asked for a network
             failures.run("starting the network", lambda: network.start_if_asked(
@@ -112,6 +119,7 @@ class Boot:
 
         reports = self.out.reports = Reports(self.config, say, self.root, lambda: persist.keeping)
         ended = corerun.run(self.config, self.console, persist, hardware, self.root, self.core_started, healthy,
+                            data=data.mounted,
                             on_deferred=lambda: failures.run("starting the crash reporter", reports.start),
                             periodic=(SAVE_EVERY, lambda: failures.run("saving the clock", clock.save)))
         self.out.end(ended.reason, ended.failed, ended.category)

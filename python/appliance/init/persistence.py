@@ -40,6 +40,9 @@ class Persistence:
         self.mountpoint = root(layout.MOUNT)
         self.files: MountedEsp | None = None  # the mounted ESP, perhaps read-only
         self.device = ""  # /dev/vda1 (as the kernel names it; the init opens it under root)
+        self.disk = ""  # the disk it is on (vda), its sector size and its entry: the data partition's too
+        self.sector = 512
+        self.esp: gpt.Partition | None = None
         self.writable = False
         self.why_off = "not looked for yet"
         self.history: History | None = None  # only on a writable ESP
@@ -76,6 +79,7 @@ class Persistence:
         if found is None:
             return self._off(f"{why} (waited {waited:.1f} s); the core runs without it")
         node = findesp.partition_node(found.disk, found.partition.number, self.root(findesp.SYS_BLOCK))
+        self.disk, self.sector, self.esp = found.disk, disks.sector_size(found.disk), found.partition
         device = f"/dev/{node}"
         ok, said = True, ""
         if fat_dirty(self.root(device)):

@@ -19,6 +19,7 @@ from appliance.initconf import Config
 
 if TYPE_CHECKING:
     from appliance.init.clock import WallClock
+    from appliance.init.data import Data
     from appliance.init.hardware import Hardware
     from appliance.init.persistence import Persistence
     from appliance.init.reports import Reports
@@ -41,6 +42,7 @@ class WayOut:
         self.reports: Reports | None = None  # the crash reporter, once started
         self.clock: WallClock | None = None  # saved at the way out: the next boot's floor
         self.syslog: Forwarder | None = None  # given a moment to send the last lines
+        self.data: Data | None = None  # unmounted once every process is gone
 
     def end(self, reason: str, failed: bool, category: str = "init") -> NoReturn:
         """Persist, say why, sync, reboot. ``category``: requested | core | init."""
@@ -77,8 +79,10 @@ class WayOut:
         if self.syslog is not None:
             self.syslog.flush(SYSLOG_FLUSH)
         self.pet()
+        data = self.data
         reboot(self.kernel, self.console, persist.device if persist and persist.files else None,
-               self.hardware.close_watchdogs if self.hardware else lambda: None, self.mountpoint)
+               self.hardware.close_watchdogs if self.hardware else lambda: None, self.mountpoint,
+               unmount=(lambda: data.unmount(self.console.say)) if data is not None else lambda: None)
 
     def pet(self) -> None:
         if self.hardware is not None:
@@ -111,7 +115,8 @@ def reap_all() -> None:
 
 
 def reboot(kernel: object, console: Console, esp_device: str | None,
-           stop_watchdogs: Callable[[], None] = lambda: None, mountpoint: str = layout.MOUNT) -> NoReturn:
+           stop_watchdogs: Callable[[], None] = lambda: None, mountpoint: str = layout.MOUNT,
+           unmount: Callable[[], None] = lambda: None) -> NoReturn:
     """The last steps, each on its own: nothing here may stop the next one."""
     from appliance.init.kernel import MS_RDONLY, MS_REMOUNT, RB_AUTOBOOT
     if os.getpid() == 1:
@@ -126,6 +131,10 @@ def reboot(kernel: object, console: Console, esp_device: str | None,
         os.sync()
     except OSError:
         pass
+    try:  # the data partition: unmounted, its journal empty for the next boot
+        unmount()
+    except Exception as e:  # noqa: BLE001
+        console.say(f"could not unmount the data partition: {e}")
     if esp_device:
         try:  # a clean FAT (no dirty bit) for the next boot and for the stick's next reader
             kernel.mount(esp_device, mountpoint, "vfat", MS_REMOUNT | MS_RDONLY, "")  # type: ignore[attr-defined]
