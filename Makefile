@@ -19,12 +19,12 @@ PROFILE ?= default
 ESP_FREE_MIB ?= 64
 CORE ?=
 HOSTNAME_ARG := $(if $(filter command line,$(origin HOSTNAME)),--hostname '$(HOSTNAME)',)
-export CORE PACKAGES NETWORK NETWORK_WAIT NTP SYSLOG CRASH_REPORTS CRASH_REPORTS_CA MIRROR SECURITY_MIRROR SECURE_BOOT KEYS_DIR SB_KEY SB_CERT SIGN_DEBUG_WITH_THIS_KEY VERSION
+export CORE PACKAGES DATA_SIZE NETWORK NETWORK_WAIT NTP SYSLOG CRASH_REPORTS CRASH_REPORTS_CA MIRROR SECURITY_MIRROR SECURE_BOOT KEYS_DIR SB_KEY SB_CERT SIGN_DEBUG_WITH_THIS_KEY VERSION
 
 HOST_STAMP := $(BUILD)/.host-ready
 VENV_STAMP := $(VENV)/.ready
 
-.PHONY: help deps image test-image qemu flash update dumps test lint unit qemu-test fuzz soak size bench bench-build clean distclean
+.PHONY: help deps image test-image qemu flash update dumps data test lint unit qemu-test fuzz soak size bench bench-build clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -96,6 +96,10 @@ dumps: deps ## crash dumps off a stick or image: DEV=/dev/sdX or IMG=path [SHOW=
 	$(PY) -m appliance.media.dumps "$(or $(DEV),$(IMG))" $(if $(SHOW),--show "$(SHOW)") $(if $(SAVE),--save "$(SAVE)") \
 		$(if $(filter 1 yes true,$(CLEAR)),--clear) $(if $(filter 1 yes true,$(YES)),--yes) \
 		$(if $(SEND),--send "$(SEND)") $(if $(SEND_CA),--send-ca "$(SEND_CA)")
+
+data: deps ## the data partition's files off a stick or image, read-only: DEV=/dev/sdX or IMG=path [SAVE=dir]
+	@test -n "$(DEV)$(IMG)" || { echo "make data: say where from: make data DEV=/dev/sdX or IMG=path"; exit 2; }
+	$(PY) -m appliance.media.data "$(or $(DEV),$(IMG))" $(if $(SAVE),--save "$(SAVE)")
 
 lint: deps ## ruff and mypy
 	$(VENV)/bin/ruff check python tests initramfs/init initramfs/launch-core mkosi.finalize mkosi.prepare.chroot mkosi.postinst.chroot

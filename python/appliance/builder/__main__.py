@@ -61,6 +61,7 @@ def cmd_image(args: argparse.Namespace) -> int:
             identity.check_version(args.image_version)
         render.check_hostname(args.hostname)
         render.check_fleet(args.network, tuple(args.time_servers.split()), args.syslog, args.crash_reports, reports_ca)
+        data_size = render.data_size(args.data_size)
         debs = packages.wanted(core, args.packages)
     except (render.CoreError, mirror.MirrorError, signing.SigningError, identity.IdentityError,
             packages.PackagesError) as e:
@@ -74,7 +75,7 @@ def cmd_image(args: argparse.Namespace) -> int:
         history_records=args.history_records, hw_watchdog_seconds=args.hw_watchdog_seconds,
         hostname=args.hostname, network=args.network, network_wait_seconds=args.network_wait,
         crash_reports=args.crash_reports, crash_reports_ca=reports_ca, time_servers=tuple(args.time_servers.split()),
-        syslog=args.syslog,
+        syslog=args.syslog, data_size=data_size,
     )
     render_dir = build / "render"
     render.render(settings, render_dir)
@@ -241,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
                      help="a Sentry DSN the crash history is sent to (CRASH_REPORTS=; needs NETWORK=dhcp)")
     img.add_argument("--crash-reports-ca", default=os.environ.get("CRASH_REPORTS_CA", ""),
                      help="PEM CA certificates for a private tracker's TLS (CRASH_REPORTS_CA=)")
+    img.add_argument("--data-size", default=os.environ.get("DATA_SIZE", "rest"),
+                     help="the data partition the first boot makes after the ESP: rest (of the disk), none, "
+                          "or a size such as 4G (DATA_SIZE=; default rest)")
     img.add_argument("--packages", default=os.environ.get("PACKAGES", ""),
                      help="Debian packages for the core, besides its packages.txt (PACKAGES=)")
     img.add_argument("--mirror", default=os.environ.get("MIRROR", ""))

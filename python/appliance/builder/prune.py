@@ -1,7 +1,7 @@
 """Trim the image tree to what runs: called by mkosi.finalize on the built tree.
 
-Executables are kept by name (an allow-list: the init needs python3 and fsck.fat and
-nothing else); shared libraries are kept when something kept needs them (DT_NEEDED,
+Executables are kept by name (an allow-list: the init needs python3, fsck.fat, mke2fs and
+e2fsck); shared libraries are kept when something kept needs them (DT_NEEDED,
 followed to the end). Everything else in the binary and library directories goes.
 """
 
@@ -16,7 +16,9 @@ from pathlib import Path
 from appliance.builder.elf import needed
 
 KEEP_EXECUTABLES = {
-    "default": ("usr/bin/python3", "usr/bin/python3.13", "usr/sbin/fsck.fat"),
+    "default": ("usr/bin/python3", "usr/bin/python3.13", "usr/sbin/fsck.fat",
+                # the data partition's (appliance.init.data)
+                "usr/sbin/mke2fs", "usr/sbin/mkfs.ext4", "usr/sbin/e2fsck"),
     # The debug profile adds a shell for the serial console (mkosi.conf.d/20-debug.conf).
     "debug": ("usr/bin/busybox",),
 }

@@ -58,6 +58,7 @@ class Settings:
     syslog: str = ""  # host:port of a syslog receiver (SYSLOG=); checked by check_fleet
     crash_reports: str = ""  # a Sentry DSN (CRASH_REPORTS=); checked by check_fleet
     crash_reports_ca: Path | None = None  # a CA bundle for a private tracker (CRASH_REPORTS_CA=)
+    data_size: str = INIT_DEFAULTS.data_size  # rest | none | bytes: see data_size() (DATA_SIZE=)
 
 
 def check_fleet(network: str, time_servers: tuple[str, ...] = (), syslog: str = "", crash_reports: str = "",
@@ -91,6 +92,20 @@ def check_fleet(network: str, time_servers: tuple[str, ...] = (), syslog: str = 
     if crash_reports_ca is not None and not (crash_reports_ca.is_file() and b"-----BEGIN CERTIFICATE-----" in
                                              crash_reports_ca.read_bytes()[:1 << 20]):
         raise CoreError(f"CRASH_REPORTS_CA={crash_reports_ca}: not a file of PEM certificates")
+
+
+def data_size(text: str) -> str:
+    """DATA_SIZE= as the init reads it: "rest" (the default: the rest of the disk), "none"
+    (no data partition) or a number of bytes (given with K, M, G or T of 1024, or none)."""
+    from appliance.init import data
+    text = text.strip() or "rest"
+    if text in ("rest", "none"):
+        return text
+    try:
+        size = data.parse_size(text)
+    except ValueError as e:
+        raise CoreError(f"DATA_SIZE={text!r}: {e}; or 'rest' (the default) or 'none'") from None
+    return str(size)
 
 
 def check_core(core: Path) -> Path:
@@ -227,5 +242,6 @@ def render(settings: Settings, out: Path) -> None:
         syslog=settings.syslog,
         crash_reports=settings.crash_reports,
         crash_reports_ca=f"/{IMAGE_REPORTS_CA}" if settings.crash_reports_ca else "",
+        data_size=data_size(settings.data_size),
         profile=settings.profile,
     ))
