@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance import initconf
 from appliance.builder import mkosi, render
 from appliance.builder.mirror import MirrorError, Mirrors, parse_indextargets
 from appliance.esp import kvfile
@@ -155,3 +156,19 @@ def test_crash_reports_are_baked_in_with_their_ca_and_checked_first(repo: Path, 
             ("https://k@h/1", tmp_path / "missing.pem", "dhcp", "not a file of PEM certificates")):
         with pytest.raises(render.CoreError, match=says):
             render.check_fleet(network, crash_reports=dsn, crash_reports_ca=ca_file)
+
+
+def test_data_size_reaches_the_init_as_it_reads_it(repo: Path, tmp_path: Path) -> None:
+    assert render.data_size("") == "rest" and render.data_size("none") == "none"
+    assert render.data_size("4G") == str(4 << 30)
+    with pytest.raises(render.CoreError, match=r"DATA_SIZE='12M': .* smaller than the least data partition, 64 MiB"):
+        render.data_size("12M")
+    with pytest.raises(render.CoreError, match=r"DATA_SIZE='lots': .* not a size"):
+        render.data_size("lots")
+    settings = render.Settings(repo=repo, core=repo / "examples/demo-core.py", mirrors=Mirrors("http://m", None),
+                               data_size="512M")
+    render.render(settings, tmp_path / "r")
+    cfg = kvfile.parse((tmp_path / "r/extra/etc/appliance/init.conf").read_bytes())
+    assert cfg["data_size"] == str(512 << 20)
+    loaded, problems = initconf.load(str(tmp_path / "r/extra/etc/appliance/init.conf"))
+    assert loaded.data_size == str(512 << 20) and not problems
