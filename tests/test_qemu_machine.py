@@ -13,11 +13,11 @@ pytestmark = pytest.mark.qemu
 
 READY = r"matrix core: ready"
 CHECKS = ("loopback", "hostname", "user", "environment", "timezone", "certificates", "processes", "interpreter",
-          "dependencies")
+          "dependencies", "file_formats")
 
 
 def test_the_core_finds_the_machine_a_python_program_expects(matrix: MatrixMachine) -> None:
-    m = matrix("machine-env")
+    m = matrix("machine-env", disk_size=2 << 30)  # a stick bigger than the image: a data partition
     act(m, b"machine")
     with m:
         m.wait_boot(timeout=120)
@@ -32,6 +32,8 @@ def test_the_core_finds_the_machine_a_python_program_expects(matrix: MatrixMachi
     assert re.search(r"machine: hostname: ok: matrix is 127\.0\.1\.1, localhost is 127\.0\.0\.1", console)
     assert re.search(r"machine: dependencies: ok: markupsafe from /usr/local/lib/python3\.13/dist-packages/markupsafe, "
                      r"_speedups\.cpython-313-x86_64-linux-gnu\.so", console)
+    assert re.search(r"machine: file_formats: ok: sqlite3 3\.\d+\.\d+, dbm \(dbm\.sqlite3\), shelve, .* in /data",
+                     console)
 
 
 def test_a_crash_inside_a_dependency_shows_the_library_frame_with_its_source(matrix: MatrixMachine) -> None:

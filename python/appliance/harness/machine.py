@@ -80,7 +80,8 @@ class Machine:
                  machine: str = "q35", blkdebug: str | None = None, resume: bool = False,
                  secure_boot: str = "off", db_cert: str | Path | None = None,
                  mok_cert: str | Path | None = None, nic: tuple[str, ...] = (),
-                 wrapper: tuple[str, ...] = ()) -> None:
+                 wrapper: tuple[str, ...] = (), disk_size: int | None = None) -> None:
+        """``disk_size``: the disk is that big (the image written onto a bigger stick)."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.name = name
@@ -94,6 +95,8 @@ class Machine:
         self.vars = self.workdir / "OVMF_VARS.fd"
         if not (resume and self.disk.exists() and self.vars.exists()):
             subprocess.run(["cp", "--sparse=always", str(image), str(self.disk)], check=True)
+            if disk_size is not None:
+                os.truncate(self.disk, disk_size)
             enroll = []
             if secure_boot == "own":  # an owner's machine: their certificate beside Microsoft's in db
                 enroll += ["--add-db", OWNER_GUID, str(db_cert)]

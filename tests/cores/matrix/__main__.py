@@ -186,7 +186,54 @@ def check_the_machine() -> None:
         assert markupsafe.escape("<") == "&lt;"
         return f"markupsafe from {os.path.dirname(markupsafe.__file__)}, {os.path.basename(_speedups.__file__)}"
 
-    checks = [loopback, hostname, user, environment, timezone, certificates, processes, interpreter, dependencies]
+    def file_formats() -> str:
+        """The formats a program keeps its state in, each written, synced and read back."""
+        import bz2
+        import csv
+        import dbm
+        import gzip
+        import json
+        import lzma
+        import shelve
+        import sqlite3
+        import tarfile
+        import tomllib
+        import zipfile
+        folder = os.environ.get("APPLIANCE_DATA") or "/tmp"
+        base = os.path.join(folder, "matrix-formats")
+        with sqlite3.connect(base + ".sqlite") as db:
+            db.execute("CREATE TABLE IF NOT EXISTS t (k TEXT PRIMARY KEY, v TEXT)")
+            db.execute("INSERT OR REPLACE INTO t VALUES ('a', 'b')")
+        with sqlite3.connect(base + ".sqlite") as db:
+            assert db.execute("SELECT v FROM t WHERE k = 'a'").fetchone() == ("b",)
+        with dbm.open(base + ".dbm", "c") as d:
+            d[b"k"] = b"v"
+        assert dbm.whichdb(base + ".dbm") == "dbm.sqlite3", dbm.whichdb(base + ".dbm")
+        with shelve.open(base + ".shelf") as sh:
+            sh["k"] = {"v": [1, 2]}
+        with shelve.open(base + ".shelf") as sh:
+            assert sh["k"] == {"v": [1, 2]}
+        with open(base + ".csv", "w", newline="") as f:
+            csv.writer(f).writerow(["a", "b"])
+        with open(base + ".csv", newline="") as f:
+            assert next(csv.reader(f)) == ["a", "b"]
+        assert json.loads(json.dumps({"a": 1})) == {"a": 1} and tomllib.loads("a = 1") == {"a": 1}
+        for opener in (gzip.open, bz2.open, lzma.open):
+            with opener(base + ".z", "wb") as z:
+                z.write(b"x" * 100)
+            with opener(base + ".z", "rb") as z:
+                assert z.read() == b"x" * 100
+        with zipfile.ZipFile(base + ".zip", "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("a", "b")
+        with tarfile.open(base + ".tar.xz", "w:xz") as tf:
+            tf.add(base + ".csv", arcname="a.csv")
+        with tarfile.open(base + ".tar.xz") as tf:
+            assert tf.getnames() == ["a.csv"]
+        return f"sqlite3 {sqlite3.sqlite_version}, dbm ({dbm.whichdb(base + '.dbm')}), shelve, csv, json, " \
+               f"tomllib, gzip, bz2, lzma, zipfile, tarfile in {folder}"
+
+    checks = [loopback, hostname, user, environment, timezone, certificates, processes, interpreter, dependencies,
+              file_formats]
     failed = 0
     for check in checks:
         try:
@@ -195,6 +242,44 @@ def check_the_machine() -> None:
             failed += 1
             print(f"matrix core: machine: {check.__name__}: FAILED: {type(e).__name__}: {e}", flush=True)
     print(f"matrix core: machine: {len(checks)} checks, {failed} failed", flush=True)
+
+
+def data_commits(limit: int = 0) -> None:
+    """The data partition's workload: SQLite transactions and fsynced files without pause,
+    each commit's id said once it is durable; after ``limit`` of them (0: never) a clean
+    exit, the init's way out. First what the last boots left: its rows counted, their ids
+    checked for gaps, the database's integrity checked."""
+    import sqlite3
+    folder = os.environ.get("APPLIANCE_DATA", "")
+    if not folder:
+        print("matrix core: data: none", flush=True)
+        idle()
+    db = sqlite3.connect(os.path.join(folder, "commits.sqlite"), isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")  # a commit is on the disk when it returns
+    db.execute("CREATE TABLE IF NOT EXISTS commits (id INTEGER PRIMARY KEY, at REAL, payload BLOB)")
+    count, top = db.execute("SELECT count(*), coalesce(max(id), 0) FROM commits").fetchone()
+    integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
+    print(f"matrix core: data: {count} rows, ids up to {top}, integrity {integrity}", flush=True)
+    files = os.path.join(folder, "files")
+    os.makedirs(files, exist_ok=True)
+    n = top
+    while True:
+        n += 1
+        db.execute("BEGIN")
+        db.execute("INSERT INTO commits VALUES (?, ?, ?)", (n, time.time(), os.urandom(200)))
+        db.execute("COMMIT")
+        path = os.path.join(files, f"{n % 16:02d}")
+        with open(path + ".tmp", "wb") as f:  # a file replaced whole: written, synced, renamed
+            f.write(f"{n}\n".encode() * 64)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(path + ".tmp", path)
+        print(f"matrix core: data committed {n}", flush=True)
+        if limit and n - top >= limit:
+            db.close()
+            print("matrix core: data: done", flush=True)
+            sys.exit(0)
 
 
 def wait_for_the_network() -> dict[str, str]:
@@ -331,6 +416,8 @@ def main() -> None:
         # Through the standard library (json, from the image's zip archive) into a dependency:
         # every frame of both has its source line.
         json.loads('{"one": "1"}', object_hook=fill)
+    elif action == "data" or action.startswith("data "):  # data [N]: N commits, then a clean exit
+        data_commits(int(action.split()[1]) if " " in action else 0)
     elif action == "clock-after-network":  # the init sets the clock before it says the network is up
         wait_for_the_network()
         print(f"matrix core: clock after the network {time.time():.3f}", flush=True)
