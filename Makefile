@@ -118,8 +118,9 @@ FUZZ_EXAMPLES ?= 20000
 fuzz: deps ## the parsers of untrusted bytes against many random inputs [FUZZ_EXAMPLES=20000]
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -m fuzz tests
 
-soak: deps test-image ## power cuts at random moments of many boots, the ESP checked after each [SOAK_CUTS=1000]
-	$(PY) -m appliance.tools.soak --image $(BUILD)/test/appliance.raw --out $(BUILD)/soak $(if $(SOAK_CUTS),--cuts $(SOAK_CUTS))
+soak: deps test-image ## power cuts at random moments of many boots, the ESP checked after each [SOAK_CUTS=1000] [SOAK_DATA=1: the data partition's]
+	$(PY) -m appliance.tools.soak --image $(BUILD)/test/appliance.raw $(if $(filter 1 yes true,$(SOAK_DATA)),--data --out $(BUILD)/soak-data,--out $(BUILD)/soak) \
+		$(if $(SOAK_CUTS),--cuts $(SOAK_CUTS))
 
 bench: deps ## ours vs a systemd image: sizes, builds, boots, crash turnaround [BENCH_BOOTS=5] [BENCH_COLD=1]; crash reports: python -m appliance.bench --only-reports
 	$(PY) -m appliance.bench --build-dir $(BUILD) --cache-dir $(CACHE_DIR) $(if $(filter 1 yes true,$(BENCH_COLD)),--cold)

@@ -1,6 +1,14 @@
 """The soak's checks between cuts (the soak itself is `make soak`, not part of `make test`)."""
 
-from appliance.tools.soak import check_backoff, check_repair, lost_records
+import os
+import sqlite3
+import subprocess
+from pathlib import Path
+
+from appliance.esp import gptedit
+from appliance.init import data
+from appliance.tools.soak import check_backoff, check_repair, data_after_cut, lost_records
+from tests.test_gptedit import MIB, small_disk
 
 
 def test_a_record_may_go_only_by_rotation() -> None:
@@ -25,3 +33,30 @@ def test_clusters_lost_at_a_cut_must_be_checked_at_the_next_boot() -> None:
     assert check_repair(True, "init: appliance init 1.0\r\n" + checked) == ""
     assert "not checked" in check_repair(True, "init: appliance init 1.0\r\ninit: core started: pid 9 at\r\n")
     assert check_repair(False, "init: appliance init 1.0\r\n") == ""
+
+
+def data_stick(tmp_path: Path, ids: list[int]) -> Path:
+    """A disk with a data partition whose database holds ``ids`` (the data core's table)."""
+    tmp_path.mkdir()
+    disk = small_disk(tmp_path / "stick.raw", 128 * MIB)
+    fd = os.open(disk, os.O_RDWR)
+    table = gptedit.load(fd, 512)
+    first, last = table.free_after(table.partitions()[0])
+    gptedit.write(fd, table.with_entry(2, data.TYPE, "6a3c2d8e-0d1f-4a8e-9f7e-2f5f2b1f9c11", first, last, data.NAME))
+    os.close(fd)
+    files = tmp_path / "files"
+    files.mkdir()
+    db = sqlite3.connect(files / "commits.sqlite")
+    db.execute("CREATE TABLE commits (id INTEGER PRIMARY KEY, at REAL, payload BLOB)")
+    db.executemany("INSERT INTO commits VALUES (?, 0, x'00')", [(i,) for i in ids])
+    db.commit()
+    db.close()
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-E", f"offset={first * 512}", "-d", str(files), str(disk),
+                    f"{(last - first + 1) // 2}k"], check=True, capture_output=True)
+    return disk
+
+
+def test_the_data_soak_reads_the_database_off_a_cut_disk(tmp_path: Path) -> None:
+    assert data_after_cut(data_stick(tmp_path / "a", [1, 2, 3, 4, 5]), tmp_path / "a/work") == ("", 5, 5, False)
+    problem, count, top, _ = data_after_cut(data_stick(tmp_path / "b", [1, 2, 4]), tmp_path / "b/work")
+    assert (count, top) == (3, 4) and "a gap" in problem

@@ -16,6 +16,15 @@ and FAT check. Between cycles the ESP is read off the disk image and checked:
   history then holds its bound of newer records);
 - the back-off counter is readable and no larger than the boots so far.
 
+``--data`` (``make soak SOAK_DATA=1``) soaks the data partition instead, on 2 GiB disks:
+the core commits SQLite transactions and fsyncs files without pause, saying each
+commit's id (``data`` action). Cuts land while it commits or, for LATE_SHARE of them,
+in the first seconds of a boot (the data step's e2fsck, the first boot's mkfs). After
+each cut the data file system is copied off the disk, its journal replayed on the copy,
+then ``e2fsck -fn`` must find it clean and its database must hold every id said before
+the cut, without a gap, and pass SQLite's integrity check; the next boot's core says
+the same of what it finds.
+
 Figures go to ``build/soak/soak.json`` after every cut; a later run resumes from them
 on the same disks, so a long soak can span several runs. SIGINT or SIGTERM (Ctrl-C)
 ends a run after the cycles under way, with the figures printed.
@@ -27,6 +36,7 @@ import argparse
 import json
 import os
 import random
+import re
 import signal
 import sys
 import threading
@@ -34,8 +44,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from appliance.esp import backoff, layout, records
+from appliance.esp import backoff, gpt, layout, records
 from appliance.harness.machine import HarnessTimeout, Machine
+from appliance.init import data
 from appliance.media.espfs import EspError, fsck_findings
 
 CORE_STARTED = r"init: core started: pid \d+ at"
@@ -101,6 +112,9 @@ def salvaged_files(m: Machine) -> int:
 
 
 class Soak:
+    action = b"soak"  # the test core's action at every boot
+    figures_kind: type[Figures] = Figures
+
     def __init__(self, image: Path, out: Path, target: int, machines: int, window: float, seed: int | None) -> None:
         self.image = image
         self.out = out
@@ -111,7 +125,7 @@ class Soak:
         self.lock = threading.Lock()
         self.path = out / "soak.json"
         saved = json.loads(self.path.read_text()) if self.path.exists() else {}
-        self.figures = Figures(**saved.get("figures", {}))
+        self.figures = self.figures_kind(**saved.get("figures", {}))
         self.history_bound = int(saved.get("history_bound", 4))
         self.seen: dict[str, dict[str, str]] = saved.get("records", {})  # machine -> whole records before the cut
         self.torn: dict[str, list[str]] = saved.get("torn", {})  # machine -> torn records after the last cut
@@ -208,18 +222,21 @@ class Soak:
     def worker(self, index: int) -> None:
         name = f"m{index}"
         fresh = not (self.out / name / "disk.raw").exists()
-        m = Machine(self.image, self.out / name, name=f"soak-{name}", log_dir=self.out / "logs", resume=True)
+        m = self.make_machine(name)
         salvaged = salvaged_files(m)  # a resumed run counts both disks from its first cut
         with self.lock:
             if fresh:
                 self.seen[name] = {}  # a new disk: nothing on it was seen before
             self.salvaged[name] = salvaged
-        m.esp_write(layout.TEST_ALWAYS, b"soak")
+        m.esp_write(layout.TEST_ALWAYS, self.action)
         while not self.done():
             try:
                 self.cycle(m, name)
             except HarnessTimeout as e:
                 self.fail(f"{name}: {e}")
+
+    def make_machine(self, name: str) -> Machine:
+        return Machine(self.image, self.out / name, name=f"soak-{name}", log_dir=self.out / "logs", resume=True)
 
     def run(self) -> int:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -249,6 +266,147 @@ class Soak:
             print(f"  {line}")
 
 
+DATA_DISK = 2 << 30
+ROWS = r"matrix core: data: (\d+) rows, ids up to (\d+), integrity (\S+)"
+COMMITTED = re.compile(r"matrix core: data committed (\d+)\r*\n")
+DATA_UP = r"init: data: /dev/\w+ ext4 [\d.]+ \w+ at /data"
+DATA_NONE = "init: data: none"
+
+
+@dataclass
+class DataFigures(Figures):
+    """The data soak's figures (the ESP's, inherited, stay at zero there)."""
+    first_boots: int = 0  # boots that made the file system (the first, and any cut before it was done)
+    commits_said: int = 0  # the highest commit id said before each cut, summed over the cuts
+    commits_found: int = 0  # rows in the database after each cut, summed
+    journal_replays: int = 0  # cuts whose copy had a journal to replay
+    e2fsck_repairs: int = 0  # boots whose init said e2fsck repaired something
+
+
+def data_after_cut(disk: Path, work: Path) -> tuple[str, int, int, bool]:
+    """The data file system of a cut disk, copied off it (e2image), its journal replayed on
+    the copy: (problem or "", rows, the highest id, whether there was a journal to replay)."""
+    import shutil
+    import sqlite3
+    import subprocess
+    parts = [p for p in gpt.read_partitions(str(disk)) if p.type_guid == data.TYPE]
+    if not parts or parts[0].name != data.NAME:
+        return "", 0, 0, False  # not made yet: a cut during the first boot's partitioning
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    copy = work / "data.img"
+    subprocess.run(["e2image", "-ra", "-o", str(parts[0].first_lba * 512), str(disk), str(copy)], check=True,
+                   capture_output=True)
+    head = subprocess.run(["dumpe2fs", "-h", str(copy)], capture_output=True, text=True).stdout
+    replay = "needs_recovery" in head
+    r = subprocess.run(["e2fsck", "-E", "journal_only", "-p", str(copy)], capture_output=True, text=True)
+    if r.returncode not in (0, 1):
+        return f"replaying the journal: e2fsck exit {r.returncode}: {r.stdout.strip()[-300:]}", 0, 0, replay
+    r = subprocess.run(["e2fsck", "-fn", str(copy)], capture_output=True, text=True)
+    if r.returncode != 0:
+        return f"e2fsck -fn after the journal: exit {r.returncode}: {r.stdout.strip()[-500:]}", 0, 0, replay
+    listing = subprocess.run(["debugfs", "-R", "ls -p /", str(copy)], capture_output=True, text=True).stdout
+    if "/commits.sqlite/" not in listing:
+        return "", 0, 0, replay  # the core had not made its database yet
+    for name in ("commits.sqlite", "commits.sqlite-wal"):
+        if f"/{name}/" in listing:
+            subprocess.run(["debugfs", "-R", f'dump /{name} "{work / name}"', str(copy)], check=True,
+                           capture_output=True)
+    db = sqlite3.connect(work / "commits.sqlite")
+    try:
+        integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
+        count, top = db.execute("SELECT count(*), coalesce(max(id), 0) FROM commits").fetchone()
+    except sqlite3.DatabaseError as e:
+        return f"the database: {e}", 0, 0, replay
+    finally:
+        db.close()
+    if integrity != "ok":
+        return f"the database's integrity check: {integrity}", count, top, replay
+    if count != top:
+        return f"the database has {count} rows but ids up to {top}: a gap", count, top, replay
+    return "", count, top, replay
+
+
+class DataSoak(Soak):
+    """The data partition's soak: see the module's docstring."""
+    action = b"data"
+    figures_kind = DataFigures
+    figures: DataFigures
+
+    def __init__(self, image: Path, out: Path, target: int, machines: int, window: float, seed: int | None) -> None:
+        super().__init__(image, out, target, machines, window, seed)
+        saved = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.said: dict[str, int] = saved.get("said", {})  # machine -> highest id said before its last cut
+
+    def save(self) -> None:
+        if self._started:
+            self.figures.seconds = self._already + time.monotonic() - self._started
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"figures": asdict(self.figures), "said": self.said}, indent=1))
+        os.replace(tmp, self.path)
+
+    def make_machine(self, name: str) -> Machine:
+        return Machine(self.image, self.out / name, name=f"soak-data-{name}", log_dir=self.out / "logs",
+                       resume=True, disk_size=DATA_DISK)
+
+    def cycle(self, m: Machine, name: str) -> None:
+        with self.lock:
+            late = self.rng.random() < LATE_SHARE
+            wait = self.rng.uniform(0, self.window)
+        problems = []
+        with m:
+            m.wait_boot(timeout=180)
+            if late:  # in the init's data step (the check, the mount; mkfs on a first boot)
+                m.watch(wait * NEXT_BOOT_WINDOW / self.window)
+            else:
+                m.expect(CORE_STARTED, 300)  # every boot after a cut reaches the core
+                seen = m.expect(ROWS, 120)
+                count, top, integrity = int(seen.group(1)), int(seen.group(2)), seen.group(3)
+                if integrity != "ok" or count != top or top < self.said.get(name, 0):
+                    problems.append(f"the core found {count} rows, ids up to {top}, integrity {integrity}, after "
+                                    f"{self.said.get(name, 0)} were said before the last cut")
+                m.watch(wait)
+            m.power_cut()
+        log = m.output_since_start()
+        text, self._offsets[name] = log[self._offsets.get(name, 0):], len(log)
+        said = max([int(n) for n in COMMITTED.findall(text)] or [0])
+        problem, count, top, replayed = data_after_cut(m.disk, self.out / name / "check")
+        with self.lock:
+            f = self.figures
+            f.cuts += 1
+            f.boots += text.count("init: appliance init ")
+            f.boots_reaching_the_core += text.count("init: core started:")
+            f.first_boots += text.count("init: data: making an ext4 file system")
+            f.e2fsck_repairs += text.count("e2fsck repaired the file system")
+            f.journal_replays += replayed
+            if DATA_NONE in text:
+                problems.append(f"a boot ran without its data partition: {text[text.index(DATA_NONE):][:300]!r}")
+            if problem:
+                problems.append(problem)
+            if said and top < said:
+                problems.append(f"commits {top + 1}..{said} were said before the cut and are not in the database")
+            f.commits_said += said
+            f.commits_found += count
+            self.said[name] = max(said, self.said.get(name, 0)) if top >= said else said
+            self.save()
+            cuts = f.cuts
+        for p in problems:
+            self.fail(f"{name}, cut {cuts}: {p} (console: {m.log_path})")
+        if cuts % 10 == 0:
+            print(f"soak: {cuts} cuts, {f.boots} boots, {f.commits_found} rows checked", flush=True)
+
+    def report(self) -> None:
+        f = self.figures
+        print(f"soak (data): {f.cuts} cuts (target {self.target}), {f.boots} boots, {f.boots_reaching_the_core} "
+              f"reached the core, {f.first_boots} made the file system; after each cut the file system checked "
+              f"clean ({f.journal_replays} with a journal to replay) and held every commit said before it "
+              f"({f.commits_found} rows found against {f.commits_said} said, summed over the cuts); "
+              f"{f.e2fsck_repairs} e2fsck repairs at boot; {f.seconds / 60:.1f} min in all; {len(f.failures)} "
+              f"failures -> {self.path}")
+        for line in f.failures:
+            print(f"  {line}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="make soak", description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--image", type=Path, default=Path("build/test/appliance.raw"))
@@ -258,11 +416,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--machines", type=int, default=2)
     ap.add_argument("--window", type=float, default=3.5, help="seconds after the core starts within which to cut")
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--data", action="store_true", help="soak the data partition: SQLite commits (SOAK_DATA=1)")
     a = ap.parse_args(argv)
     if not a.image.exists():
         print(f"soak: {a.image} is missing: run make test-image", file=sys.stderr)
         return 2
-    return Soak(a.image, a.out, a.cuts, a.machines, a.window, a.seed).run()
+    kind = DataSoak if a.data else Soak
+    return kind(a.image, a.out, a.cuts, a.machines, a.window, a.seed).run()
 
 
 if __name__ == "__main__":
