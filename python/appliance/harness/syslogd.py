@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 from appliance.harness import bugsink, daemon
@@ -53,3 +54,13 @@ class Syslogd:
 
     def messages(self) -> list[str]:
         return self.out.read_text(errors="replace").splitlines() if self.out.exists() else []
+
+    def wait_for(self, text: str, seconds: float) -> list[str]:
+        """The messages, once one holds ``text`` (or ``seconds`` have passed): what a sender
+        said is on its way over TCP, in order, until the receiver writes it down."""
+        deadline = time.monotonic() + seconds
+        while True:
+            got = self.messages()
+            if any(text in line for line in got) or time.monotonic() > deadline:
+                return got
+            time.sleep(0.2)
