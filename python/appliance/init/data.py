@@ -44,7 +44,10 @@ MAKING = "APPLIANCE-DATA-NEW"  # the partition is there, its file system not yet
 LABEL = "appliance-data"  # the file system's label
 TYPE = gptedit.LINUX_DATA
 MIN_SIZE = 64 * gptedit.MIB  # less room than this after the ESP: no data partition
-MODULES = ["ext4"]  # with what modules.dep says it needs (jbd2, mbcache, crc16...)
+# ext4 with what modules.dep says it needs (jbd2, mbcache, crc16), and crc32c, which ext4
+# asks the crypto API for by name (the kernel would call modprobe, which the image lacks):
+# the SSE 4.2 one where the CPU has it (elsewhere it loads nothing), the generic one always.
+MODULES = ["crc32c_intel", "crc32c_generic", "ext4"]
 OPTIONS = "data=ordered,errors=remount-ro"
 MKFS = "/usr/sbin/mkfs.ext4"
 E2FSCK = "/usr/sbin/e2fsck"

@@ -7,8 +7,9 @@ SOURCE is a block device (/dev/sdX) or an image file. Nothing is mounted and not
 is written to it: e2fsprogs read the file system where it lies on the disk. A machine
 that lost its power leaves changes in the file system's journal; to copy those too,
 ``--save`` first copies the used blocks into a sparse file beside DIR (``e2image``),
-replays the journal there (``e2fsck -E journal_only``), and copies the files out of
-that (``debugfs rdump``). Exit status: 0 done, 2 the source or the request is unusable.
+replays the journal there (``e2fsck -E journal_only``) and reads the blocks the journal
+newly allocated (``copy_fs``), then copies the files out of that (``debugfs rdump``).
+Exit status: 0 done, 2 the source or the request is unusable.
 """
 
 from __future__ import annotations
@@ -57,8 +58,7 @@ def _tool(cmd: list[str], what: str) -> str:
 
 def describe(source: str, part: gpt.Partition, out: list[str]) -> None:
     where = f"{source}?offset={part.first_lba * 512}"
-    head = _tool(["dumpe2fs", "-h", where], "reading the file system's superblock")
-    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in head.splitlines()) if v}
+    fields = superblock(where)
 
     def get(key: str) -> str:
         return fields.get(key, "?")
@@ -76,6 +76,70 @@ def describe(source: str, part: gpt.Partition, out: list[str]) -> None:
     out.extend("  " + line.strip() for line in listing.splitlines() if line.strip())
 
 
+def superblock(where: str) -> dict[str, str]:
+    head = _tool(["dumpe2fs", "-h", where], "reading the file system's superblock")
+    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in head.splitlines()) if v}
+
+
+def used_blocks(image: str) -> tuple[int, list[tuple[int, int]]]:
+    """The block size and the used blocks' ranges (first, last) of the file system ``image``,
+    from its bitmaps as dumpe2fs reads them."""
+    fields = superblock(image)
+    size, count = int(fields["Block size"]), int(fields["Block count"])
+    first = int(fields.get("First block", "0"))
+    free: list[tuple[int, int]] = []
+    for line in _tool(["dumpe2fs", image], "reading the file system's bitmaps").splitlines():
+        line = line.strip()
+        if line.startswith("Free blocks: "):
+            for extent in line[len("Free blocks: "):].split(","):
+                low, _, high = extent.strip().partition("-")
+                if low.isdigit():
+                    free.append((int(low), int(high or low)))
+    used: list[tuple[int, int]] = []
+    at = first
+    for start, end in sorted(free):
+        if start > at:
+            used.append((at, start - 1))
+        at = max(at, end + 1)
+    if at < count:
+        used.append((at, count - 1))
+    return size, used
+
+
+def copy_fs(source: str, part: gpt.Partition, copy: str) -> bool:
+    """The file system of ``part`` on ``source`` copied into the sparse file ``copy``, whole:
+    with what its journal holds (True where there was a journal to replay).
+
+    ``e2image -ra`` copies the blocks the on-disk bitmaps call used. After a power cut some
+    are not yet marked there: the journal marks them, and ordered data mode wrote their
+    contents in place before the commit. So the journal is replayed on the copy, and every
+    block its bitmaps then call used but that the copy does not hold (all zeros) is read
+    from the source. Only ``source`` is read; only ``copy`` is written."""
+    offset = part.first_lba * 512
+    replay = "needs_recovery" in superblock(f"{source}?offset={offset}").get("Filesystem features", "")
+    _tool(["e2image", "-ra", "-o", str(offset), source, copy], "copying the file system")
+    if not replay:
+        return False
+    r = subprocess.run(["e2fsck", "-E", "journal_only", "-p", copy], capture_output=True, text=True)
+    if r.returncode not in (0, 1):
+        raise DataError(f"replaying the journal of the copy: e2fsck exit {r.returncode}: "
+                        f"{(r.stdout + r.stderr).strip()[-500:]}")
+    size, used = used_blocks(copy)
+    zero = bytes(size)
+    with open(source, "rb", buffering=0) as src, open(copy, "r+b", buffering=0) as dst:
+        for first, last in used:
+            for block in range(first, last + 1):
+                dst.seek(block * size)
+                if dst.read(size).rstrip(b"\0"):
+                    continue
+                src.seek(offset + block * size)
+                data = src.read(size)
+                if data != zero and len(data) == size:
+                    dst.seek(block * size)
+                    dst.write(data)
+    return True
+
+
 def save(source: str, part: gpt.Partition, target: Path, say: list[str]) -> int:
     """Every file into ``target`` (made; it must be empty); the number of files copied."""
     target.mkdir(parents=True, exist_ok=True)
@@ -84,11 +148,8 @@ def save(source: str, part: gpt.Partition, target: Path, say: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix=".appliance-data-", dir=target.parent) as work:
         copy = os.path.join(work, "data.img")
         say.append(f"data: copying the used blocks of partition {part.number} of {source} into {copy}")
-        _tool(["e2image", "-ra", "-o", str(part.first_lba * 512), source, copy], "copying the file system")
-        r = subprocess.run(["e2fsck", "-E", "journal_only", "-p", copy], capture_output=True, text=True)
-        if r.returncode not in (0, 1):
-            raise DataError(f"replaying the journal of the copy: e2fsck exit {r.returncode}: "
-                            f"{(r.stdout + r.stderr).strip()[-500:]}")
+        if copy_fs(source, part, copy):
+            say.append("data: its journal held changes a power cut left (replayed on the copy, not on the stick)")
         _tool(["debugfs", "-R", f'rdump / "{target}"', copy], "copying the files out")
     lost = target / "lost+found"  # e2fsck's, empty unless it salvaged something: then it is kept
     if lost.is_dir() and not any(lost.iterdir()):

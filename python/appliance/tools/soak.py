@@ -47,6 +47,7 @@ from pathlib import Path
 from appliance.esp import backoff, gpt, layout, records
 from appliance.harness.machine import HarnessTimeout, Machine
 from appliance.init import data
+from appliance.media import data as media_data
 from appliance.media.espfs import EspError, fsck_findings
 
 CORE_STARTED = r"init: core started: pid \d+ at"
@@ -295,13 +296,10 @@ def data_after_cut(disk: Path, work: Path) -> tuple[str, int, int, bool]:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     copy = work / "data.img"
-    subprocess.run(["e2image", "-ra", "-o", str(parts[0].first_lba * 512), str(disk), str(copy)], check=True,
-                   capture_output=True)
-    head = subprocess.run(["dumpe2fs", "-h", str(copy)], capture_output=True, text=True).stdout
-    replay = "needs_recovery" in head
-    r = subprocess.run(["e2fsck", "-E", "journal_only", "-p", str(copy)], capture_output=True, text=True)
-    if r.returncode not in (0, 1):
-        return f"replaying the journal: e2fsck exit {r.returncode}: {r.stdout.strip()[-300:]}", 0, 0, replay
+    try:
+        replay = media_data.copy_fs(str(disk), parts[0], str(copy))
+    except media_data.DataError as e:
+        return str(e), 0, 0, False
     r = subprocess.run(["e2fsck", "-fn", str(copy)], capture_output=True, text=True)
     if r.returncode != 0:
         return f"e2fsck -fn after the journal: exit {r.returncode}: {r.stdout.strip()[-500:]}", 0, 0, replay
