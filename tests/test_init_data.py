@@ -159,18 +159,20 @@ def test_data_size_is_read_as_the_build_gives_it() -> None:
             data.parse_size(bad)
 
 
-def stick_with_data(tmp_path: Path, name: str = data.NAME) -> Path:
-    """A disk as a machine leaves it: the ESP, and a data partition holding a few files."""
+def stick_with_data(tmp_path: Path, name: str = data.NAME, files: Path | None = None) -> Path:
+    """A disk as a machine leaves it: the ESP, and a data partition holding ``files`` (a
+    folder; by default a few files of its own)."""
     disk = small_disk(tmp_path / "stick.raw", 128 * MIB)
     fd = os.open(disk, os.O_RDWR)
     table = gptedit.load(fd, 512)
     first, last = table.free_after(table.partitions()[0])
     gptedit.write(fd, table.with_entry(2, data.TYPE, "6a3c2d8e-0d1f-4a8e-9f7e-2f5f2b1f9c11", first, last, name))
     os.close(fd)
-    files = tmp_path / "files"
-    (files / "db").mkdir(parents=True)
-    (files / "settings.json").write_text('{"volume": 7}\n')
-    (files / "db/rows.bin").write_bytes(bytes(range(256)) * 1000)
+    if files is None:
+        files = tmp_path / "files"
+        (files / "db").mkdir(parents=True)
+        (files / "settings.json").write_text('{"volume": 7}\n')
+        (files / "db/rows.bin").write_bytes(bytes(range(256)) * 1000)
     subprocess.run(["mkfs.ext4", "-q", "-F", "-L", data.LABEL, "-E", f"offset={first * 512}", "-d", str(files),
                     str(disk), f"{(last - first + 1) // 2}k"], check=True, capture_output=True)
     return disk

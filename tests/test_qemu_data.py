@@ -40,6 +40,13 @@ def fs_check(m: Machine) -> int:
     return subprocess.run(["e2fsck", "-n", where], capture_output=True).returncode
 
 
+def made(m: Machine, why: str) -> None:
+    """The data step made a file system for ``why``, mounted it, and the core found it empty."""
+    m.expect(r"init: data: making an ext4 file system on /dev/vda2 \(\d+\.\d GiB; " + why + r"\)", 120)
+    m.expect(r"init: data: /dev/vda2 ext4 \d+\.\d GiB at /data\r*\n", 120)
+    m.expect(r"matrix core: data: 0 rows, ids up to 0, integrity ok", 60)
+
+
 def test_committed_rows_survive_a_power_cut_and_a_damaged_file_system_is_kept_until_asked(
         matrix: MatrixMachine, tmp_path: Path) -> None:
     m = matrix("data-life", disk_size=DISK)
@@ -48,9 +55,7 @@ def test_committed_rows_survive_a_power_cut_and_a_damaged_file_system_is_kept_un
         m.wait_boot(timeout=120)
         m.expect(r"init: data: first boot: the partition table now spans the whole disk \(2\.0 GiB\); partition 2 "
                  r"added after the ESP \((\d+\.\d) GiB\) for the data", 60)
-        m.expect(r"init: data: making an ext4 file system on /dev/vda2 \(\d+\.\d GiB; first boot\)", 30)
-        m.expect(r"init: data: /dev/vda2 ext4 \d+\.\d GiB at /data\r*\n", 120)
-        m.expect(r"matrix core: data: 0 rows, ids up to 0, integrity ok", 60)
+        made(m, "first boot")
         said = 0
         while said < 40:
             said = int(m.expect(r"matrix core: data committed (\d+)\r*\n", 60).group(1))
@@ -94,10 +99,7 @@ def test_committed_rows_survive_a_power_cut_and_a_damaged_file_system_is_kept_un
     m.esp_write(layout.ERASE_DATA, b"")
     with m:
         m.wait_boot(timeout=120)
-        m.expect(r"init: data: making an ext4 file system on /dev/vda2 \(\d+\.\d GiB; asked for by "
-                 r"/esp/appliance/erase-data\)", 120)
-        m.expect(r"init: data: /dev/vda2 ext4 \d+\.\d GiB at /data\r*\n", 120)
-        m.expect(r"matrix core: data: 0 rows, ids up to 0, integrity ok", 60)
+        made(m, "asked for by /esp/appliance/erase-data")
         m.power_cut()
     assert layout.ERASE_DATA.rsplit("/", 1)[1] not in m.esp_list(layout.APP_DIR)
 

@@ -1,14 +1,10 @@
 """The soak's checks between cuts (the soak itself is `make soak`, not part of `make test`)."""
 
-import os
 import sqlite3
-import subprocess
 from pathlib import Path
 
-from appliance.esp import gptedit
-from appliance.init import data
 from appliance.tools.soak import check_backoff, check_repair, data_after_cut, lost_records
-from tests.test_gptedit import MIB, small_disk
+from tests.test_init_data import stick_with_data
 
 
 def test_a_record_may_go_only_by_rotation() -> None:
@@ -38,12 +34,6 @@ def test_clusters_lost_at_a_cut_must_be_checked_at_the_next_boot() -> None:
 def data_stick(tmp_path: Path, ids: list[int]) -> Path:
     """A disk with a data partition whose database holds ``ids`` (the data core's table)."""
     tmp_path.mkdir()
-    disk = small_disk(tmp_path / "stick.raw", 128 * MIB)
-    fd = os.open(disk, os.O_RDWR)
-    table = gptedit.load(fd, 512)
-    first, last = table.free_after(table.partitions()[0])
-    gptedit.write(fd, table.with_entry(2, data.TYPE, "6a3c2d8e-0d1f-4a8e-9f7e-2f5f2b1f9c11", first, last, data.NAME))
-    os.close(fd)
     files = tmp_path / "files"
     files.mkdir()
     db = sqlite3.connect(files / "commits.sqlite")
@@ -51,9 +41,7 @@ def data_stick(tmp_path: Path, ids: list[int]) -> Path:
     db.executemany("INSERT INTO commits VALUES (?, 0, x'00')", [(i,) for i in ids])
     db.commit()
     db.close()
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-E", f"offset={first * 512}", "-d", str(files), str(disk),
-                    f"{(last - first + 1) // 2}k"], check=True, capture_output=True)
-    return disk
+    return stick_with_data(tmp_path, files=files)
 
 
 def test_the_data_soak_reads_the_database_off_a_cut_disk(tmp_path: Path) -> None:

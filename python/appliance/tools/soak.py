@@ -256,13 +256,17 @@ class Soak:
         self.report()
         return 1 if self.figures.failures else 0
 
+    def summary(self) -> str:
+        f = self.figures
+        return (f"soak: {f.cuts} cuts (target {self.target}), {f.boots} boots, {f.boots_reaching_the_core} reached "
+                f"the core; {f.records_checked} records checked, {f.torn_records_found} torn found on the disk, "
+                f"{f.torn_records_reported} reported by the init, {f.records_lost} lost; {f.fsck_repairs} FAT "
+                f"repairs by the init, {f.lost_clusters} lost clusters left for them ({f.salvaged_files} FSCK*.REC "
+                "now)")
+
     def report(self) -> None:
         f = self.figures
-        print(f"soak: {f.cuts} cuts (target {self.target}), {f.boots} boots, {f.boots_reaching_the_core} reached "
-              f"the core; {f.records_checked} records checked, {f.torn_records_found} torn found on the disk, "
-              f"{f.torn_records_reported} reported by the init, {f.records_lost} lost; {f.fsck_repairs} FAT repairs "
-              f"by the init, {f.lost_clusters} lost clusters left for them ({f.salvaged_files} FSCK*.REC now); "
-              f"{f.seconds / 60:.1f} min in all; {len(f.failures)} failures -> {self.path}")
+        print(f"{self.summary()}; {f.seconds / 60:.1f} min in all; {len(f.failures)} failures -> {self.path}")
         for line in f.failures:
             print(f"  {line}")
 
@@ -399,16 +403,13 @@ class DataSoak(Soak):
         if cuts % 10 == 0:
             print(f"soak: {cuts} cuts, {f.boots} boots, {f.commits_found} rows checked", flush=True)
 
-    def report(self) -> None:
+    def summary(self) -> str:
         f = self.figures
-        print(f"soak (data): {f.cuts} cuts (target {self.target}), {f.boots} boots, {f.boots_reaching_the_core} "
-              f"reached the core, {f.first_boots} made the file system; after each cut the file system checked "
-              f"clean ({f.journal_replays} with a journal to replay) and held every commit said before it "
-              f"({f.commits_found} rows found against {f.commits_said} said, summed over the cuts); "
-              f"{f.e2fsck_repairs} e2fsck repairs at boot; {f.seconds / 60:.1f} min in all; {len(f.failures)} "
-              f"failures -> {self.path}")
-        for line in f.failures:
-            print(f"  {line}")
+        return (f"soak (data): {f.cuts} cuts (target {self.target}), {f.boots} boots, {f.boots_reaching_the_core} "
+                f"reached the core, {f.first_boots} made the file system; after each cut the file system checked "
+                f"clean ({f.journal_replays} with a journal to replay) and held every commit said before it "
+                f"({f.commits_found} rows found against {f.commits_said} said, summed over the cuts); "
+                f"{f.e2fsck_repairs} e2fsck repairs at boot")
 
 
 def main(argv: list[str] | None = None) -> int:
