@@ -75,7 +75,7 @@ def test_the_first_boot_makes_the_partition_over_the_rest_then_every_boot_checks
     assert m.kernel.mounts == [(m.root("/dev/vda2"), m.root("/data"), "ext4",
                                 MS_NOSUID | MS_NODEV | MS_NOATIME, data.OPTIONS)]
     assert step.mounted == data.MOUNT and m.said[-1].startswith("data: /dev/vda2 ext4 ")
-    step.unmount(m.said.append)
+    step.unmount()
     assert m.kernel.unmounted == [m.root("/data")] and step.mounted == ""
 
     m.said.clear()

@@ -144,8 +144,17 @@ def _read_at(f: BinaryIO, offset: int, size: int) -> bytes:
     return data
 
 
-def read_table(f: BinaryIO, sector_size: int = 512) -> list[Partition]:
-    """The partitions on the disk open as ``f``: the primary table's, else the backup's.
+class Copy(NamedTuple):
+    """The table copy a disk was read from: the primary (LBA 1) or the backup."""
+    at_lba: int
+    sector: bytes  # its header sector as read
+    header: Header
+    table: bytes  # its entry table, whose checksum matched
+    partitions: list[Partition]
+
+
+def read_copy(f: BinaryIO, sector_size: int = 512) -> Copy:
+    """The partition table of the disk open as ``f``: the primary copy, else the backup.
     Reads at most two sectors and twice ``MAX_TABLE_BYTES``; GPTError (the primary's
     fault) where neither is a sane GPT."""
     if sector_size not in SECTOR_SIZES:
@@ -162,9 +171,16 @@ def read_table(f: BinaryIO, sector_size: int = 512) -> list[Partition]:
             raise primary from None
 
 
-def _read_one(f: BinaryIO, sector_size: int, disk_sectors: int, at_lba: int) -> list[Partition]:
-    header = parse_header(_read_at(f, at_lba * sector_size, sector_size), disk_sectors, at_lba)
-    return parse_entries(_read_at(f, header.entries_lba * sector_size, header.entries * header.entry_size), header)
+def _read_one(f: BinaryIO, sector_size: int, disk_sectors: int, at_lba: int) -> Copy:
+    sector = _read_at(f, at_lba * sector_size, sector_size)
+    header = parse_header(sector, disk_sectors, at_lba)
+    table = _read_at(f, header.entries_lba * sector_size, header.entries * header.entry_size)
+    return Copy(at_lba, sector, header, table, parse_entries(table, header))
+
+
+def read_table(f: BinaryIO, sector_size: int = 512) -> list[Partition]:
+    """The partitions on the disk open as ``f`` (``read_copy``'s)."""
+    return read_copy(f, sector_size).partitions
 
 
 def read_partitions(dev: str, sector_size: int = 512) -> list[Partition]:

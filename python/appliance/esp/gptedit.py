@@ -100,24 +100,16 @@ class Table(NamedTuple):
 
 
 def load(fd: int, sector: int) -> Table:
-    """The table of the disk open as ``fd``: the primary, else the backup (as ``gpt.read_table``)."""
+    """The table of the disk open as ``fd``: the primary, else the backup (``gpt.read_copy``)."""
     with os.fdopen(os.dup(fd), "rb", buffering=0) as f:
-        gpt.read_table(f, sector)  # the checks, and the fallback's choice
-    disk_sectors = os.lseek(fd, 0, os.SEEK_END) // sector
-    for lba in (1, disk_sectors - 1):
-        raw = os.pread(fd, sector, lba * sector)
-        try:
-            header = gpt.parse_header(raw, disk_sectors, lba)
-            entries = os.pread(fd, header.entries * header.entry_size, header.entries_lba * sector)
-            if zlib.crc32(entries) != header.entries_crc:
-                continue
-        except gpt.GPTError:
-            continue
-        other = struct.unpack_from("<Q", raw, 32)[0]
-        return Table(sector, disk_sectors, raw[56:72], header.first_usable, header.last_usable, entries,
-                     header.entries, header.entry_size, backup_lba=other if lba == 1 else lba,
-                     entries_lba=header.entries_lba if lba == 1 else 2, from_backup=lba != 1)
-    raise gpt.GPTError("neither GPT copy is whole")  # read_table said otherwise a moment ago
+        copy = gpt.read_copy(f, sector)
+    header = copy.header
+    other = struct.unpack_from("<Q", copy.sector, 32)[0]
+    primary = copy.at_lba == 1
+    return Table(sector, os.lseek(fd, 0, os.SEEK_END) // sector, copy.sector[56:72], header.first_usable,
+                 header.last_usable, copy.table, header.entries, header.entry_size,
+                 backup_lba=other if primary else copy.at_lba, entries_lba=header.entries_lba if primary else 2,
+                 from_backup=not primary)
 
 
 def _header(table: Table, my_lba: int, other_lba: int, entries_lba: int) -> bytes:

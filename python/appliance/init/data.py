@@ -35,6 +35,7 @@ from collections.abc import Callable
 
 from appliance.esp import gpt, gptedit, layout
 from appliance.esp.files import MountedEsp
+from appliance.init.findesp import partition_node
 from appliance.init.kernel import MS_NOATIME, MS_NODEV, MS_NOSUID
 from appliance.init.root import Root
 
@@ -89,7 +90,6 @@ class Data:
         self.load_modules = load_modules
         self.pet = pet
         self.mounted = ""  # MOUNT once mounted: the core's APPLIANCE_DATA
-        self.device = ""
 
     def set_up(self, disk: str, sector: int, esp: gpt.Partition | None, files: MountedEsp | None) -> None:
         """``disk`` (vda) holds the ESP ``esp`` this machine booted from; ``files``: the
@@ -156,7 +156,6 @@ class Data:
     def _tell_kernel(self, fd: int, disk: str, part: gpt.Partition, sector: int) -> None:
         """The kernel read the table at boot: it learns of the new partition (BLKPG; a re-read
         of the whole table is refused while the ESP is mounted)."""
-        from appliance.init.findesp import partition_node
         if not stat.S_ISBLK(os.fstat(fd).st_mode):  # an image file: no kernel's table to tell
             return
         if os.path.exists(self.root(f"/sys/block/{disk}/{partition_node(disk, part.number)}")):
@@ -177,7 +176,6 @@ class Data:
 
     # -- the file system -------------------------------------------------------------------
     def _file_system(self, disk: str, sector: int, part: gpt.Partition, files: MountedEsp | None) -> None:
-        from appliance.init.findesp import partition_node
         device = f"/dev/{partition_node(disk, part.number)}"
         deadline = time.monotonic() + NODE_WAIT
         while not os.path.exists(self.root(device)):
@@ -206,7 +204,7 @@ class Data:
         except OSError as e:
             self.say(f"data: none: could not mount {device}: {os.strerror(e.errno) if e.errno else e}")
             return
-        self.mounted, self.device = MOUNT, device
+        self.mounted = MOUNT
         self.say(f"data: {device} ext4 {size} at {MOUNT}")
 
     def _make(self, device: str, size: str, why: str) -> bool:
@@ -274,7 +272,7 @@ class Data:
             time.sleep(3600)
 
     # -- the way out -----------------------------------------------------------------------
-    def unmount(self, say: Callable[[str], None]) -> None:
+    def unmount(self) -> None:
         """A clean file system for the next boot (no journal to replay, no e2fsck work)."""
         if not self.mounted:
             return
@@ -282,9 +280,9 @@ class Data:
             self.kernel.umount(self.root(MOUNT))  # type: ignore[attr-defined]
         except OSError as e:
             if e.errno == errno.EBUSY:
-                say(f"could not unmount {MOUNT}: busy; its journal keeps it whole")
+                self.say(f"could not unmount {MOUNT}: busy; its journal keeps it whole")
             else:
-                say(f"could not unmount {MOUNT}: {e}")
+                self.say(f"could not unmount {MOUNT}: {e}")
         self.mounted = ""
 
 

@@ -82,7 +82,7 @@ class WayOut:
         data = self.data
         reboot(self.kernel, self.console, persist.device if persist and persist.files else None,
                self.hardware.close_watchdogs if self.hardware else lambda: None, self.mountpoint,
-               unmount=(lambda: data.unmount(self.console.say)) if data is not None else lambda: None)
+               unmount=data.unmount if data is not None else lambda: None)
 
     def pet(self) -> None:
         if self.hardware is not None:

@@ -136,13 +136,16 @@ class Soak:
         self.salvaged: dict[str, int] = {}  # machine -> salvaged_files on its disk now
         self.stop = threading.Event()  # SIGINT/SIGTERM: finish the cycles under way, then report
 
+    def state(self) -> dict[str, object]:
+        """What a later run resumes from, besides the figures."""
+        return {"history_bound": self.history_bound, "records": self.seen, "torn": self.torn,
+                "repair_due": self.repair_due}
+
     def save(self) -> None:
         if self._started:
             self.figures.seconds = self._already + time.monotonic() - self._started
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"figures": asdict(self.figures), "history_bound": self.history_bound,
-                                   "records": self.seen, "torn": self.torn, "repair_due": self.repair_due},
-                                  indent=1))
+        tmp.write_text(json.dumps({"figures": asdict(self.figures), **self.state()}, indent=1))
         os.replace(tmp, self.path)
 
     def fail(self, what: str) -> None:
@@ -346,12 +349,8 @@ class DataSoak(Soak):
         saved = json.loads(self.path.read_text()) if self.path.exists() else {}
         self.said: dict[str, int] = saved.get("said", {})  # machine -> highest id said before its last cut
 
-    def save(self) -> None:
-        if self._started:
-            self.figures.seconds = self._already + time.monotonic() - self._started
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"figures": asdict(self.figures), "said": self.said}, indent=1))
-        os.replace(tmp, self.path)
+    def state(self) -> dict[str, object]:
+        return {"said": self.said}
 
     def make_machine(self, name: str) -> Machine:
         return Machine(self.image, self.out / name, name=f"soak-data-{name}", log_dir=self.out / "logs",
