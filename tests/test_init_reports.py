@@ -15,7 +15,8 @@ import pytest
 from appliance.esp import layout
 from appliance.esp.files import MountedEsp
 from appliance.esp.history import History
-from appliance.init.reports import PYTHON, PYTHONPATH, Reports
+from appliance.init.helper import PYTHON, PYTHONPATH
+from appliance.init.reports import Reports
 from appliance.init.root import Root
 from appliance.initconf import NETWORK_STATE, Config
 from tests.loopback_tracker import Tracker

@@ -12,6 +12,9 @@ from appliance.esp import kvfile
 CONFIG_PATH = "/etc/appliance/init.conf"
 NETWORK_STATE = "/run/appliance/network"  # APPLIANCE_NETWORK: the network's state, for the core (network.py)
 REPORTS_STATE = "/run/appliance/crash-reports"  # the crash reporter's: sending | waiting (appliance.report)
+UPDATE_STATE = "/run/appliance/update"  # the update checker's: checking | waiting | staged (appliance.channel.check)
+UPDATE_DEFER = "/run/appliance/update-defer"  # the core chooses when to restart into an update (appliance.update)
+CHANNEL_ROOT = "/etc/appliance/channel-root.json"  # the channel's root metadata, built in (UPDATE_CHANNEL=)
 HOSTNAME_FILE = "/etc/hostname"  # written by the build from HOSTNAME=, read by the init
 DEFAULT_HOSTNAME = "appliance"
 LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
@@ -48,6 +51,9 @@ class Config(NamedTuple):
     syslog: str = ""  # host:port of a syslog receiver the console's lines go to (SYSLOG=); "" off
     crash_reports: str = ""  # a Sentry DSN the history's records are sent to (CRASH_REPORTS=); "" off
     crash_reports_ca: str = ""  # a CA bundle in the image for the tracker's TLS (CRASH_REPORTS_CA=)
+    update_channel: str = ""  # the URL of the update channel the machine checks (UPDATE_CHANNEL=); "" off
+    update_interval_seconds: float = 6 * 3600.0  # between checks, with a random spread (UPDATE_INTERVAL=)
+    update_ca: str = ""  # a CA bundle in the image for the channel's TLS (UPDATE_CA=)
     data_size: str = "rest"  # the data partition made on the first boot: rest | none | bytes (DATA_SIZE=)
     switches: Mapping[str, str] = {}  # appliance.* from the kernel command line (never mutated)
 

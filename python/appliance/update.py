@@ -5,6 +5,8 @@
     update.stage("/tmp/appliance.efi")  # a UKI from `make image`, fetched as the core likes
     update.healthy()                   # this image works: commit it now (else after 10 minutes)
     update.status()                    # the images on the ESP, the one running, the update log
+    update.defer_restarts()            # the update channel stages, the core restarts when it likes
+    update.pending()                   # the version staged and waiting for a restart, or None
 
 ``stage`` checks the file before it touches the ESP (a whole UKI for x86-64, made by
 ``make image``; signed when Secure Boot is on; room for it with the crash history's
@@ -22,8 +24,9 @@ from appliance import efivars
 from appliance.esp import slots, staging, updatelog
 from appliance.esp.files import MountedEsp
 from appliance.esp.staging import Staged, StageError
+from appliance.initconf import UPDATE_DEFER
 
-__all__ = ["StageError", "Staged", "healthy", "stage", "status"]
+__all__ = ["StageError", "Staged", "defer_restarts", "healthy", "pending", "stage", "status"]
 
 
 def _esp() -> MountedEsp:
@@ -65,3 +68,27 @@ def status() -> dict[str, Any]:
             "images": [{"version": i.version, "generation": i.entry.generation, "entry": i.entry.name,
                         "on_trial": i.entry.tries_left is not None} for i in found.images],
             "log": log, "problems": problems}
+
+
+def defer_restarts(defer: bool = True) -> None:
+    """With an update channel (``make image UPDATE_CHANNEL=``): the checker stages a new
+    image and does not restart the machine; the core chooses the moment (``pending()``
+    says what waits) and restarts by exiting with status 0, which spends none of the
+    update's tries. ``defer_restarts(False)`` gives the choice back (for this boot)."""
+    if defer:
+        os.makedirs(os.path.dirname(UPDATE_DEFER), exist_ok=True)
+        with open(UPDATE_DEFER, "w") as f:
+            f.write("the core restarts when it chooses\n")
+    else:
+        try:
+            os.unlink(UPDATE_DEFER)
+        except FileNotFoundError:
+            pass
+
+
+def pending() -> str | None:
+    """The version staged and not tried yet (it boots at the next restart), or None."""
+    esp = _esp()
+    found, _ = slots.scan(esp, efivars.read_string("LoaderEntrySelected", efivars.LOADER))
+    waiting = [i for i in found.images if i.entry.tries_left is not None and i.entry.tries_done == 0]
+    return waiting[-1].version if waiting else None

@@ -20,6 +20,9 @@ and the tests all take their paths from here.
     /appliance/erase-data            a switch: the next boot erases the data partition, makes a fresh one
     /appliance/crash-reports.txt     where crash reports go, set by the fleet (overrides the build's)
     /appliance/reports-state.txt     what the crash reporter sent today, a tracker's rate limit
+    /appliance/update-channel.txt    where updates come from, set by the fleet (overrides the build's)
+    /appliance/channel/              the update channel's metadata this machine trusts (TUF)
+    /appliance/rolled-back.txt       the versions rolled back here: not tried again
     /appliance/clock.txt             the time this machine last saved: its clock's floor
     /appliance-test/                 the test core's switches (tests/cores/matrix)
 """
@@ -49,6 +52,9 @@ SALVAGED_DIR = f"{APP_DIR}/salvaged"
 HOLD = f"{APP_DIR}/hold"
 ERASE_DATA = f"{APP_DIR}/erase-data"  # the next boot makes a fresh data file system (appliance.init.data)
 CRASH_REPORTS = f"{APP_DIR}/crash-reports.txt"  # "dsn = ..." overrides CRASH_REPORTS= (see docs/crash-reports.md)
+UPDATE_CHANNEL = f"{APP_DIR}/update-channel.txt"  # url, interval, ca (url = off): over UPDATE_CHANNEL=
+CHANNEL_DIR = f"{APP_DIR}/channel"  # the channel's metadata this machine trusts (TUF's local copies)
+ROLLED_BACK = f"{APP_DIR}/rolled-back.txt"  # "VERSION = when" of each update rolled back here: never tried again
 CLOCK = f"{APP_DIR}/clock.txt"  # "time = <seconds>": the clock's floor (appliance.init.clock)
 REPORTS_STATE = f"{APP_DIR}/reports-state.txt"  # the day's count, a rate limit's end: appliance.report.queue
 # Test-only switches (documented in docs/testing.md): each acts once and is removed.

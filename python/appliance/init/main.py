@@ -12,6 +12,7 @@ Each step lives in a module of its own (the file names are the architecture):
     trial        the update trial: which image booted, rollbacks, the commit
     network      DHCP, when the image asked for it
     reports      the crash reporter, once the core has had its start (a network and a tracker)
+    updates      the update checker, then too (a network and an update channel)
     corerun      the core started and supervised until it ends
     wayout       persist, say why, sync, reboot: the one way out
 
@@ -39,6 +40,7 @@ from appliance.init.reports import Reports
 from appliance.init.root import Root
 from appliance.init.sigs import signal
 from appliance.init.trial import Trial
+from appliance.init.updates import Updates
 from appliance.init.wayout import WayOut, reboot
 
 MACHINE = Root()  # the real one: "/"
@@ -118,10 +120,17 @@ class Boot:
             failures.run("committing the update", trial.commit)
 
         reports = self.out.reports = Reports(self.config, say, self.root, lambda: persist.keeping)
+        updates = Updates(self.config, say, self.root, lambda: persist.keeping)
+
+        def deferred() -> None:
+            failures.run("starting the crash reporter", reports.start)
+            failures.run("starting the update checker", updates.start)
+
         ended = corerun.run(self.config, self.console, persist, hardware, self.root, self.core_started, healthy,
-                            data=data.mounted,
-                            on_deferred=lambda: failures.run("starting the crash reporter", reports.start),
+                            data=data.mounted, on_deferred=deferred,
                             periodic=(SAVE_EVERY, lambda: failures.run("saving the clock", clock.save)))
+        if not ended.failed:  # a planned restart (exit 0, or a shutdown asked for): no try of an update spent
+            failures.run("giving the update trial its try back", trial.planned_restart)
         self.out.end(ended.reason, ended.failed, ended.category)
 
     def early_mounts(self) -> None:

@@ -19,19 +19,15 @@ from typing import TYPE_CHECKING
 
 from appliance.esp import kvfile, layout
 from appliance.esp.files import EspFiles
+from appliance.init.helper import Helper
 from appliance.init.root import Root
 from appliance.init.sigs import signal
-from appliance.init.supervise import SpawnError, spawn
 from appliance.initconf import NETWORK_STATE, REPORTS_STATE, Config
 
 if TYPE_CHECKING:
     import threading
 
-PYTHON = "/usr/bin/python3"
-PYTHONPATH = "/usr/lib/appliance/python"
 GRACE = 20.0  # seconds the way out waits for reports still being sent
-MAX_LINE = 300  # characters of one reporter line put on the console
-MAX_LINES = 2000  # lines said in one boot (a reporter that loops cannot flood the console)
 
 
 class Reports:
@@ -41,8 +37,15 @@ class Reports:
         self.say = say
         self.root = root
         self.esp = esp  # the writable ESP's files, or None
-        self.pid = 0
-        self.done: threading.Event | None = None  # set once the reporter's output ended: it exited
+        self.helper = Helper("crash reports", say, root)
+
+    @property
+    def pid(self) -> int:
+        return self.helper.pid
+
+    @property
+    def done(self) -> threading.Event | None:
+        return self.helper.done  # set once the reporter's output ended: it exited
 
     def wanted(self) -> bool:
         """Whether this boot sends reports: a network, and a tracker named by the image or
@@ -60,45 +63,7 @@ class Reports:
         if self.esp() is None:
             self.say("crash reports: not sending: the ESP is not writable (a record sent could not be marked)")
             return
-        import threading  # only boots that send reports pay for it
-        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-        env = {"PATH": "/usr/bin:/usr/sbin", "LANG": "C.UTF-8", "TZ": "UTC", "PYTHONPATH": self.root(PYTHONPATH)}
-        try:
-            self.pid = spawn([self.root(PYTHON), "-SB", "-m", "appliance.report", "--esp", self.root(layout.MOUNT),
-                              "--state", self.root(REPORTS_STATE)],
-                             env, write_fd)
-        except (SpawnError, OSError) as e:
-            os.close(read_fd)
-            self.say(f"crash reports: could not start the reporter: {e}")
-            return
-        finally:
-            os.close(write_fd)
-        self.done = threading.Event()
-        threading.Thread(target=self._relay, args=(read_fd, self.done), name="crash-reports",
-                         daemon=True).start()
-
-    def _relay(self, fd: int, done: threading.Event) -> None:
-        """The reporter's lines onto the console, each cut at MAX_LINE, at most MAX_LINES."""
-        pending, said = b"", 0
-        try:
-            while chunk := os.read(fd, 4096):
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                if len(pending) > MAX_LINE * 4:
-                    lines.append(pending)
-                    pending = b""
-                for line in lines:
-                    said += 1
-                    if said <= MAX_LINES:
-                        self.say(line[:MAX_LINE].decode("utf-8", "replace"))
-                    elif said == MAX_LINES + 1:
-                        self.say("crash reports: the reporter says more than the console takes; "
-                                 "its further lines are dropped")
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-            done.set()
+        self.helper.start(["appliance.report", "--esp", self.root(layout.MOUNT), "--state", self.root(REPORTS_STATE)])
 
     def state_of(self, path: str) -> str:
         try:
@@ -116,8 +81,8 @@ class Reports:
     def finish(self, pet: Callable[[], None] = lambda: None, grace: float = GRACE) -> None:
         """At the way out: a bounded time for reports still being sent, then the reporter
         is stopped (the reboot would stop it anyway; this says so)."""
-        done = self.done
-        if not self.pid or done is None or done.is_set():
+        done = self.helper.done
+        if not self.helper.running() or done is None:
             return
         if self.sending():
             self.say(f"crash reports: still sending; waiting at most {grace:g} s before going on")
@@ -130,7 +95,7 @@ class Reports:
                     next_pet = time.monotonic() + 5.0
         if not done.is_set():
             try:
-                os.kill(self.pid, signal.SIGKILL)
+                os.kill(self.helper.pid, signal.SIGKILL)
             except OSError:
                 pass
             done.wait(2.0)

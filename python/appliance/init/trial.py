@@ -13,10 +13,11 @@ at most one staged.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from appliance import efivars
-from appliance.esp import layout, records, slots, updatelog
+from appliance.esp import kvfile, layout, records, slots, updatelog
 from appliance.esp.bootentries import Entry
 from appliance.esp.files import EspFiles
 from appliance.esp.slots import Image, Slots
@@ -66,8 +67,38 @@ def rolled_back(files: EspFiles, found: Slots, history: Callable[[], list[record
                 f"{'; '.join(why) if why else 'no record of why (power lost, or the ESP was not writable)'}")
         said.append((line, image.version))
         updatelog.append(files, line)
+        note_rolled_back(files, image.version)
         slots.remove(files, image)
     return said
+
+
+ROLLED_BACK_KEEP = 32  # versions remembered
+
+
+def note_rolled_back(files: EspFiles, version: str) -> None:
+    """Remember ``version`` as rolled back here: the update checker does not take it again
+    (only a newer one)."""
+    try:
+        known = kvfile.parse(files.read(layout.ROLLED_BACK, 64 * 1024))
+    except FileNotFoundError:
+        known = {}
+    except (OSError, ValueError):
+        known = {}  # unreadable: started anew (the worst case is one more try of a known-bad version)
+    known.pop(version, None)
+    known[version] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    files.write(layout.ROLLED_BACK, kvfile.render(dict(list(known.items())[-ROLLED_BACK_KEEP:])))
+
+
+def give_back(files: EspFiles, found: Slots) -> str | None:
+    """A planned restart of an image on trial (its core exited 0, or a shutdown was asked
+    for): the try this boot cost is given back, by the entry's name. What to say."""
+    b = on_trial(found)
+    if b is None or b.entry.tries_done == 0:
+        return None
+    back = Entry(b.entry.generation, (b.entry.tries_left or 0) + 1, b.entry.tries_done - 1)
+    files.rename(f"{layout.ENTRIES_DIR}/{b.entry.name}", f"{layout.ENTRIES_DIR}/{back.name}")
+    return (f"update {b.version} on trial: a planned restart, not a failure: its try is given back "
+            f"({back.tries_left} left)")
 
 
 def at_boot(files: EspFiles, writable: bool, read_history: Callable[[], list[records.Record]],
@@ -127,6 +158,14 @@ class Trial:
             # after the core starts): the hardware watchdog is armed before the core runs,
             # so that such a hang resets the machine and costs the image one of its tries.
             hardware.arm_watchdogs()
+
+    def planned_restart(self) -> None:
+        """The core ended as planned: an image still on trial keeps its tries."""
+        if self.slots is not None and self.persist.keeping is not None:
+            said = give_back(self.persist.keeping, self.slots)
+            if said:
+                self.say(said)
+                self.slots = None
 
     def commit(self) -> None:
         """The core has run healthy: an image on trial becomes the default."""

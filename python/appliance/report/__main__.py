@@ -9,11 +9,9 @@ error (which the init puts on the console) what it did, and exits when nothing i
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import socket
 import sys
-import time
 from collections.abc import Callable
 
 from appliance import __version__
@@ -24,9 +22,7 @@ from appliance.esp.history import History
 from appliance.report import dsn as dsns
 from appliance.report import event
 from appliance.report.queue import Reporter
-
-NETWORK_POLL = 1.0
-PRODUCT_UUID = "/sys/class/dmi/id/product_uuid"
+from appliance.running import machine_id, wait_for_network
 
 
 class Settings:
@@ -54,41 +50,11 @@ def settings(files: EspFiles | None, conf: config.Config) -> Settings:
         return Settings(None, None, f"the DSN in {origin} is not usable: {e}")
 
 
-def machine_id(path: str = PRODUCT_UUID) -> str:
-    """A stable id of this machine that reveals nothing of it: a hash of the firmware's
-    product UUID (also after a reflash), else of the host name."""
-    try:
-        with open(path, "rb") as f:
-            basis = f.read(256).strip()
-    except OSError:
-        basis = b""
-    return hashlib.sha256(b"appliance-machine " + (basis or socket.gethostname().encode())).hexdigest()[:16]
-
-
 def this_machine(conf: config.Config, os_release: str = identity.OS_RELEASE) -> event.Machine:
     image = identity.read(os_release)
     core_dir = conf.core if os.path.isdir(conf.core) else os.path.dirname(conf.core)
     return event.Machine(image.version or "unknown", image.build_id, socket.gethostname(), machine_id(),
                          core_dir, f"appliance/{__version__}")
-
-
-def wait_for_network(say: Callable[[str], None], path: str = config.NETWORK_STATE) -> bool:
-    """True once the network is up; False when this boot has none."""
-    said = False
-    while True:
-        try:
-            with open(path, "rb") as f:
-                state = kvfile.parse(f.read(4096)).get("state", "")
-        except FileNotFoundError:
-            return False
-        except (OSError, ValueError):
-            state = ""
-        if state == "up":
-            return True
-        if not said:
-            say("crash reports: waiting for the network")
-            said = True
-        time.sleep(NETWORK_POLL)
 
 
 def tell(path: str) -> Callable[[str, int], None]:
@@ -126,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     if not reporter.pending():
         say(reporter.summary(0))
         return 0
-    if conf.network == "dhcp" and not wait_for_network(say):
+    if conf.network == "dhcp" and not wait_for_network(say, "crash reports"):
         say("crash reports: this boot has no network: the records wait for one")
         return 0
     reporter.run(forever=not args.once)
