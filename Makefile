@@ -19,12 +19,12 @@ PROFILE ?= default
 ESP_FREE_MIB ?= 64
 CORE ?=
 HOSTNAME_ARG := $(if $(filter command line,$(origin HOSTNAME)),--hostname '$(HOSTNAME)',)
-export CORE PACKAGES DATA_SIZE NETWORK NETWORK_WAIT NTP SYSLOG CRASH_REPORTS CRASH_REPORTS_CA MIRROR SECURITY_MIRROR SECURE_BOOT KEYS_DIR SB_KEY SB_CERT SIGN_DEBUG_WITH_THIS_KEY VERSION
+export CORE PACKAGES DATA_SIZE UPDATE_CHANNEL UPDATE_INTERVAL UPDATE_CA CHANNEL_KEYS NETWORK NETWORK_WAIT NTP SYSLOG CRASH_REPORTS CRASH_REPORTS_CA MIRROR SECURITY_MIRROR SECURE_BOOT KEYS_DIR SB_KEY SB_CERT SIGN_DEBUG_WITH_THIS_KEY VERSION
 
 HOST_STAMP := $(BUILD)/.host-ready
 VENV_STAMP := $(VENV)/.ready
 
-.PHONY: help deps image test-image qemu flash update dumps data test lint unit qemu-test fuzz soak size bench bench-build clean distclean
+.PHONY: help deps image test-image qemu flash update publish dumps data test lint unit qemu-test fuzz soak size bench bench-build clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -63,16 +63,21 @@ image: deps ## build build/appliance.raw (and .efi, .bmap); CORE=, PROFILE=debug
 
 # The test image boots the UKI directly (SECURE_BOOT=off): shim costs its many boots about 4 s
 # each under TCG; the shipped layout is tested on the demo image and in test_qemu_secureboot.py.
-test-image: deps ## build build/test/appliance.raw with the crash-matrix test core (and build/test-v2, an update to it; build/test-net, NETWORK=dhcp)
+test-image: deps ## build build/test/appliance.raw with the crash-matrix test core (and build/test-v2, an update to it; build/test-net, NETWORK=dhcp with a test update channel, and its v2 and v3)
 	$(PY) -m appliance.builder image --build-dir $(BUILD)/test --cache-dir $(CACHE_DIR) \
 		--core tests/cores/matrix --core-memory-max 256M --history-records 4 --hw-watchdog-seconds 15 \
 		--secure-boot off --hostname matrix
 	$(PY) -m appliance.builder image --build-dir $(BUILD)/test-v2 --cache-dir $(CACHE_DIR) \
 		--core tests/cores/matrix --core-memory-max 256M --history-records 4 --hw-watchdog-seconds 15 \
 		--secure-boot off --image-version test-v2 --hostname matrix
-	$(PY) -m appliance.builder image --build-dir $(BUILD)/test-net --cache-dir $(CACHE_DIR) \
-		--core tests/cores/matrix --core-memory-max 256M --history-records 4 --hw-watchdog-seconds 15 \
-		--secure-boot off --hostname matrix --network dhcp --syslog 10.0.2.101:514
+	scripts/test-channel-ca $(BUILD)/test-channel
+	for v in 1 2 3; do \
+		$(PY) -m appliance.builder image --build-dir $(BUILD)/test-net$$( [ $$v = 1 ] || echo -v$$v ) --cache-dir $(CACHE_DIR) \
+			--core tests/cores/matrix --core-memory-max 256M --history-records 4 --hw-watchdog-seconds 15 \
+			--secure-boot off --hostname matrix --network dhcp --syslog 10.0.2.101:514 --esp-free-mib 112 \
+			--image-version net-$$v --update-channel http://10.0.2.102:8080/ --update-interval 8 \
+			--update-ca $(BUILD)/test-channel/ca.pem --channel-keys $(BUILD)/test-channel/keys; \
+	done
 
 size: deps ## print the UKI's size breakdown (kernel, initrd, largest directories)
 	$(PY) -m appliance.builder size $(BUILD)/appliance.efi
@@ -90,6 +95,13 @@ update: deps ## stage the image make image built onto a stick or image, keeping 
 	@test -n "$(DEV)$(IMG)" || { echo "make update: say where to: make update DEV=/dev/sdX or IMG=path"; exit 2; }
 	$(PY) -m appliance.media.update "$(or $(DEV),$(IMG))" --image $(BUILD)/appliance.efi $(if $(TRIES),--tries $(TRIES)) \
 		$(if $(ALLOW_NON_REMOVABLE),--allow-non-removable "$(ALLOW_NON_REMOVABLE)")
+
+publish: deps ## add the image make image built to an update channel: CHANNEL=dir [ROLLOUT=percent] [PAUSE=1] [REFRESH=1] [ROTATE=role] [SHOW=1]
+	@test -n "$(CHANNEL)" || { echo "make publish: name the channel's directory: make publish CHANNEL=dir"; exit 2; }
+	$(PY) -m appliance.channel.publish "$(CHANNEL)" --image $(BUILD)/appliance.efi $(if $(ROLLOUT),--rollout "$(ROLLOUT)") \
+		$(if $(filter 1 yes true,$(PAUSE)),--pause) $(if $(filter 1 yes true,$(REFRESH)),--refresh) \
+		$(if $(ROTATE),--rotate "$(ROTATE)") $(if $(filter 1 yes true,$(SHOW)),--show) \
+		$(if $(TIMESTAMP_EXPIRES),--timestamp-expires "$(TIMESTAMP_EXPIRES)")
 
 dumps: deps ## crash dumps off a stick or image: DEV=/dev/sdX or IMG=path [SHOW=N|all|runtime] [SAVE=dir] [CLEAR=1] [SEND=dsn]
 	@test -n "$(DEV)$(IMG)" || { echo "make dumps: say where from: make dumps DEV=/dev/sdX or IMG=path"; exit 2; }

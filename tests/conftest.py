@@ -57,6 +57,13 @@ def test_net_raw() -> Path:
 
 
 @pytest.fixture(scope="session")
+def test_net_versions() -> tuple[Path, Path, Path]:
+    """The test network image's UKIs net-1, net-2 and net-3 (one update channel's releases)."""
+    return tuple(_need(BUILD / f"test-net{s}/appliance.efi", "run `make test-image`")  # type: ignore[return-value]
+                 for s in ("", "-v2", "-v3"))
+
+
+@pytest.fixture(scope="session")
 def qemu_ready() -> None:
     """Skip, saying why, where QEMU or OVMF is truly absent; nowhere else."""
     from appliance.harness.qemu import FirmwareError, find_ovmf

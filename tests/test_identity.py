@@ -31,9 +31,9 @@ def test_the_build_id_follows_the_inputs_and_nothing_else(tmp_path: Path) -> Non
 
 def test_default_version_is_the_date_and_the_build_id(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
-    assert identity.default_version("3f2a0c1b9d8e", now=1795910400) == "2026.11.29-3f2a0c1b"
+    assert identity.default_version("3f2a0c1b9d8e", now=1795910400) == "2026.11.29.000000-3f2a0c1b"
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "0")
-    assert identity.default_version("3f2a0c1b9d8e", now=1795910400) == "1970.01.01-3f2a0c1b"
+    assert identity.default_version("3f2a0c1b9d8e", now=1795910400) == "1970.01.01.000000-3f2a0c1b"
 
 
 @pytest.mark.parametrize("version", ["1.2+3", "", "-1", "a b", "v1/2", "x" * 65, "é"])

@@ -167,7 +167,7 @@ def check_flood_log(data: bytes) -> int:
 
 
 def test_power_cut_while_the_core_floods_stderr(matrix: MatrixMachine) -> None:
-    repeats = int(os.environ.get("POWER_CUT_REPEATS", "20"))
+    repeats = int(os.environ.get("POWER_CUT_REPEATS", "5"))
     m = matrix("bad-power-cut")
     always(m, b"flood")
     for i in range(repeats):

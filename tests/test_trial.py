@@ -219,3 +219,28 @@ def test_a_power_cut_at_each_step_of_committing_leaves_a_machine_that_boots_a_go
     # Committed in the end; an image older than the previous one may stay until the next commit.
     assert sorted(p.name for p in Path(esp, "loader/entries").iterdir())[-2:] == [
         "appliance-000002.conf", "appliance-000003.conf"]
+
+
+def test_a_planned_restart_on_trial_gives_its_try_back(tmp_path: Path) -> None:
+    esp, efivars = make_esp(tmp_path, {"appliance-000001.conf": "1.0", "appliance-000002+1-2.conf": "2.0"},
+                            "appliance-000002+1-2.conf")
+    found = at_boot(esp, True, list, lambda _: None, efivars)
+    said = trial.give_back(MountedEsp(esp), found)
+    assert said == "update 2.0 on trial: a planned restart, not a failure: its try is given back (2 left)"
+    assert sorted(p.name for p in Path(esp, "loader/entries").iterdir()) == [
+        "appliance-000001.conf", "appliance-000002+2-1.conf"]
+    esp2, efivars2 = make_esp(tmp_path / "b", {"appliance-000001.conf": "1.0"}, "appliance-000001.conf")
+    assert trial.give_back(MountedEsp(esp2), at_boot(esp2, True, list, lambda _: None, efivars2)) is None
+
+
+def test_rolled_back_versions_are_remembered_for_the_update_checker(tmp_path: Path) -> None:
+    esp, efivars = make_esp(tmp_path, {"appliance-000001.conf": "1.0", "appliance-000002+0-3.conf": "2.0"},
+                            "appliance-000001.conf")
+    on_esp(Path(esp), layout.ROLLED_BACK).write_bytes(b"\xff not key value")  # garbage: started anew
+    at_boot(esp, True, list, lambda _: None, efivars)
+    from appliance.channel import check
+    assert check.rolled_back(MountedEsp(esp)) == frozenset({"2.0"})
+    for n in range(40):
+        trial.note_rolled_back(MountedEsp(esp), f"3.{n}")
+    kept = check.rolled_back(MountedEsp(esp))
+    assert len(kept) == trial.ROLLED_BACK_KEEP and "3.39" in kept and "2.0" not in kept

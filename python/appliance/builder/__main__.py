@@ -24,6 +24,8 @@ from appliance.builder import (
     shim,
     signing,
 )
+from appliance.channel.publish import Keys, PublishError
+from appliance.channel.publish import default_keys_dir as publish_keys_dir
 
 
 class Steps:
@@ -44,6 +46,17 @@ class Steps:
                   flush=True)
 
 
+CHANNEL_PACKAGES = ["python3-tuf"]  # the update checker's TUF client (Debian's; it brings securesystemslib)
+
+
+def channel_keys(args: argparse.Namespace) -> Path:
+    """The channel's root metadata for the image: from its keys, made on the first build."""
+    keys = Keys(Path(args.channel_keys) if args.channel_keys else publish_keys_dir())
+    keys.ensure(say=lambda line: print(f"build: {line}", file=sys.stderr))
+    print(f"build: update channel {args.update_channel}, root metadata {keys.root_path}", file=sys.stderr)
+    return keys.root_path
+
+
 def cmd_image(args: argparse.Namespace) -> int:
     repo = Path(args.repo).resolve()
     build = Path(args.build_dir).resolve()
@@ -62,9 +75,15 @@ def cmd_image(args: argparse.Namespace) -> int:
         render.check_hostname(args.hostname)
         render.check_fleet(args.network, tuple(args.time_servers.split()), args.syslog, args.crash_reports, reports_ca)
         data_size = render.data_size(args.data_size)
-        debs = packages.wanted(core, args.packages)
+        if args.update_channel and args.network == "off":
+            args.network = "dhcp"
+            print("build: UPDATE_CHANNEL= implies NETWORK=dhcp", file=sys.stderr)
+        update_ca = Path(args.update_ca).resolve() if args.update_ca else None
+        render.check_update(args.network, args.update_channel, args.update_interval, update_ca)
+        channel_root = channel_keys(args) if args.update_channel else None
+        debs = packages.wanted(core, args.packages) + (CHANNEL_PACKAGES if channel_root else [])
     except (render.CoreError, mirror.MirrorError, signing.SigningError, identity.IdentityError,
-            packages.PackagesError) as e:
+            packages.PackagesError, PublishError) as e:
         print(f"build: error: {e}", file=sys.stderr)
         return 2
     print(f"build: mirror {mirrors.main}" + (f", security {mirrors.security}" if mirrors.security else
@@ -75,7 +94,8 @@ def cmd_image(args: argparse.Namespace) -> int:
         history_records=args.history_records, hw_watchdog_seconds=args.hw_watchdog_seconds,
         hostname=args.hostname, network=args.network, network_wait_seconds=args.network_wait,
         crash_reports=args.crash_reports, crash_reports_ca=reports_ca, time_servers=tuple(args.time_servers.split()),
-        syslog=args.syslog, data_size=data_size,
+        syslog=args.syslog, data_size=data_size, update_channel=args.update_channel,
+        update_interval_seconds=args.update_interval, update_ca=update_ca, channel_root=channel_root,
     )
     render_dir = build / "render"
     render.render(settings, render_dir)
@@ -115,7 +135,8 @@ def cmd_image(args: argparse.Namespace) -> int:
     # does not throw away the other images' (mkosi keeps one per cache directory).
     cmd = mkosi.mkosi_command(repo, render_dir, out, Path(args.cache_dir).resolve(), args.profile, packages=debs,
                               network=args.network != "off",
-                              incremental="incremental" if args.network == "off" else "incremental-network")
+                              incremental="incremental" if args.network == "off" else
+                              "incremental-channel" if channel_root else "incremental-network")
     try:
         mkosi.run_mkosi(cmd, log=build / "logs" / "mkosi.log")
     except RuntimeError as e:
@@ -245,6 +266,17 @@ def main(argv: list[str] | None = None) -> int:
     img.add_argument("--data-size", default=os.environ.get("DATA_SIZE", "rest"),
                      help="the data partition the first boot makes after the ESP: rest (of the disk), none, "
                           "or a size such as 4G (DATA_SIZE=; default rest)")
+    img.add_argument("--update-channel", default=os.environ.get("UPDATE_CHANNEL", ""),
+                     help="the URL of an update channel (make publish's directory, served over http or https) "
+                          "the machine checks and updates itself from (UPDATE_CHANNEL=; implies NETWORK=dhcp)")
+    img.add_argument("--update-interval", type=float,
+                     default=float(os.environ.get("UPDATE_INTERVAL") or render.INIT_DEFAULTS.update_interval_seconds),
+                     help="seconds between checks, spread by 10%% (UPDATE_INTERVAL=; default 6 hours)")
+    img.add_argument("--update-ca", default=os.environ.get("UPDATE_CA", ""),
+                     help="PEM CA certificates for the channel's TLS (UPDATE_CA=; default: Debian's CAs)")
+    img.add_argument("--channel-keys", default=os.environ.get("CHANNEL_KEYS", ""),
+                     help="the channel's keys and root metadata, made once (CHANNEL_KEYS=; default "
+                          "~/.config/appliance/channel)")
     img.add_argument("--packages", default=os.environ.get("PACKAGES", ""),
                      help="Debian packages for the core, besides its packages.txt (PACKAGES=)")
     img.add_argument("--mirror", default=os.environ.get("MIRROR", ""))

@@ -66,7 +66,7 @@ def build_id(roots: Iterable[tuple[str, Path]], settings: Mapping[str, str]) -> 
 def default_version(build: str, now: float | None = None) -> str:
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     when = int(epoch) if epoch and epoch.isdigit() else int(time.time() if now is None else now)
-    return time.strftime("%Y.%m.%d", time.gmtime(when)) + "-" + build[:8]
+    return time.strftime("%Y.%m.%d.%H%M%S", time.gmtime(when)) + "-" + build[:8]  # ordered: make publish compares
 
 
 def write_fragment(tree: Path, version: str, build: str, built_at: int | None = None) -> None:

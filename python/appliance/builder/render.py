@@ -25,9 +25,11 @@ IMAGE_PYTHON_DIR = "usr/lib/appliance/python"
 IMAGE_CORE_DIR = "usr/lib/appliance/core"
 IMAGE_CONFIG = "etc/appliance/init.conf"
 IMAGE_REPORTS_CA = "etc/appliance/crash-reports-ca.pem"  # CRASH_REPORTS_CA=, copied in
+IMAGE_UPDATE_CA = "etc/appliance/update-ca.pem"  # UPDATE_CA=, copied in
 # Subpackages that run inside the image; the host-side ones stay out of it.
-IN_IMAGE_PACKAGES = ("init", "esp", "core", "report")
-IN_IMAGE_MODULES = ("update.py", "efivars.py", "initconf.py")  # update: for the core
+IN_IMAGE_PACKAGES = ("init", "esp", "core", "report", "channel")
+IN_IMAGE_MODULES = ("update.py", "efivars.py", "initconf.py", "running.py")  # update: for the core
+HOST_ONLY = ("channel/publish.py",)  # make publish's side of the channel
 
 
 class CoreError(Exception):
@@ -59,6 +61,10 @@ class Settings:
     crash_reports: str = ""  # a Sentry DSN (CRASH_REPORTS=); checked by check_fleet
     crash_reports_ca: Path | None = None  # a CA bundle for a private tracker (CRASH_REPORTS_CA=)
     data_size: str = INIT_DEFAULTS.data_size  # rest | none | bytes: see data_size() (DATA_SIZE=)
+    update_channel: str = ""  # the channel's URL (UPDATE_CHANNEL=); checked by check_update
+    update_interval_seconds: float = INIT_DEFAULTS.update_interval_seconds
+    update_ca: Path | None = None  # a CA bundle for the channel's TLS (UPDATE_CA=)
+    channel_root: Path | None = None  # the channel's root metadata (from its keys: appliance.channel.publish)
 
 
 def check_fleet(network: str, time_servers: tuple[str, ...] = (), syslog: str = "", crash_reports: str = "",
@@ -92,6 +98,23 @@ def check_fleet(network: str, time_servers: tuple[str, ...] = (), syslog: str = 
     if crash_reports_ca is not None and not (crash_reports_ca.is_file() and b"-----BEGIN CERTIFICATE-----" in
                                              crash_reports_ca.read_bytes()[:1 << 20]):
         raise CoreError(f"CRASH_REPORTS_CA={crash_reports_ca}: not a file of PEM certificates")
+
+
+def check_update(network: str, url: str, interval: float, ca: Path | None) -> None:
+    """UPDATE_CHANNEL=, UPDATE_INTERVAL= and UPDATE_CA=, before any long work."""
+    if not url:
+        if ca is not None:
+            raise CoreError("UPDATE_CA= is for UPDATE_CHANNEL= (a channel's URL), which is not set")
+        return
+    if network != "dhcp":
+        raise CoreError("UPDATE_CHANNEL= goes over the network: build with NETWORK=dhcp too")
+    if not url.startswith(("http://", "https://")) or len(url) > 500 or any(c.isspace() for c in url):
+        raise CoreError(f"UPDATE_CHANNEL={url!r}: the channel's http:// or https:// URL (make publish's directory, "
+                        "served by any web server)")
+    if not interval >= 5:
+        raise CoreError(f"UPDATE_INTERVAL={interval:g}: seconds between checks, at least 5")
+    if ca is not None and not (ca.is_file() and b"-----BEGIN CERTIFICATE-----" in ca.read_bytes()[:1 << 20]):
+        raise CoreError(f"UPDATE_CA={ca}: not a file of PEM certificates")
 
 
 def data_size(text: str) -> str:
@@ -202,6 +225,8 @@ def render(settings: Settings, out: Path) -> None:
         shutil.copytree(package / sub, pydest / sub, ignore=ignore)
     for module in IN_IMAGE_MODULES:
         shutil.copy2(package / module, pydest / module)
+    for module in HOST_ONLY:
+        (pydest / module).unlink()
 
     coredest = extra / IMAGE_CORE_DIR
     if settings.core.is_dir():
@@ -224,6 +249,11 @@ def render(settings: Settings, out: Path) -> None:
                 settings.crash_reports_ca)
     if settings.crash_reports_ca is not None:
         shutil.copy2(settings.crash_reports_ca, extra / IMAGE_REPORTS_CA)
+    check_update(settings.network, settings.update_channel, settings.update_interval_seconds, settings.update_ca)
+    if settings.update_ca is not None:
+        shutil.copy2(settings.update_ca, extra / IMAGE_UPDATE_CA)
+    if settings.channel_root is not None:
+        shutil.copy2(settings.channel_root, extra / initconf.CHANNEL_ROOT.lstrip("/"))
     config.write_text(env.get_template("appliance.conf.j2").render(
         core_path=core_path,
         modules=read_module_list(repo / "initramfs/modules.txt"),
@@ -243,5 +273,8 @@ def render(settings: Settings, out: Path) -> None:
         crash_reports=settings.crash_reports,
         crash_reports_ca=f"/{IMAGE_REPORTS_CA}" if settings.crash_reports_ca else "",
         data_size=data_size(settings.data_size),
+        update_channel=settings.update_channel,
+        update_interval_seconds=settings.update_interval_seconds,
+        update_ca=f"/{IMAGE_UPDATE_CA}" if settings.update_ca else "",
         profile=settings.profile,
     ))

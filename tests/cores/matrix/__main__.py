@@ -78,14 +78,15 @@ def image_version() -> str:
 
 
 def action_of_this_version() -> str:
-    """/esp/appliance-test/version-action holds "VERSION ACTION": the action of every
+    """/esp/appliance-test/version-action holds "VERSION ACTION" lines: the action of every
     boot of that image version (an update gone wrong), while other versions run on."""
     path = os.path.join(ESP, "appliance-test", "version-action") if ESP else ""
     if path and os.path.exists(path):
         with open(path) as f:
-            version, _, action = f.read().strip().partition(" ")
-        if version == image_version():
-            return action
+            for line in f.read().splitlines():
+                version, _, action = line.strip().partition(" ")
+                if version == image_version():
+                    return action
     return ""
 
 
@@ -430,6 +431,13 @@ def main() -> None:
         idle()
     elif action == "stage":
         stage_update()
+    elif action.startswith("channel "):  # a fleet's core may point the machine at another channel
+        with open(os.path.join(ESP, "appliance", "update-channel.txt"), "w") as f:
+            f.write(f"url = {action.split(' ', 1)[1]}\n")
+        print(f"matrix core: update channel now {action.split(' ', 1)[1]}", flush=True)
+        from appliance import update
+        update.healthy()
+        idle()
     elif action == "healthy":
         from appliance import update
         update.healthy()
