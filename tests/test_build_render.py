@@ -172,3 +172,30 @@ def test_data_size_reaches_the_init_as_it_reads_it(repo: Path, tmp_path: Path) -
     assert cfg["data_size"] == str(512 << 20)
     loaded, problems = initconf.load(str(tmp_path / "r/extra/etc/appliance/init.conf"))
     assert loaded.data_size == str(512 << 20) and not problems
+
+
+def test_an_update_channel_puts_its_root_and_settings_into_the_image(repo: Path, tmp_path: Path) -> None:
+    root = tmp_path / "root.json"
+    root.write_text('{"signed": {"version": 1}}\n')
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    settings = render.Settings(repo=repo, core=repo / "examples/demo-core.py", mirrors=Mirrors("http://m", None),
+                               network="dhcp", update_channel="https://updates.example/fleet/",
+                               update_interval_seconds=600, update_ca=ca, channel_root=root)
+    render.render(settings, tmp_path / "r")
+    extra = tmp_path / "r/extra"
+    loaded, problems = initconf.load(str(extra / "etc/appliance/init.conf"))
+    assert not problems and loaded.update_channel == "https://updates.example/fleet/"
+    assert loaded.update_interval_seconds == 600
+    assert (extra / loaded.update_ca.lstrip("/")).read_bytes() == ca.read_bytes()
+    assert (extra / initconf.CHANNEL_ROOT.lstrip("/")).read_bytes() == root.read_bytes()
+    assert (extra / "usr/lib/appliance/python/appliance/channel/check.py").is_file()
+    assert not (extra / "usr/lib/appliance/python/appliance/channel/publish.py").exists()  # the host's side
+    for network, url, interval, ca_file, says in (
+            ("off", "https://u/", 60, None, "UPDATE_CHANNEL= goes over the network"),
+            ("dhcp", "ftp://u/", 60, None, "http:// or https:// URL"),
+            ("dhcp", "https://u/", 1, None, "at least 5"),
+            ("dhcp", "", 60, ca, "UPDATE_CA= is for UPDATE_CHANNEL="),
+            ("dhcp", "https://u/", 60, tmp_path / "missing.pem", "not a file of PEM certificates")):
+        with pytest.raises(render.CoreError, match=says):
+            render.check_update(network, url, interval, ca_file)

@@ -274,3 +274,55 @@ def test_timestamps_say_when_they_expire(tmp_path: Path, keys: publish.Keys) -> 
     assert datetime.timedelta(minutes=59) < left <= datetime.timedelta(hours=1)
     publish.publish(channel, keys, None, say=quiet)  # REFRESH=1
     assert publish.Channel(channel).state()[0].signed.version == 2
+
+
+def test_each_outcome_goes_to_the_error_tracker_when_the_machine_sends_reports(tmp_path: Path) -> None:
+    from tests.loopback_tracker import Tracker
+    t = Tracker()
+    try:
+        conf = initconf.Config(crash_reports=t.dsn.text)
+        said: list[str] = []
+        send = check.tracker(conf, MountedEsp(str(tmp_path)), said.append)
+        send(check.Outcome("refused", "refused: the channel's metadata has expired"))
+        (body,) = t.received
+        event = json.loads(body.split(b"\n")[2])
+        assert event["level"] == "warning" and event["tags"]["kind"] == "update"
+        assert event["tags"]["update"] == "refused" and "has expired" in event["message"]["formatted"]
+        assert said == []
+        t.mode = "500"
+        send(check.Outcome("nothing", "checked: nothing newer than 1.0"))
+        assert said == ["update channel: the tracker did not take the outcome: 500"]
+    finally:
+        t.close()
+    assert check.tracker(initconf.Config(), MountedEsp(str(tmp_path)), said.append) is not send  # no DSN: off
+
+
+class Dripping(http.server.BaseHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "100000")
+        self.end_headers()
+        for _ in range(100):
+            self.wfile.write(b"{")
+            self.wfile.flush()
+            time.sleep(0.1)
+
+
+def test_a_channel_that_drips_its_bytes_is_cut_off_by_the_deadline(tmp_path: Path, keys: publish.Keys) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Dripping)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        checker, _ = machine(tmp_path, keys)
+        started = time.monotonic()
+        import unittest.mock
+        with unittest.mock.patch.object(check, "METADATA_SECONDS", 1.0):
+            result = checker.check(settings(f"http://127.0.0.1:{server.server_address[1]}/"))
+        assert result.kind == "failed" and "no whole answer within 1 s" in result.line, result
+        assert time.monotonic() - started < 5
+    finally:
+        server.shutdown()
+        server.server_close()

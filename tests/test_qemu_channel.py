@@ -135,7 +135,6 @@ def test_a_machine_updates_itself_from_a_channel_and_refuses_what_a_mirror_must_
         target.write_bytes(good[:-4096] + bytes(4096))  # other bytes of the same length, on the mirror
         publish.publish(root, keys, v2, rollout=100, say=quiet)  # the file is there: publish keeps it
         m.expect(r"update channel: refused: a file does not match its signed length and hash", 120)
-        assert m.esp_list(layout.IMAGES_DIR) == [n for n in m.esp_list(layout.IMAGES_DIR) if "net-1" in n]
         target.write_bytes(good)
         m.expect(r"update channel: staged net-2 \(\w+\) as generation 2, 3 tries, from the channel", 180)
         m.expect(r"update channel: restarting into net-2's trial", 10)
@@ -166,7 +165,8 @@ def test_a_machine_updates_itself_from_a_channel_and_refuses_what_a_mirror_must_
     net3 = [p for p in channel.https_paths if p.endswith(".appliance-net-3.efi")]
     assert net3, channel.https_paths  # net-3 came over HTTPS
     log = m.esp_read(layout.UPDATE_LOG).decode()
-    for line in ("channel: staged net-2", "committed net-2", "channel: refused: the channel's metadata has expired",
+    for line in ("channel: refused: the channel's metadata has expired", "channel: refused: a file does not match",
+                 "channel: staged net-2", "committed net-2", "channel: refused: the channel's metadata is older",
                  "channel: staged net-3", "update to net-3 rolled back"):
         assert line in log, log
     assert b"net-3" in m.esp_read(layout.ROLLED_BACK)

@@ -10,6 +10,8 @@ turnaround. Prints a table and writes it as JSON (build/bench/bench.json).
 from __future__ import annotations
 
 import argparse
+import functools
+import http.server
 import io
 import json
 import os
@@ -18,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -246,6 +249,85 @@ def only_reports(build: Path, runs: int) -> int:
     return 0
 
 
+CHANNEL_PACKAGES = ("tuf", "securesystemslib", "requests", "urllib3", "idna", "charset_normalizer", "certifi")
+
+
+def channel_package_bytes(efi: Path) -> dict[str, int]:
+    """What the update channel adds to the initrd, uncompressed: python3-tuf and what it
+    pulls in (Debian's dist-packages), and our checker."""
+    out = dict.fromkeys((*CHANNEL_PACKAGES, "appliance.channel"), 0)
+    for e in inspect.initrd_entries(efi):
+        if not e.is_file:
+            continue
+        if e.path.startswith("usr/lib/appliance/python/appliance/channel/"):
+            out["appliance.channel"] += e.size
+        elif e.path.startswith("usr/lib/python3/dist-packages/"):
+            top = e.path.split("/")[4].split("-")[0]
+            if top in out:
+                out[top] += e.size
+    return out
+
+
+def channel_turnaround(build: Path, work: Path, log_dir: Path, interval: int) -> tuple[float, float]:
+    """net-1 running, checking every ``interval`` s (the ESP's override); net-2 published:
+    (seconds until it is staged, until its core runs)."""
+    from appliance.channel import publish
+    root = work / "channel"
+    root.mkdir(parents=True)
+    handler = functools.partial(QuietFiles, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    keys = publish.Keys(build / "test-channel/keys")
+    try:
+        publish.publish(root, keys, build / "test-net/appliance.efi", say=lambda _: None)
+        m = Machine(build / "test-net/appliance.raw", work / "m", name="bench-channel", log_dir=log_dir,
+                    nic=user_network(relay={"10.0.2.102:8080": server.server_address[1]}))
+        m.esp_write(layout.UPDATE_CHANNEL, f"url = http://10.0.2.102:8080/\ninterval = {interval}\n".encode())
+        with m:
+            m.wait_boot(timeout=120)
+            m.expect(r"update channel: checked: nothing newer than net-1", 120)
+            m.expect(r"update channel: next check in", 30)
+            published = time.monotonic()
+            publish.publish(root, keys, build / "test-net-v2/appliance.efi", say=lambda _: None)
+            m.expect(r"update channel: staged net-2", 300)
+            staged = time.monotonic() - published
+            m.expect(r"matrix core: image net-2", 300)
+            running = time.monotonic() - published
+            m.power_cut()
+    finally:
+        server.shutdown()
+        server.server_close()
+    shutil.rmtree(work, ignore_errors=True)
+    return staged, running
+
+
+class QuietFiles(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def only_channel(build: Path, runs: int, interval: int = 20) -> int:
+    """``--only-channel``: publication -> the machine runs the new version; the client's size."""
+    if not all((build / d / "appliance.raw").exists() for d in ("test-net", "test-net-v2")):
+        say("no test network images: run `make test-image` first")
+        return 2
+    staged, running = [], []
+    with tempfile.TemporaryDirectory(dir=build) as work:
+        for i in range(runs):
+            a, b = channel_turnaround(build, Path(work) / f"channel{i}", build / "bench/logs", interval)
+            staged.append(a)
+            running.append(b)
+            say(f"channel {i + 1}/{runs}: staged {a:.2f} s after the publication, running {b:.2f} s after it")
+    accel = "kvm" if kvm_works() else "tcg"
+    print(f"publication -> the new version staged: {figures.spread(staged).text()}; -> its core running: "
+          f"{figures.spread(running).text()} (checks every {interval} s +-10%, a 29 MiB image over QEMU's user "
+          f"network; {runs} runs, under {accel} on {os.cpu_count()} CPUs)")
+    sizes = channel_package_bytes(build / "test-net/appliance.efi")
+    print(f"the update channel in the initrd: {sum(sizes.values()) / 1024:.0f} KiB uncompressed ("
+          + ", ".join(f"{k} {v / 1024:.0f}" for k, v in sizes.items()) + " KiB)")
+    return 0
+
+
 def only_rollback(build: Path, runs: int) -> int:
     """``--only-rollback``: the rollback row alone, measured ``runs`` times."""
     test_raw, v2_efi = build / "test/appliance.raw", build / "test-v2/appliance.efi"
@@ -368,6 +450,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="only the crash report rows, --boots times, with the test network image (make test-image)")
     p.add_argument("--only-data", action="store_true",
                    help="only the data partition rows, --boots times, with the test image (make test-image)")
+    p.add_argument("--only-channel", action="store_true",
+                   help="only the update channel rows, --boots times, with the test network images (make test-image)")
     p.add_argument("--against", metavar="OTHER.raw", type=Path,
                    help="only boots: our bench image against another image of the bench core, interleaved "
                         "(with OTHER.efi beside it for the sizes)")
@@ -380,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
         return only_reports(Path(args.build_dir).resolve(), args.boots)
     if args.only_data:
         return only_data(Path(args.build_dir).resolve(), args.boots)
+    if args.only_channel:
+        return only_channel(Path(args.build_dir).resolve(), args.boots)
     repo = Path(args.repo).resolve()
     bench = Path(args.build_dir).resolve() / "bench"
     cache = Path(args.cache_dir).resolve()
