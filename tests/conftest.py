@@ -99,3 +99,21 @@ settings.register_profile("test", max_examples=150, derandomize=True, deadline=N
 settings.register_profile("fuzz", max_examples=int(os.environ.get("FUZZ_EXAMPLES") or 0) or 1, deadline=None,
                           database=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("fuzz" if os.environ.get("FUZZ_EXAMPLES") else "test")
+
+
+# The longest QEMU tests first (measured in `make test`'s durations), then the other QEMU
+# tests, then the rest: with two workers taking tests in this order, no long test is
+# left to run alone at the end while the other worker idles.
+LONGEST_FIRST = ("test_qemu_channel.py", "test_power_cut_while_the_core_floods", "test_crash_loop_backs_off",
+                 "test_crashes_made_offline", "test_an_update_that_panics_or_hangs", "test_a_kernel_panic_meets",
+                 "test_an_update_that_crashes", "test_under_secure_boot", "test_qemu_data.py",
+                 "test_power_lost_during_each_try", "test_an_update_staged_from_a_host", "test_qemu_watchdogs.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        for n, name in enumerate(LONGEST_FIRST):
+            if name in item.nodeid:
+                return n
+        return len(LONGEST_FIRST) + (0 if item.get_closest_marker("qemu") else 1)
+    items.sort(key=rank)  # stable: within a rank, the files' own order

@@ -65,6 +65,7 @@ def server_context(tmp_path: Path) -> ssl.SSLContext:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID
     ca_key = serialization.load_pem_private_key((CA / "ca.key").read_bytes(), None)
     ca = x509.load_pem_x509_certificate((CA / "ca.pem").read_bytes())
     key = ec.generate_private_key(ec.SECP256R1())
@@ -75,6 +76,11 @@ def server_context(tmp_path: Path) -> ssl.SSLContext:
             .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=2))
             .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("10.0.2.102"))]),
                            critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.public_key()),  # type: ignore[arg-type]
+                           critical=False)  # Python 3.13 verifies strictly (VERIFY_X509_STRICT)
             .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
     (tmp_path / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
