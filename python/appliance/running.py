@@ -4,6 +4,7 @@ running machine: a stable id that reveals nothing of it, and whether the network
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -43,3 +44,14 @@ def wait_for_network(say: Callable[[str], None], who: str, path: str = NETWORK_S
             say(f"{who}: waiting for the network")
             said = True
         time.sleep(NETWORK_POLL)
+
+
+def write_state(path: str, values: dict[str, object]) -> None:
+    """A helper's state file for the init (``key = value`` lines), whole or not at all;
+    never raises (the state is a hint for the way out, not a record)."""
+    try:
+        with open(path + ".tmp", "wb") as f:
+            f.write(kvfile.render({k: str(v) for k, v in values.items()}))
+        os.replace(path + ".tmp", path)
+    except OSError:
+        pass

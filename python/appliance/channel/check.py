@@ -35,7 +35,7 @@ from appliance import initconf as config
 from appliance.channel import index as idx
 from appliance.esp import identity, kvfile, layout, staging, updatelog
 from appliance.esp.files import EspFiles, MountedEsp
-from appliance.running import machine_id, wait_for_network
+from appliance.running import machine_id, wait_for_network, write_state
 
 MAX_IMAGE = 512 * 1024 * 1024  # bytes: more than any UKI (the ESP's room is checked too)
 METADATA_SECONDS = 60.0  # one metadata file, whole (the image: fetch.FILE_SECONDS)
@@ -284,12 +284,7 @@ def update_event(outcome: Outcome, machine: Any) -> dict[str, Any]:
 
 def tell(path: str) -> Callable[[str], None]:
     def told(state: str) -> None:
-        try:
-            with open(path + ".tmp", "w") as f:
-                f.write(f"state = {state}\n")
-            os.replace(path + ".tmp", path)
-        except OSError:
-            pass
+        write_state(path, {"state": state})
     return told
 
 

@@ -8,8 +8,10 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from appliance.esp.files import EspFiles
 from appliance.init.root import Root
 from appliance.init.supervise import SpawnError, spawn
+from appliance.initconf import Config
 
 if TYPE_CHECKING:
     import threading
@@ -71,3 +73,46 @@ class Helper:
         finally:
             os.close(fd)
             done.set()
+
+
+class EspHelper:
+    """A helper that the image's setting or a file on the ESP turns on, that needs a
+    network and writes to the ESP: the crash reporter, the update checker."""
+
+    name = ""  # on the console
+    esp_file = ""  # the ESP's file that names (or turns off) what the image's setting names
+    not_writable = ""  # what is said when the ESP is read-only
+    python_path: tuple[str, ...] = ()
+
+    def __init__(self, config: Config, say: Callable[[str], None], root: Root,
+                 esp: Callable[[], EspFiles | None]) -> None:
+        self.config = config
+        self.say = say
+        self.root = root
+        self.esp = esp  # the writable ESP's files, or None
+        self.helper = Helper(self.name, say, root)
+
+    def configured(self) -> bool:
+        """Whether the image's own setting turns it on."""
+        raise NotImplementedError
+
+    def argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def wanted(self) -> bool:
+        """A network, and the image's setting or the ESP's file (which may also say off:
+        the helper reads it)."""
+        if self.config.network != "dhcp":
+            return False
+        if self.configured():
+            return True
+        files = self.esp()
+        return files is not None and files.exists(self.esp_file)
+
+    def start(self) -> None:
+        if not self.wanted():
+            return
+        if self.esp() is None:
+            self.say(f"{self.name}: {self.not_writable}")
+            return
+        self.helper.start(self.argv(), {"TMPDIR": self.root("/run/appliance")}, self.python_path)

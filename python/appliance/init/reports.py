@@ -18,11 +18,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from appliance.esp import kvfile, layout
-from appliance.esp.files import EspFiles
-from appliance.init.helper import Helper
-from appliance.init.root import Root
+from appliance.init.helper import EspHelper
 from appliance.init.sigs import signal
-from appliance.initconf import NETWORK_STATE, REPORTS_STATE, Config
+from appliance.initconf import NETWORK_STATE, REPORTS_STATE
 
 if TYPE_CHECKING:
     import threading
@@ -30,14 +28,10 @@ if TYPE_CHECKING:
 GRACE = 20.0  # seconds the way out waits for reports still being sent
 
 
-class Reports:
-    def __init__(self, config: Config, say: Callable[[str], None], root: Root,
-                 esp: Callable[[], EspFiles | None]) -> None:
-        self.config = config
-        self.say = say
-        self.root = root
-        self.esp = esp  # the writable ESP's files, or None
-        self.helper = Helper("crash reports", say, root)
+class Reports(EspHelper):
+    name = "crash reports"
+    esp_file = layout.CRASH_REPORTS
+    not_writable = "not sending: the ESP is not writable (a record sent could not be marked)"
 
     @property
     def pid(self) -> int:
@@ -47,23 +41,11 @@ class Reports:
     def done(self) -> threading.Event | None:
         return self.helper.done  # set once the reporter's output ended: it exited
 
-    def wanted(self) -> bool:
-        """Whether this boot sends reports: a network, and a tracker named by the image or
-        by the ESP's file (which may also say off; the reporter reads it)."""
-        if self.config.network != "dhcp":
-            return False
-        if self.config.crash_reports:
-            return True
-        files = self.esp()
-        return files is not None and files.exists(layout.CRASH_REPORTS)
+    def configured(self) -> bool:
+        return bool(self.config.crash_reports)
 
-    def start(self) -> None:
-        if not self.wanted():
-            return
-        if self.esp() is None:
-            self.say("crash reports: not sending: the ESP is not writable (a record sent could not be marked)")
-            return
-        self.helper.start(["appliance.report", "--esp", self.root(layout.MOUNT), "--state", self.root(REPORTS_STATE)])
+    def argv(self) -> list[str]:
+        return ["appliance.report", "--esp", self.root(layout.MOUNT), "--state", self.root(REPORTS_STATE)]
 
     def state_of(self, path: str) -> str:
         try:

@@ -22,7 +22,7 @@ from appliance.esp.history import History
 from appliance.report import dsn as dsns
 from appliance.report import event
 from appliance.report.queue import Reporter
-from appliance.running import machine_id, wait_for_network
+from appliance.running import machine_id, wait_for_network, write_state
 
 
 class Settings:
@@ -60,12 +60,7 @@ def this_machine(conf: config.Config, os_release: str = identity.OS_RELEASE) -> 
 def tell(path: str) -> Callable[[str, int], None]:
     """How the reporter tells the init's way out whether waiting for it is worth it."""
     def told(state: str, pending: int) -> None:
-        try:
-            with open(path + ".tmp", "w") as f:
-                f.write(f"state = {state}\npending = {pending}\n")
-            os.replace(path + ".tmp", path)
-        except OSError:
-            pass
+        write_state(path, {"state": state, "pending": pending})
     return told
 
 
