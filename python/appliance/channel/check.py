@@ -114,7 +114,7 @@ def _root_version(data: bytes) -> int:
 
 
 class Outcome(NamedTuple):
-    kind: str  # nothing | staged | refused | failed
+    kind: str  # nothing | staged | refused | failed (| committed: the init's, reported by the checker)
     line: str  # what is said and logged
     staged: staging.Staged | None = None
 
@@ -223,12 +223,30 @@ class Checker:
             self.say(f"update channel: could not write the update log: {e}")
         self.report(result)
 
+    def report_commit(self) -> None:
+        """The init's commit of this image (in the update log) to the tracker, once: the
+        fleet sees its rollouts land where it sees them refused or rolled back (a
+        rollback is a record of the crash history, sent by the reporter)."""
+        version = self.running.version
+        marker = f"{layout.CHANNEL_DIR}/committed-reported.txt"
+        try:
+            if not any(line.split(" ", 1)[-1].startswith(f"committed {version} (")
+                       for line in updatelog.read(self.files, 50)):
+                return
+            if self.files.exists(marker) and self.files.read(marker, 200).decode(errors="replace").strip() == version:
+                return
+            self.report(Outcome("committed", f"committed {version}: it is the default image from now on"))
+            self.files.write(marker, f"{version}\n".encode())
+        except OSError as e:
+            self.say(f"update channel: could not note the commit's report: {e}")
+
     def run(self, once: bool = False, sleep: Callable[[float], None] = time.sleep) -> int:
         while True:
             chosen = settings(self.files, self.conf)
             if not chosen.url:
                 self.say(f"update channel: {chosen.origin}")
                 return 0
+            self.report_commit()
             result = self.check(chosen)
             self.outcome(result)
             if result.staged is not None:
@@ -274,7 +292,7 @@ def tracker(conf: config.Config, files: EspFiles, say: Callable[[str], None]) ->
 
 def update_event(outcome: Outcome, machine: Any) -> dict[str, Any]:
     import uuid
-    level = {"nothing": "info", "staged": "info", "refused": "warning", "failed": "warning"}[outcome.kind]
+    level = "warning" if outcome.kind in ("refused", "failed") else "info"
     return {"event_id": uuid.uuid4().hex, "timestamp": time.time(), "platform": "python", "level": level,
             "logger": "appliance.update", "release": machine.release, "server_name": machine.host,
             "message": {"formatted": f"update channel: {outcome.line}"},

@@ -47,6 +47,11 @@ class PublishError(Exception):
 
 
 def default_keys_dir() -> Path:
+    """CHANNEL_KEYS=, else beside the Secure Boot key: in KEYS_DIR= when that is given."""
+    if os.environ.get("CHANNEL_KEYS"):
+        return Path(os.environ["CHANNEL_KEYS"])
+    if os.environ.get("KEYS_DIR"):
+        return Path(os.environ["KEYS_DIR"]) / "channel"
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
     return Path(base) / "appliance" / "channel"
 
@@ -365,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="appliance.channel.publish", description=__doc__.splitlines()[0])
     p.add_argument("channel", help="the channel directory (made on the first publication)")
     p.add_argument("--image", default="build/appliance.efi", help="the UKI to publish (make image's)")
-    p.add_argument("--keys", default=os.environ.get("CHANNEL_KEYS") or str(default_keys_dir()),
+    p.add_argument("--keys", default=str(default_keys_dir()),
                    help="the channel's keys (CHANNEL_KEYS=)")
     p.add_argument("--rollout", type=float, default=None, help="percent of the machines (new release: 100)")
     p.add_argument("--pause", action="store_true", help="stop the rollout (machines that have it keep it)")
