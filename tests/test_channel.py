@@ -341,3 +341,13 @@ def test_the_commit_of_the_running_image_is_reported_once(tmp_path: Path, keys: 
     checker.report_commit()
     checker.report_commit()
     assert [o.line for o in sent] == ["committed 2.0: it is the default image from now on"]
+
+
+def test_the_tracker_hears_an_outcome_when_its_kind_changes(tmp_path: Path, keys: publish.Keys) -> None:
+    checker, said = machine(tmp_path, keys)
+    sent: list[str] = []
+    checker.report = lambda o: sent.append(o.kind)
+    for kind in ("failed", "failed", "nothing", "nothing", "failed", "refused"):
+        checker.outcome(check.Outcome(kind, f"{kind}: ..."))
+    assert sent == ["failed", "nothing", "failed", "refused"]
+    assert len(said) == 6 and len(updatelog.read(checker.files, 50)) == 6  # said and logged every time

@@ -93,7 +93,7 @@ def test_crashes_made_offline_arrive_once_and_a_crash_loop_gets_every_crash_out(
     assert any("init: crash reports: sent 000005-runtime-log.rec" in line for line in logged)
     console = m.log_path.read_text(errors="replace")
     made = list(dict.fromkeys(TOKEN.findall(console)))  # every crash, in order
-    events = tracker.events()
+    events = tracker.crash_events()
     arrived = [TOKEN.search(e["exception"]["values"][-1]["type"] + ": " + e["exception"]["values"][-1]["value"])
                for e in events]
     tokens = [a.group(1) for a in arrived if a]
@@ -155,7 +155,7 @@ def test_a_kernel_panic_meets_a_broken_tracker_then_arrives_with_its_kernel_log(
             m.power_cut()
     finally:
         front.close()
-    events = tracker.events()
+    events = tracker.crash_events()
     assert [e["tags"]["kind"] for e in events] == ["kernel-panic"], events  # its core wrote no stderr: no log
     panic = events[0]
     assert "Kernel panic - not syncing" in panic["message"]["formatted"]

@@ -148,7 +148,7 @@ def report_turnaround(test_net_raw: Path, tracker: bugsink.Bugsink, work: Path, 
                 nic=user_network(relay={guest: tracker.port}))
     m.esp_write(layout.CRASH_REPORTS, f"dsn = {tracker.guest_dsn(guest)}\n".encode())
     m.esp_write(layout.TEST_ACTION, b"raise")
-    before = len(tracker.events())
+    before = len(tracker.crash_events())
     with m:
         m.expect(r"init: core ended: exited with status 1", 300)
         crashed = time.monotonic()
@@ -157,12 +157,12 @@ def report_turnaround(test_net_raw: Path, tracker: bugsink.Bugsink, work: Path, 
         m.expect(r"init: crash reports: sent \S+", 300)
         sent = time.monotonic()
         deadline = sent + 60
-        while len(tracker.events()) == before and time.monotonic() < deadline:
+        while len(tracker.crash_events()) == before and time.monotonic() < deadline:
             time.sleep(0.2)
         stored = time.monotonic()
         m.power_cut()
     shutil.rmtree(work, ignore_errors=True)
-    if len(tracker.events()) == before:
+    if len(tracker.crash_events()) == before:
         raise RuntimeError("the tracker stored no event within 60 s of the machine's sent line")
     return stored - crashed, sent - started
 

@@ -146,6 +146,7 @@ class Checker:
                  root: str = config.CHANNEL_ROOT, secure_boot: bool = False) -> None:
         self.files, self.conf, self.say, self.running, self.machine = files, conf, say, running, machine
         self.tell, self.report, self.root, self.secure_boot = tell, report, root, secure_boot
+        self.reported = ""  # the kind of the last outcome sent to the tracker
 
     def check(self, chosen: Settings) -> Outcome:
         """One check: nothing, staged, refused (what the channel sent is not taken) or
@@ -216,12 +217,16 @@ class Checker:
                                  f"{staged.tries} tries, from the channel", staged)
 
     def outcome(self, result: Outcome) -> None:
+        """Said and logged, every time; to the tracker when its kind differs from the last
+        one sent (a channel down for a day is one event, not three hundred)."""
         self.say(f"update channel: {result.line}")
         try:
             updatelog.append(self.files, f"channel: {result.line}")
         except OSError as e:
             self.say(f"update channel: could not write the update log: {e}")
-        self.report(result)
+        if result.kind != self.reported:
+            self.reported = result.kind
+            self.report(result)
 
     def report_commit(self) -> None:
         """The init's commit of this image (in the update log) to the tracker, once: the

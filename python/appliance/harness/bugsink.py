@@ -137,6 +137,11 @@ class Bugsink:
                 out.append(self.api("GET", f"/events/{listed['id']}/")["data"])
         return sorted(out, key=lambda e: str(e.get("timestamp", "")))
 
+    def crash_events(self) -> list[dict[str, Any]]:
+        """The stored events of crash records, without the update channel's outcomes
+        (``kind: update``) that a machine with a channel sends too."""
+        return [e for e in self.events() if (e.get("tags") or {}).get("kind") != "update"]
+
     def guest_dsn(self, address: str) -> str:
         """The DSN as a machine reaches the tracker at ``address`` (host:port in the guest)."""
         key = self.dsn.split("//", 1)[1].split("@", 1)[0]
