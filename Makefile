@@ -121,10 +121,10 @@ unit: deps ## the fast tests (no image, no QEMU)
 	$(PY) -m pytest -m 'not image and not qemu' tests
 
 qemu-test: deps image test-image ## the QEMU tests (boot the image, crash it, check the dumps)
-	$(PY) -m pytest -n 2 -m 'image or qemu' tests
+	$(PY) -m pytest -n 2 --dist worksteal -m 'image or qemu' tests
 
 test: deps lint image test-image ## everything: lint, unit tests, image tests, QEMU tests
-	$(PY) -m pytest -n 2 tests
+	$(PY) -m pytest -n 2 --dist worksteal tests
 
 FUZZ_EXAMPLES ?= 20000
 fuzz: deps ## the parsers of untrusted bytes against many random inputs [FUZZ_EXAMPLES=20000]

@@ -101,9 +101,10 @@ settings.register_profile("fuzz", max_examples=int(os.environ.get("FUZZ_EXAMPLES
 settings.load_profile("fuzz" if os.environ.get("FUZZ_EXAMPLES") else "test")
 
 
-# The longest QEMU tests first (measured in `make test`'s durations), then the other QEMU
-# tests, then the rest: with two workers taking tests in this order, no long test is
-# left to run alone at the end while the other worker idles.
+# The unit tests first (they are quick), then the QEMU tests, the longest first (measured
+# in `make test`'s durations). With `--dist worksteal` (the Makefile's), a worker that runs
+# out of tests takes half of what the other has left, so no long test is left to run
+# alone at the end while the other worker idles.
 LONGEST_FIRST = ("test_qemu_channel.py", "test_power_cut_while_the_core_floods", "test_crash_loop_backs_off",
                  "test_crashes_made_offline", "test_an_update_that_panics_or_hangs", "test_a_kernel_panic_meets",
                  "test_an_update_that_crashes", "test_under_secure_boot", "test_qemu_data.py",
@@ -112,8 +113,10 @@ LONGEST_FIRST = ("test_qemu_channel.py", "test_power_cut_while_the_core_floods",
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     def rank(item: pytest.Item) -> int:
-        for n, name in enumerate(LONGEST_FIRST):
+        if not item.get_closest_marker("qemu"):
+            return 0
+        for n, name in enumerate(LONGEST_FIRST, 1):
             if name in item.nodeid:
                 return n
-        return len(LONGEST_FIRST) + (0 if item.get_closest_marker("qemu") else 1)
+        return len(LONGEST_FIRST) + 1
     items.sort(key=rank)  # stable: within a rank, the files' own order
