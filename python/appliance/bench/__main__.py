@@ -417,6 +417,13 @@ def report(result: dict[str, Any]) -> str:
         rows.append(("crash -> its event stored in a tracker (Bugsink)", f"{stored:.2f} s", "n/a: no reports", ""))
         rows.append(("  next core started -> report sent", f"{sending:.2f} s", "", ""))
         rows.append(("  the reporter in the initrd", f"{ours['report_package'] / 1024:.1f} KiB", "", ""))
+    if ours.get("channel") is not None:
+        staged, running = ours["channel"]
+        rows.append(("publication -> new version staged (checks every 20 s)", f"{staged:.2f} s",
+                     "n/a: no channel", ""))
+        rows.append(("  -> its core running", f"{running:.2f} s", "", ""))
+        rows.append(("  the TUF client and the checker in the initrd", f"{ours['channel_package'] / 1024:.0f} KiB",
+                     "", ""))
     text = figures.table(rows)
     if ours.get("secure_boot_boots"):
         on = [figures.Boot(*b) for b in ours["secure_boot_boots"]]
@@ -535,6 +542,14 @@ def main(argv: list[str] | None = None) -> int:
                     tracker.stop()
             result["ours"]["report_package"] = report_package_bytes(test_net.with_suffix(".efi"))
             say(f"crash report: stored {result['ours']['crash_report'][0]:.2f} s after the crash")
+        if all((bench.parent / d / "appliance.raw").exists() for d in ("test-net", "test-net-v2")):
+            with tempfile.TemporaryDirectory(dir=bench) as work:
+                result["ours"]["channel"] = channel_turnaround(bench.parent, Path(work) / "channel", logs, 20)
+            result["ours"]["channel_package"] = sum(channel_package_bytes(
+                bench.parent / "test-net/appliance.efi").values())
+            say(f"update channel: the new version running {result['ours']['channel'][1]:.2f} s after publication")
+        else:
+            say("no test network images (make test-image): the update channel figure is skipped")
         result["accel"] = "kvm" if kvm_works() else "tcg"
     except (RuntimeError, HarnessTimeout, OSError) as e:
         say(f"failed: {e}")
