@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import shutil
 import signal
 import sys
 import tempfile
@@ -326,14 +325,14 @@ def main(argv: list[str] | None = None) -> int:
     if not os.path.exists(config.CHANNEL_ROOT):
         say("update channel: this image has no channel root (make image UPDATE_CHANNEL=): not checking")
         return 0
-    if not settings(files, conf).url:
-        say(f"update channel: {settings(files, conf).origin}")
+    chosen = settings(files, conf)
+    if not chosen.url:
+        say(f"update channel: {chosen.origin}")
         return 0
     if conf.network == "dhcp" and not wait_for_network(say, "update channel"):
         say("update channel: this boot has no network: not checking")
         return 0
     os.makedirs(DOWNLOAD_DIR, exist_ok=True)
-    shutil.rmtree(os.path.join(DOWNLOAD_DIR, "update.efi"), ignore_errors=True)
     checker = Checker(files, conf, say, identity.read(), machine_id(), tell(args.state) if args.state else
                       lambda state: None, tracker(conf, files, say),
                       secure_boot=efivars.secure_boot() is True)
