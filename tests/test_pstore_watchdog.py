@@ -203,3 +203,31 @@ def test_a_core_saying_healthy_is_healthy_at_once_and_arms_no_watchdog(tmp_path:
     assert exitstatus.decode(outcome.status).describe() == "exited with status 0 (requested restart)"
     assert healthy == [True] and not dog.armed
     assert any(s.startswith("the core says it is healthy (") for s in said), said
+
+
+SCREEN_CORE = """
+import os, sys, time
+sys.path.insert(0, os.environ["APPLIANCE_PYTHON"])
+from appliance import screen
+assert screen.take() == ""  # this machine has no screen: APPLIANCE_SCREEN is empty
+time.sleep(1.5)
+"""
+
+
+def test_a_core_taking_the_screen_tells_the_init_and_arms_no_watchdog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     repo: Path) -> None:
+    class Taken(Recorder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.taken = 0
+
+        def screen_taken(self) -> None:
+            self.taken += 1
+
+    monkeypatch.setenv("APPLIANCE_PYTHON", str(repo / "python"))
+    monkeypatch.setenv("APPLIANCE_SCREEN", "")
+    duties = Taken()
+    dog = watchdog.SoftWatchdog(0.5)  # would fire during the core's sleep, were it armed
+    outcome = supervise_with_watchdog(tmp_path, SCREEN_CORE, dog, duties.said, bytearray(), duties)
+    assert exitstatus.decode(outcome.status).describe() == "exited with status 0 (requested restart)", duties.stderr
+    assert duties.taken == 1 and not dog.armed and duties.healthy_calls == 0

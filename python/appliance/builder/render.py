@@ -28,7 +28,7 @@ IMAGE_REPORTS_CA = "etc/appliance/crash-reports-ca.pem"  # CRASH_REPORTS_CA=, co
 IMAGE_UPDATE_CA = "etc/appliance/update-ca.pem"  # UPDATE_CA=, copied in
 # Subpackages that run inside the image; the host-side ones stay out of it.
 IN_IMAGE_PACKAGES = ("init", "esp", "core", "report", "channel")
-IN_IMAGE_MODULES = ("update.py", "efivars.py", "initconf.py", "running.py")  # update: for the core
+IN_IMAGE_MODULES = ("update.py", "screen.py", "efivars.py", "initconf.py", "running.py")  # update, screen: the core's
 HOST_ONLY = ("channel/publish.py",)  # make publish's side of the channel
 
 

@@ -24,6 +24,7 @@ class Console:
         self.prefix = prefix
         self.clock = clock
         self.copy: Callable[[bytes, str], None] | None = None  # (what was shown, init | core): syslog
+        self.screen: Callable[[str], None] | None = None  # the init's lines for the screen (screen.py)
 
     def write_raw(self, data: bytes) -> None:
         """Write bytes as they are; a console that fails is not worth dying for."""
@@ -38,6 +39,18 @@ class Console:
             view = view[n:]
 
     def say(self, message: str) -> None:
+        """A line for every console: the serial port's full record and the screen."""
+        self.record(message)
+        if self.screen is not None:
+            try:
+                self.screen(message)
+            except Exception as e:  # noqa: BLE001 - a bug in drawing must not stop the boot
+                self.screen = None
+                self.record(f"BUG: the screen failed and is drawn on no more: {e!r}")
+
+    def record(self, message: str) -> None:
+        """A line for the full record only (the serial console, syslog): the previous
+        boot's dump, which the screen shows as a banner instead."""
         lines = message.splitlines() or [""]
         data = "".join(f"{self.prefix}{line}\n" for line in lines).encode("utf-8", "replace")
         self.write_raw(data)

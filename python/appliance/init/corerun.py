@@ -17,12 +17,14 @@ from appliance.init.console import Console
 from appliance.init.hardware import Hardware
 from appliance.init.persistence import Persistence, take_test_switch
 from appliance.init.root import Root
+from appliance.init.screen import Screen
 from appliance.init.supervise import WATCHDOG_FD, Duties, SpawnError, Supervisor, spawn
 from appliance.init.watchdog import SoftWatchdog
 from appliance.initconf import NETWORK_STATE, Config
 
 LAUNCH_CORE = "/usr/lib/appliance/launch-core"
 DEBUG_SHELL = ("/usr/bin/busybox", "sh")
+DEBUG_TTY = "/dev/tty2"  # the debug shell for a keyboard at the screen: Alt+F2
 DEFERRED_MODULES_AFTER = 2.0  # seconds after the core started
 
 
@@ -42,8 +44,9 @@ class CoreDuties(Duties):
     def __init__(self, console: Console, persist: Persistence, hardware: Hardware, cgroup: CoreCgroup,
                  on_healthy: Callable[[], None], clock: Callable[[], float] = time.monotonic,
                  on_deferred: Callable[[], None] = lambda: None,
-                 periodic: tuple[float, Callable[[], None]] | None = None) -> None:
+                 periodic: tuple[float, Callable[[], None]] | None = None, screen: Screen | None = None) -> None:
         self.console = console
+        self.screen = screen
         self.persist = persist
         self.hardware = hardware
         self.cgroup = cgroup
@@ -73,6 +76,11 @@ class CoreDuties(Duties):
 
     def kill_rest(self) -> None:
         self.cgroup.kill_all()
+
+    def screen_taken(self) -> None:
+        if self.screen is not None and self.screen.drawing:
+            self.screen.give_to_core()
+            self.console.say("screen: the core draws on it now (the init takes it back when the core ends)")
 
     def due(self) -> float | None:
         times = [t for t in (self.deferred_at, self.next_pet if self.hardware.watchdogs else None,
@@ -107,7 +115,7 @@ class CoreDuties(Duties):
             time.sleep(3600)
 
 
-def core_env(config: Config, persist: Persistence, data: str = "") -> dict[str, str]:
+def core_env(config: Config, persist: Persistence, data: str = "", screen: str = "") -> dict[str, str]:
     return {
         "PATH": "/usr/bin:/usr/sbin",
         "HOME": "/root",
@@ -124,38 +132,52 @@ def core_env(config: Config, persist: Persistence, data: str = "") -> dict[str, 
         "APPLIANCE_WATCHDOG_SEC": f"{config.core_watchdog_seconds:g}",
         # The network's state (make image NETWORK=dhcp), key=value lines; empty: no network.
         "APPLIANCE_NETWORK": NETWORK_STATE if config.network == "dhcp" else "",
+        # The screen's console (/dev/tty1), empty where there is none: a core that draws on it
+        # writes "screen" to its watchdog fd first (appliance.screen.take()).
+        "APPLIANCE_SCREEN": screen,
     }
 
 
-def start_debug_shell(say: Callable[[str], None], root: Root) -> None:
+def start_debug_shell(say: Callable[[str], None], root: Root, screen: bool = False) -> None:
+    """The debug profile's root shells: one on the serial console, one on tty2 for a
+    keyboard at the screen (``screen``: there is one)."""
     say("*" * 72)
-    say("DEBUG IMAGE: a root shell on this console; never ship it (make image PROFILE=debug)")
+    say("DEBUG IMAGE: a root shell on the serial console" + (" and on tty2 (Alt+F2; Alt+F1 back)" if screen else "")
+        + "; never ship it (make image PROFILE=debug)")
     say("*" * 72)
     if not os.path.exists(root(DEBUG_SHELL[0])):
         say("debug profile: no shell in the image")
         return
-    try:
-        pid = spawn([root(DEBUG_SHELL[0]), *DEBUG_SHELL[1:]], {"PATH": "/usr/bin:/usr/sbin", "HOME": "/root"}, 2)
-        say(f"debug profile: root shell on the console (pid {pid})")
-    except (SpawnError, OSError) as e:
-        say(f"debug profile: could not start a shell: {e}")
+    env = {"PATH": "/usr/bin:/usr/sbin", "HOME": "/root", "TERM": "linux"}
+    shells = [("the serial console", [root(DEBUG_SHELL[0]), *DEBUG_SHELL[1:]])]
+    if screen:  # a session leader opening a tty makes it its controlling terminal: Ctrl-C works there
+        shells.append((DEBUG_TTY, [root(DEBUG_SHELL[0]), "sh", "-c",
+                                   f"exec {DEBUG_SHELL[0]} sh -i <>{DEBUG_TTY} >&0 2>&0"]))
+    for where, argv in shells:
+        try:
+            pid = spawn(argv, env, 2)
+            say(f"debug profile: root shell on {where} (pid {pid})")
+        except (SpawnError, OSError) as e:
+            say(f"debug profile: could not start a shell on {where}: {e}")
 
 
 def run(config: Config, console: Console, persist: Persistence, hardware: Hardware, root: Root,
         on_started: Callable[[int], None], on_healthy: Callable[[], None],
         on_deferred: Callable[[], None] = lambda: None,
-        periodic: tuple[float, Callable[[], None]] | None = None, data: str = "") -> Ended:
+        periodic: tuple[float, Callable[[], None]] | None = None, data: str = "",
+        screen: Screen | None = None) -> Ended:
     """Start the core and supervise it until it ends; how it ended."""
     cgroup = CoreCgroup(root("/sys/fs/cgroup"))
     problem = cgroup.setup(config.core_memory_max)
     if problem:
         console.say(f"{problem} (continuing: OOM kills will show as SIGKILL)")
     if config.profile == "debug":
-        start_debug_shell(console.say, root)
+        start_debug_shell(console.say, root, screen=bool(screen and screen.path))
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     dog_r, dog_w = os.pipe2(os.O_CLOEXEC)
     try:
-        pid = spawn([root(LAUNCH_CORE), config.core], core_env(config, persist, data), write_fd, cgroup.procs,
+        pid = spawn([root(LAUNCH_CORE), config.core], core_env(config, persist, data, screen.path if screen else ""),
+                    write_fd, cgroup.procs,
                     watchdog_fd=dog_w)
     except (SpawnError, OSError) as e:
         return Ended(f"could not start the core: {e}", True, "init")
@@ -163,12 +185,15 @@ def run(config: Config, console: Console, persist: Persistence, hardware: Hardwa
         os.close(write_fd)
         os.close(dog_w)
     on_started(pid)
-    duties = CoreDuties(console, persist, hardware, cgroup, on_healthy, on_deferred=on_deferred, periodic=periodic)
+    duties = CoreDuties(console, persist, hardware, cgroup, on_healthy, on_deferred=on_deferred, periodic=periodic,
+                        screen=screen)
     sup = Supervisor(pid, read_fd, duties, grace=config.shutdown_grace_seconds,
                      healthy_after=config.healthy_after_seconds,
                      watchdog=(dog_r, SoftWatchdog(config.core_watchdog_seconds)))
     sup.install_signals()
     outcome = sup.run()
+    if screen is not None:
+        screen.take_back()
     cause = exitstatus.decode(outcome.status, oom=cgroup.oom_kills() > 0, note=outcome.note)
     console.at(f"core ended: {cause.describe()}")
     if persist.log is not None:

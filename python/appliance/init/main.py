@@ -3,6 +3,7 @@
 Each step lives in a module of its own (the file names are the architecture):
 
     mounts       /proc, /sys, /dev, /run, efivarfs, pstore
+    screen       the monitor: the boot's story drawn for a person, the last crash's banner
     machine      the host name, the loopback interface
     hardware     kernel modules now and later, the hardware watchdogs
     persistence  the ESP found, checked and mounted; the history, the runtime log, the counters
@@ -38,6 +39,7 @@ from appliance.init.persistence import Persistence
 from appliance.init.previous import PreviousBoot
 from appliance.init.reports import Reports
 from appliance.init.root import Root
+from appliance.init.screen import Screen
 from appliance.init.sigs import signal
 from appliance.init.trial import Trial
 from appliance.init.updates import Updates
@@ -62,6 +64,7 @@ class Boot:
         self.failures = initfailure.Failures(console.say)
         self.out = WayOut(kernel, console, self.config, mountpoint=root(layout.MOUNT))
         self.persist: Persistence | None = None
+        self.screen = Screen(root)
 
     def run(self) -> NoReturn:
         say, about, failures = self.console.say, self.out.about, self.failures
@@ -70,6 +73,11 @@ class Boot:
         about["image"] = image.describe()
         say(f"image {about['image']}")
         self.early_mounts()
+        screen = self.screen
+        self.console.record(screen.open(f"{machine.read_hostname(self.root(config.HOSTNAME_FILE))[0]}: "
+                                        f"appliance {image.version or 'unknown'}",
+                                        f"build {image.build_id or 'unknown'}, appliance init {__version__}"))
+        self.console.screen = screen.say
         self.config = self.out.config = self.load_config()
         failures.run("setting the host name and the loopback interface", lambda: machine.set_up(
             say, self.root(config.HOSTNAME_FILE), self.root(machine.KERNEL_HOSTNAME)))
@@ -84,6 +92,8 @@ class Boot:
         about["secure-boot"] = secureboot.read(self.root(efivars.EFIVARS),  # efivarfs: mounted with the modules
                                                self.root(secureboot.LOCKDOWN)).describe()
         say(f"secure boot: {about['secure-boot']}")
+        screen.pin("secure-boot", f"secure boot: {about['secure-boot']}",
+                   warn=not about["secure-boot"].startswith("on"))
         try:
             self.kernel.reboot(0)  # type: ignore[attr-defined]  # Ctrl-Alt-Del: SIGINT to us, not a reset
         except OSError as e:
@@ -92,10 +102,13 @@ class Boot:
                                                                 self.steps.done)
         failures.run("finding and mounting the ESP", lambda: persist.mount(hardware))
         failures.run("keeping what fsck.fat salvaged", persist.keep_salvaged)
+        screen.pin("persistence", *persist.describe())
         clock = self.out.clock = WallClock(say)
         failures.run("checking the clock", lambda: clock.check(persist.keeping, image.built_at))
-        previous = PreviousBoot(persist, say, self.root)
+        previous = PreviousBoot(persist, say, self.root, record=self.console.record)
         failures.run("accounting for the previous boot", lambda: previous.account(hardware, about))
+        if previous.crash is not None:
+            screen.show_crash(previous.crash)
         trial = Trial(persist, say, self.root)
         failures.run("looking at the update trial", lambda: trial.look(hardware))
         failures.run("starting the runtime log", lambda: persist.start_runtime_log(previous.log_kept))
@@ -127,7 +140,7 @@ class Boot:
             failures.run("starting the update checker", updates.start)
 
         ended = corerun.run(self.config, self.console, persist, hardware, self.root, self.core_started, healthy,
-                            data=data.mounted, on_deferred=deferred,
+                            data=data.mounted, on_deferred=deferred, screen=screen,
                             periodic=(SAVE_EVERY, lambda: failures.run("saving the clock", clock.save)))
         if not ended.failed:  # a planned restart (exit 0, or a shutdown asked for): no try of an update spent
             failures.run("giving the update trial its try back", trial.planned_restart)

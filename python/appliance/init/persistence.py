@@ -233,6 +233,15 @@ class Persistence:
             except OSError as e:
                 self.say(f"could not record how this boot ended: {e}")
 
+    def describe(self) -> tuple[str, bool]:
+        """(what becomes of this boot's crash records, in a person's words; whether that
+        is a warning): the screen's state line."""
+        if self.files is None:
+            return f"crash records: NOT KEPT: {self.why_off}", True
+        if not self.writable:
+            return f"crash records: NOT KEPT: the ESP ({self.device}) is read-only", True
+        return f"crash records: kept on the ESP ({self.device})", False
+
     def hold_file(self) -> bool:
         return self.files is not None and self.files.exists(layout.HOLD)
 

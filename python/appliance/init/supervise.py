@@ -30,6 +30,8 @@ READ_CHUNK = 256 * 1024  # at most this much of the core's stderr per turn of th
 FINAL_READ = 16 * 1024 * 1024
 WATCHDOG_FD = 3  # where the core finds its software watchdog's pipe
 HEALTHY = b"healthy"  # a word on that pipe: the core says it is healthy (an update on trial is committed)
+SCREEN = b"screen"  # another: the core draws its own user interface; the init stops drawing (screen.py)
+WORDS = (HEALTHY, SCREEN)  # not pings
 DUMP_GRACE = 3.0  # seconds a hung core gets to write its threads' tracebacks before SIGKILL
 
 
@@ -107,6 +109,9 @@ class Duties:
 
     def kill_rest(self) -> None:
         """Kill what the core left running (its control group)."""
+
+    def screen_taken(self) -> None:
+        """The core wrote SCREEN: it draws on the screen from now on."""
 
     def due(self) -> float | None:
         """When (on the loop's clock) ``work`` wants to run next; None: not at all."""
@@ -299,9 +304,10 @@ class Supervisor:
         words = data.split()
         if HEALTHY in words:  # the core says it is healthy: not a ping, unless it wrote more
             self.healthy_said = True
-            words = [w for w in words if w != HEALTHY]
-            if not words:
-                return
+        if SCREEN in words:
+            self.duties.screen_taken()
+        if words and all(w in WORDS for w in words):
+            return
         note = dog.feed(data, self.clock())
         if note:
             self.duties.say(note)
