@@ -63,13 +63,16 @@ image: deps ## build build/appliance.raw (and .efi, .bmap); CORE=, PROFILE=debug
 
 # The test image boots the UKI directly (SECURE_BOOT=off): shim costs its many boots about 4 s
 # each under TCG; the shipped layout is tested on the demo image and in test_qemu_secureboot.py.
-test-image: deps ## build build/test/appliance.raw with the crash-matrix test core (and build/test-v2, an update to it; build/test-net, NETWORK=dhcp with a test update channel, and its v2 and v3)
+test-image: deps ## build build/test/appliance.raw with the crash-matrix test core (and build/test-v2, an update to it; build/test-debug, PROFILE=debug; build/test-net, NETWORK=dhcp with a test update channel, and its v2 and v3)
 	$(PY) -m appliance.builder image --build-dir $(BUILD)/test --cache-dir $(CACHE_DIR) \
 		--core tests/cores/matrix --core-memory-max 256M --history-records 4 --hw-watchdog-seconds 15 \
 		--secure-boot off --hostname matrix
 	$(PY) -m appliance.builder image --build-dir $(BUILD)/test-v2 --cache-dir $(CACHE_DIR) \
 		--core tests/cores/matrix --core-memory-max 256M --history-records 4 --hw-watchdog-seconds 15 \
 		--secure-boot off --image-version test-v2 --hostname matrix
+	$(PY) -m appliance.builder image --build-dir $(BUILD)/test-debug --cache-dir $(CACHE_DIR) --profile debug \
+		--core tests/cores/matrix --core-memory-max 256M --history-records 4 --hw-watchdog-seconds 15 \
+		--secure-boot off --hostname matrix
 	scripts/test-channel-ca $(BUILD)/test-channel
 	for v in 1 2 3; do \
 		$(PY) -m appliance.builder image --build-dir $(BUILD)/test-net$$( [ $$v = 1 ] || echo -v$$v ) --cache-dir $(CACHE_DIR) \
@@ -82,8 +85,8 @@ test-image: deps ## build build/test/appliance.raw with the crash-matrix test co
 size: deps ## print the UKI's size breakdown (kernel, initrd, largest directories)
 	$(PY) -m appliance.builder size $(BUILD)/appliance.efi
 
-qemu: deps ## boot build/appliance.raw in QEMU/OVMF on this terminal (Ctrl-a x quits)
-	$(PY) -m appliance.tools.qemu $(BUILD)/appliance.raw
+qemu: deps ## boot build/appliance.raw in QEMU/OVMF on this terminal (Ctrl-a x quits); SCREEN=1: a monitor too, in a window
+	$(PY) -m appliance.tools.qemu $(BUILD)/appliance.raw $(if $(filter 1 yes true,$(SCREEN)),--screen)
 
 IMAGE ?= $(BUILD)/appliance.raw
 flash: deps ## write the image to a USB stick: DEV=/dev/sdX [YES=1] [ALLOW_NON_REMOVABLE=sdX] [IMAGE=]

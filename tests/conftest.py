@@ -51,6 +51,12 @@ def test_v2_efi() -> Path:
 
 
 @pytest.fixture(scope="session")
+def test_debug_raw() -> Path:
+    """The test image built with PROFILE=debug: root shells on the serial console and tty2."""
+    return _need(BUILD / "test-debug/appliance.raw", "run `make test-image`")
+
+
+@pytest.fixture(scope="session")
 def test_net_raw() -> Path:
     """The test image built with NETWORK=dhcp."""
     return _need(BUILD / "test-net/appliance.raw", "run `make test-image`")
@@ -75,6 +81,14 @@ def qemu_ready() -> None:
         pytest.skip(str(e))
     if shutil.which("mtype") is None:
         pytest.skip("mtools is not installed (apt-get install mtools)")
+
+
+@pytest.fixture
+def ocr() -> None:
+    """Skip, saying why, where the OCR that reads a machine's screen is absent."""
+    from appliance.harness import screen
+    if not screen.tesseract():
+        pytest.skip("tesseract is not installed (apt-get install tesseract-ocr; make deps does it)")
 
 
 @pytest.fixture

@@ -68,3 +68,20 @@ def act(m: Machine, action: bytes) -> None:
 def always(m: Machine, action: bytes) -> None:
     """At every boot (a crash loop, a flood)."""
     m.esp_write(layout.TEST_ALWAYS, action)
+
+
+# -- the monitor (Machine(display=...)), read by OCR -------------------------------------------
+def flat(text: str) -> str:
+    """OCR's text without its blanks: a space it adds or drops inside a word is no failure."""
+    return "".join(text.split())
+
+
+def shows(m: Machine, name: str, *expected: str, absent: tuple[str, ...] = ()) -> str:
+    """The screen now, read by OCR: each of ``expected`` on it, none of ``absent``."""
+    text = m.screen_text(name)
+    seen = flat(text)
+    for e in expected:
+        assert flat(e) in seen, f"{e!r} is not on the screen ({name}); OCR read:\n{text}"
+    for a in absent:
+        assert flat(a) not in seen, f"{a!r} is on the screen ({name}); OCR read:\n{text}"
+    return text

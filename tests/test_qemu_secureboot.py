@@ -11,7 +11,7 @@ from appliance.builder import bootmgr, disk, shim, signing
 from appliance.esp import layout, records, uki
 from appliance.harness.machine import Machine
 from appliance.media.espfs import EspImage
-from tests.helpers import act
+from tests.helpers import act, shows
 
 pytestmark = pytest.mark.qemu
 
@@ -193,13 +193,13 @@ CRASHES = {
 
 @pytest.mark.parametrize("mode", ["ms", "own"])
 def test_under_secure_boot_a_core_crash_and_a_kernel_panic_survive_the_reboot(
-        mode: str, signed_test_images: dict[str, tuple[Path, signing.Key]], qemu_ready: None, tmp_path: Path,
-        log_dir: Path) -> None:
+        mode: str, signed_test_images: dict[str, tuple[Path, signing.Key]], qemu_ready: None, ocr: None,
+        tmp_path: Path, log_dir: Path) -> None:
     raw, key = signed_test_images[mode]
     action, ended, dump = CRASHES[mode]
     m = Machine(raw, tmp_path, name=f"secureboot-{mode}-crash-panic", secure_boot=mode, watchdog=True,
                 db_cert=key.cert if mode == "own" else None, mok_cert=key.cert if mode == "ms" else None,
-                log_dir=log_dir)
+                log_dir=log_dir, display="VGA")
     act(m, action.encode())
     lockdown = r"init: secure boot: on \(lockdown: integrity\)"
     with m:
@@ -226,6 +226,9 @@ def test_under_secure_boot_a_core_crash_and_a_kernel_panic_survive_the_reboot(
         m.expect(rf"init: \| kernel: [^\n]*matrix core: about to panic the kernel, token {token}", 30)
         panic = m.expect(r"init: ===== kernel panic from the previous boot: end \(archived as /esp(\S+)\)", 10)
         m.expect(r"matrix core: ready", 60)
+        # the monitor, under Secure Boot too: the panic's banner and the locked-down state
+        shows(m, "panic", "THE PREVIOUS BOOT CRASHED", "cause: kernel panic (Panic, kept by pstore)",
+              "about to panic the kernel", "kernel-panic.rec", "secure boot: on (lockdown: integrity)")
         # The hardware watchdog's driver, a signed module, loads under lockdown after the core started.
         m.expect(r"init: hardware watchdog watchdog\d \(i6300ESB timer\): 15 s, petted by the init", 60)
         m.power_cut()

@@ -131,12 +131,15 @@ def cmd_image(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if debs:
         print(f"build: Debian packages for the core: {' '.join(debs)}", file=sys.stderr)
-    # A network image has more packages: its own incremental cache, so that building it
-    # does not throw away the other images' (mkosi keeps one per cache directory).
+    # A network image has more packages, a debug image a shell: each its own incremental
+    # cache, so that building it does not throw away the others' (mkosi keeps one per
+    # cache directory).
+    incremental = "incremental" if args.network == "off" else \
+        "incremental-channel" if channel_root else "incremental-network"
+    if args.profile != "default":
+        incremental += f"-{args.profile}"
     cmd = mkosi.mkosi_command(repo, render_dir, out, Path(args.cache_dir).resolve(), args.profile, packages=debs,
-                              network=args.network != "off",
-                              incremental="incremental" if args.network == "off" else
-                              "incremental-channel" if channel_root else "incremental-network")
+                              network=args.network != "off", incremental=incremental)
     try:
         mkosi.run_mkosi(cmd, log=build / "logs" / "mkosi.log")
     except RuntimeError as e:

@@ -29,6 +29,7 @@ from types import TracebackType
 
 import pexpect
 
+from appliance.harness import screen
 from appliance.harness.qemu import Drive, MachineSpec, command, find_ovmf, kvm_works
 from appliance.media import espfs
 
@@ -80,8 +81,9 @@ class Machine:
                  machine: str = "q35", blkdebug: str | None = None, resume: bool = False,
                  secure_boot: str = "off", db_cert: str | Path | None = None,
                  mok_cert: str | Path | None = None, nic: tuple[str, ...] = (),
-                 wrapper: tuple[str, ...] = (), disk_size: int | None = None) -> None:
-        """``disk_size``: the disk is that big (the image written onto a bigger stick)."""
+                 wrapper: tuple[str, ...] = (), disk_size: int | None = None, display: str = "") -> None:
+        """``disk_size``: the disk is that big (the image written onto a bigger stick);
+        ``display``: a monitor (harness.screen.DISPLAYS), read with ``screen_text``."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.name = name
@@ -117,8 +119,10 @@ class Machine:
             drives=(*others, ours) if extra_drives_first else (ours, *others),
             firmware=fw, vars_path=str(self.vars), accel=accel,
             memory_mib=memory_mib, watchdog=watchdog, no_reboot=not warm_reset, machine=machine,
-            secure_boot=secure_boot != "off", extra=nic, wrapper=wrapper,
+            secure_boot=secure_boot != "off", extra=nic, wrapper=wrapper, display=display,
+            qmp=str(self.workdir / "qmp.sock") if display else "",
         )
+        self.screendumps = 0
         self.warm_reset = warm_reset
         self.power_cycles = 0  # guest resets turned into a fresh QEMU
         self.multiplier = timeout_multiplier()
@@ -259,6 +263,33 @@ class Machine:
         if self.proc is None:
             raise RuntimeError("the machine is not running")
         self.proc.send(text)
+
+    # -- the monitor (display=) ----------------------------------------------------------------
+    def screendump(self, name: str = "") -> Path:
+        """The monitor's picture now, as a PNG beside the console log."""
+        if not self.spec.qmp or self.proc is None:
+            raise RuntimeError("the machine has no display (display=), or is not running")
+        self.screendumps += 1
+        path = self.log_path.with_name(f"{self.name}.screen-{self.screendumps:02d}{'-' + name if name else ''}.png")
+        path.unlink(missing_ok=True)
+        screen.qmp(self.spec.qmp, "screendump", {"filename": str(path), "format": "png"})
+        self.sink.write(f"\n### {self.name}: screendump {path}\n")
+        return path
+
+    def screen_text(self, name: str = "") -> str:
+        """What the monitor shows now, read by OCR (kept beside the picture as .txt)."""
+        shot = self.screendump(name)
+        text = screen.read_text(shot, shot.parent)
+        shot.with_suffix(".txt").write_text(text)
+        return text
+
+    def keys(self, *combos: str) -> None:
+        """Key combinations pressed at the monitor's keyboard ("alt-f2", "ret")."""
+        screen.send_keys(self.spec.qmp, *combos)
+
+    def type_at_screen(self, text: str) -> None:
+        """Text typed at the monitor's keyboard, key by key."""
+        screen.type_text(self.spec.qmp, text)
 
     def wait_boot(self, timeout: float = 120) -> float:
         """Wait for the init's banner; returns the guest uptime it printed."""

@@ -134,6 +134,8 @@ class MachineSpec:
     machine: str = "q35"  # q35 | pc (i440fx, the older PC)
     secure_boot: bool = False  # SMM on and the firmware's variables behind it, as Secure Boot needs
     extra: tuple[str, ...] = field(default_factory=tuple)
+    display: str = ""  # a display device ("VGA", "bochs-display", ...; harness.screen.DISPLAYS): a monitor
+    qmp: str = ""  # a QMP socket's path: screendumps, keys
     wrapper: tuple[str, ...] = field(default_factory=tuple)  # runs QEMU: ("ip", "netns", "exec", NAME)
 
 
@@ -174,6 +176,10 @@ def command(spec: MachineSpec, qemu: str = "qemu-system-x86_64") -> list[str]:
         cmd += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
     if spec.no_reboot:
         cmd += ["-no-reboot"]
+    if spec.display:
+        cmd += ["-device", spec.display]
+    if spec.qmp:
+        cmd += ["-qmp", f"unix:{spec.qmp},server=on,wait=off"]
     if spec.rng:
         cmd += ["-device", "virtio-rng-pci"]
     if spec.watchdog:

@@ -322,6 +322,22 @@ def stage_update() -> None:
     sys.exit(0)
 
 
+def kiosk(seconds: float) -> None:
+    """A core with its own user interface: it takes the screen, draws on it, says it is
+    healthy (a line the init says after the take, which must not reach the screen), and
+    crashes after ``seconds``: the init takes the screen back to show why."""
+    from appliance import screen
+    tty = screen.take()
+    print(f"matrix core: kiosk on {tty or '(no screen)'}", flush=True)
+    if tty:
+        with open(tty, "w") as f:
+            f.write("\033[H\033[2J\033[12;10HKIOSK USER INTERFACE 4711\033[14;10HTOUCH TO START\n")
+    from appliance import update
+    update.healthy()
+    time.sleep(seconds)
+    raise RuntimeError("matrix core: the kiosk crashed on purpose")
+
+
 def raise_from_a_helper(what: str) -> None:
     """A frame of the core's own below <module>, with source lines around it."""
     reason = f"matrix core: raised on purpose, {what}"
@@ -438,6 +454,8 @@ def main() -> None:
         from appliance import update
         update.healthy()
         idle()
+    elif action.startswith("kiosk "):
+        kiosk(float(action.split()[1]))
     elif action == "healthy":
         from appliance import update
         update.healthy()
