@@ -79,11 +79,13 @@ def rebuild_after_touching(repo: Path, build: Callable[[Path, Path, Path], float
 
 # -- boots --------------------------------------------------------------------------------
 
-def boot_once(image: Path, work: Path, name: str, log_dir: Path, mok_cert: Path | None = None) -> figures.Boot:
+def boot_once(image: Path, work: Path, name: str, log_dir: Path, mok_cert: Path | None = None,
+              display: str = "") -> figures.Boot:
     """One boot to the core's ready line; with ``mok_cert``, on a stock PC's firmware
-    (Secure Boot on, Microsoft's keys) whose owner enrolled that certificate as a MOK."""
+    (Secure Boot on, Microsoft's keys) whose owner enrolled that certificate as a MOK;
+    with ``display``, a monitor that the firmware and the init draw on."""
     m = Machine(image, work, name=name, log_dir=log_dir, secure_boot="ms" if mok_cert else "off",
-                mok_cert=mok_cert)
+                mok_cert=mok_cert, display=display)
     with m:
         match = m.expect(figures.READY, 300)
         seen = time.monotonic() - m.started_at
@@ -344,6 +346,43 @@ def only_rollback(build: Path, runs: int) -> int:
     return 0
 
 
+SCREEN_DISPLAY = "VGA"
+
+
+def screen_rows(plain: list[figures.Boot], shown: list[figures.Boot]) -> list[tuple[str, str, str, str]]:
+    """The screen's cost: the same image booted without a display and with one."""
+    rows = []
+    for label, milestones in (("firmware -> kernel start", ("kernel start",)),
+                              ("init start -> core started", ("core started", "init start")),
+                              ("core ready", ("core ready",))):
+        def pick(boot: figures.Boot, names: tuple[str, ...] = milestones) -> float:
+            return boot.milestone(names[0]) - (boot.milestone(names[1]) if len(names) > 1 else 0.0)
+        a, b = figures.spread([pick(x) for x in plain]), figures.spread([pick(x) for x in shown])
+        rows.append((label, a.text(), b.text(), f"{b.median - a.median:+.2f} s"))
+    return rows
+
+
+def only_screen(build: Path, runs: int) -> int:
+    """``--only-screen``: the bench image booted without a display and with one, interleaved."""
+    ours = build / "bench/ours/appliance.raw"
+    if not ours.exists():
+        say(f"no {ours}: run `make bench` once (it builds it), then --only-screen")
+        return 2
+    boots: dict[str, list[figures.Boot]] = {"": [], SCREEN_DISPLAY: []}
+    with tempfile.TemporaryDirectory(dir=build) as work:
+        for i in range(runs):
+            for display in boots:
+                b = boot_once(ours, Path(work) / f"screen{i}{display}", f"bench-screen-{display or 'none'}-{i + 1}",
+                              build / "bench/logs", display=display)
+                say(f"boot {i + 1}/{runs} with {display or 'no display'}: core ready at {b.core_ready:.2f} s "
+                    f"(kernel {b.kernel_start:.2f}, init {b.init_start:.2f}, core {b.core_started:.2f})")
+                boots[display].append(b)
+    print(figures.table([("", "no display", SCREEN_DISPLAY, "the screen's cost"),
+                         *screen_rows(boots[""], boots[SCREEN_DISPLAY])]))
+    print(f"\n{runs} boots of each, interleaved, under {'kvm' if kvm_works() else 'tcg'} on {os.cpu_count()} CPUs.")
+    return 0
+
+
 def only_against(build: Path, other: Path, runs: int) -> int:
     """``--against OTHER.raw``: our bench image and another image of the bench core (one
     built from an earlier commit, say), booted interleaved ``runs`` times each; sizes and
@@ -428,6 +467,10 @@ def report(result: dict[str, Any]) -> str:
     if ours.get("secure_boot_boots"):
         on = [figures.Boot(*b) for b in ours["secure_boot_boots"]]
         text += "\n\n" + figures.table(figures.secure_boot_rows(on, boots_a))
+    if ours.get("screen_boots"):
+        shown = [figures.Boot(*b) for b in ours["screen_boots"]]
+        text += "\n\n" + figures.table([("", "no display", SCREEN_DISPLAY, "the screen's cost"),
+                                         *screen_rows(boots_a, shown)])
     ready = figures.spread([b.core_ready for b in boots_a])
     notes = [
         f"{len(boots_a)} boots of each, interleaved, under {result['accel']} on {result['cpus']} CPUs; "
@@ -459,6 +502,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="only the data partition rows, --boots times, with the test image (make test-image)")
     p.add_argument("--only-channel", action="store_true",
                    help="only the update channel rows, --boots times, with the test network images (make test-image)")
+    p.add_argument("--only-screen", action="store_true",
+                   help="only the screen's cost: the bench image without a display and with one, --boots times")
     p.add_argument("--against", metavar="OTHER.raw", type=Path,
                    help="only boots: our bench image against another image of the bench core, interleaved "
                         "(with OTHER.efi beside it for the sizes)")
@@ -473,6 +518,8 @@ def main(argv: list[str] | None = None) -> int:
         return only_data(Path(args.build_dir).resolve(), args.boots)
     if args.only_channel:
         return only_channel(Path(args.build_dir).resolve(), args.boots)
+    if args.only_screen:
+        return only_screen(Path(args.build_dir).resolve(), args.boots)
     repo = Path(args.repo).resolve()
     bench = Path(args.build_dir).resolve() / "bench"
     cache = Path(args.cache_dir).resolve()
@@ -497,16 +544,18 @@ def main(argv: list[str] | None = None) -> int:
         result["ours"]["size"] = sizes(ours_dir / "appliance.efi", ours_raw)
         result["systemd"]["size"] = sizes(theirs_dir / "comparator.efi", theirs_raw)
         logs = bench / "logs"
-        boots: dict[str, list[list[float]]] = {"ours": [], "systemd": [], "ours-secure-boot": []}
+        boots: dict[str, list[list[float]]] = {"ours": [], "systemd": [], "ours-secure-boot": [], "ours-screen": []}
         with tempfile.TemporaryDirectory(dir=bench) as work:
             cert = enrollable_cert(ours_raw, Path(work) / "mok.pem")
             if cert is None:
                 say("our image is not laid out for a stock PC (SECURE_BOOT=shim): no Secure Boot boots")
-            runs: list[tuple[str, Path, Path | None]] = [("ours", ours_raw, None), ("systemd", theirs_raw, None)]
+            runs: list[tuple[str, Path, Path | None]] = [("ours", ours_raw, None), ("systemd", theirs_raw, None),
+                                                         ("ours-screen", ours_raw, None)]
             runs += [("ours-secure-boot", ours_raw, cert)] if cert else []
             for i in range(args.boots):
                 for name, image, mok in runs:
-                    b = boot_once(image, Path(work) / f"{name}{i}", f"bench-{name}-{i + 1}", logs, mok)
+                    b = boot_once(image, Path(work) / f"{name}{i}", f"bench-{name}-{i + 1}", logs, mok,
+                                  display=SCREEN_DISPLAY if name == "ours-screen" else "")
                     say(f"{name} boot {i + 1}/{args.boots}: core ready at {b.core_ready:.2f} s "
                         f"(kernel {b.kernel_start:.2f}, init {b.init_start:.2f}, core {b.core_started:.2f})")
                     boots[name].append(list(b))
@@ -516,6 +565,7 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"crash turnaround {i + 1}/{args.crash_runs}: {turnaround[-1]:.2f} s")
         result["ours"]["boots"], result["systemd"]["boots"] = boots["ours"], boots["systemd"]
         result["ours"]["secure_boot_boots"] = boots["ours-secure-boot"]
+        result["ours"]["screen_boots"] = boots["ours-screen"]
         result["ours"]["crash_turnaround"] = turnaround
         test_raw, v2_efi = bench.parent / "test/appliance.raw", bench.parent / "test-v2/appliance.efi"
         if test_raw.exists():

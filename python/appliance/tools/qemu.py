@@ -20,6 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory", type=int, default=1024, help="MiB")
     p.add_argument("--in-place", action="store_true",
                    help="boot the image itself (crash records stay on it) instead of a copy")
+    p.add_argument("--screen", action="store_true",
+                   help="a monitor too: a VGA card shown in a window (QEMU's default display; "
+                        "QEMU_DISPLAY= names another, e.g. vnc=:1)")
     p.add_argument("--print", action="store_true", help="print the QEMU command and exit")
     args = p.parse_args(argv)
     image = Path(args.image)
@@ -38,8 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     vars_path = work / "OVMF_VARS.fd"
     shutil.copyfile(fw.vars_template, vars_path)
     spec = MachineSpec(drives=(Drive(str(disk), args.interface),), firmware=fw, vars_path=str(vars_path),
-                       accel="kvm" if kvm_works() else "tcg", memory_mib=args.memory)
+                       accel="kvm" if kvm_works() else "tcg", memory_mib=args.memory,
+                       display="VGA" if args.screen else "")
     cmd = command(spec)
+    if args.screen:  # a window instead of none
+        at = cmd.index("-display")
+        del cmd[at:at + 2]
+        if os.environ.get("QEMU_DISPLAY"):
+            cmd[at:at] = ["-display", os.environ["QEMU_DISPLAY"]]
     # Ctrl-a x quits, Ctrl-a c is QEMU's monitor: as on every QEMU serial console.
     cmd[cmd.index("stdio")] = "mon:stdio"
     print(f"qemu: {shlex.join(cmd)}", file=sys.stderr)
