@@ -228,7 +228,7 @@ def test_under_secure_boot_a_core_crash_and_a_kernel_panic_survive_the_reboot(
         m.expect(r"matrix core: ready", 60)
         # the monitor, under Secure Boot too: the panic's banner and the locked-down state
         shows(m, "panic", "THE PREVIOUS BOOT CRASHED", "cause: kernel panic (Panic, kept by pstore)",
-              "about to panic the kernel", "kernel-panic.rec", "secure boot: on (lockdown: integrity)")
+              "kernel-panic.rec", "secure boot: on (lockdown: integrity)")
         # The hardware watchdog's driver, a signed module, loads under lockdown after the core started.
         m.expect(r"init: hardware watchdog watchdog\d \(i6300ESB timer\): 15 s, petted by the init", 60)
         m.power_cut()

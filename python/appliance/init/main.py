@@ -91,7 +91,7 @@ class Boot:
         self.steps.done("modules")
         about["secure-boot"] = secureboot.read(self.root(efivars.EFIVARS),  # efivarfs: mounted with the modules
                                                self.root(secureboot.LOCKDOWN)).describe()
-        say(f"secure boot: {about['secure-boot']}")
+        self.console.record(f"secure boot: {about['secure-boot']}")  # the screen pins it instead
         screen.pin("secure-boot", f"secure boot: {about['secure-boot']}",
                    warn=not about["secure-boot"].startswith("on"))
         try:
