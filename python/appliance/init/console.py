@@ -16,6 +16,20 @@ def uptime() -> float:
     return time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """All of ``data`` to ``fd``, or as much as it takes before it fails (then silently:
+    a console or a screen that fails is not worth dying for)."""
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except InterruptedError:
+            continue
+        except OSError:
+            return
+        view = view[n:]
+
+
 class Console:
     """Writes whole lines to a file descriptor (the kernel's /dev/console for PID 1)."""
 
@@ -28,15 +42,7 @@ class Console:
 
     def write_raw(self, data: bytes) -> None:
         """Write bytes as they are; a console that fails is not worth dying for."""
-        view = memoryview(data)
-        while view:
-            try:
-                n = os.write(self.fd, view)
-            except InterruptedError:
-                continue
-            except OSError:
-                return
-            view = view[n:]
+        write_all(self.fd, data)
 
     def say(self, message: str) -> None:
         """A line for every console: the serial port's full record and the screen."""

@@ -28,6 +28,7 @@ import struct
 import termios
 from typing import NamedTuple
 
+from appliance.init.console import write_all
 from appliance.init.root import Root
 
 TTY = "/dev/tty1"
@@ -243,14 +244,5 @@ class Screen:
             self.row = max(self.row, y + (1 if x else 0))
 
     def _write(self, text: str) -> None:
-        if self.fd < 0:
-            return
-        view = memoryview(text.encode("utf-8", "replace"))
-        while view:
-            try:
-                n = os.write(self.fd, view)
-            except InterruptedError:
-                continue
-            except OSError:
-                return
-            view = view[n:]
+        if self.fd >= 0:
+            write_all(self.fd, text.encode("utf-8", "replace"))
