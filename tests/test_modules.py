@@ -155,3 +155,85 @@ def test_coldplug_loads_the_boot_controllers_drivers_first(tmp_path: Path) -> No
     cp2.scan(boot_aliases=set())
     assert sorted(cp2.other_storage) == ["ahci", "virtio_blk"]
     assert cp2.load_deferred() == 3 and [module_name(p) for p in k2.loaded][-1] == "iTCO_wdt"
+
+
+class Events:
+    """A socket's end that the test sends the kernel's events into (or an error, once)."""
+
+    def __init__(self) -> None:
+        import socket
+        self.ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        theirs.setblocking(False)
+        self.sock = theirs
+        self.error: OSError | None = None
+
+    def send(self, action: str, devpath: str, **env: str) -> None:
+        fields = [f"{action}@{devpath}", f"ACTION={action}", f"DEVPATH={devpath}",
+                  *(f"{k}={v}" for k, v in env.items())]
+        self.ours.send("\0".join(fields).encode() + b"\0")
+
+    def recv(self, n: int) -> bytes:
+        if self.error is not None:
+            e, self.error = self.error, None
+            raise e
+        return self.sock.recv(n)
+
+
+KEYBOARD = "usb:v0627p0001d0000dc00dsc00dp00ic03isc01ip01in00"  # QEMU's usb-kbd, interface 0
+
+
+def test_hotplug_hears_of_added_devices_only() -> None:
+    from appliance.init.modules import Hotplug
+    ev = Events()
+    hp = Hotplug(ev)  # type: ignore[arg-type]
+    assert not hp.added()  # nothing came: no wait either
+    ev.send("change", "/devices/virtual/tty/tty1")
+    ev.send("add", "/devices/virtual/block/loop0")  # no driver to match
+    assert not hp.added()
+    ev.send("add", "/devices/pci0000:00/0000:00:1d.0/usb1/1-1/1-1:1.0", MODALIAS=KEYBOARD)
+    ev.send("remove", "/devices/pci0000:00/0000:00:1d.0/usb1/1-1/1-1:1.0")
+    assert hp.added() and not hp.added()
+    ev.error = OSError(errno.ENOBUFS, "No buffer space available")  # events lost: look again
+    assert hp.added()
+
+
+def test_the_real_kernel_events_can_be_heard() -> None:
+    from appliance.init.modules import Hotplug
+    hp = Hotplug()
+    try:
+        assert hp.added() in (True, False)  # returns at once, whatever this machine does
+    finally:
+        hp.close()
+
+
+def test_a_usb_keyboard_gets_its_drivers_when_it_comes(tmp_path: Path) -> None:
+    from appliance.init.hardware import Hardware
+    from appliance.init.modules import Hotplug
+    from appliance.init.root import Root
+    hid = "kernel/drivers/hid"
+    usbhid = f"{hid}/usbhid/usbhid.ko: {hid}/hid.ko {USB}/core/usbcore.ko {USB}/common/usb-common.ko\n"
+    moddir = module_dir(tmp_path, f"{hid}/hid.ko:\n{hid}/hid-generic.ko: {hid}/hid.ko\n{usbhid}")
+    with open(moddir / "modules.alias", "a") as f:
+        f.write("\nalias usb:v*p*d*dc*dsc*dp*ic03isc*ip*in* usbhid\nalias hid:b*g*v*p* hid_generic\n")
+    sysfs = tmp_path / "sys"
+    said: list[str] = []
+    k = FakeKernel({})
+    hw = Hardware(k, said.append, Root(str(tmp_path)), 0)
+    hw.coldplug = Coldplug(str(moddir), k, str(sysfs))
+    ev = Events()
+    hw.hotplug = Hotplug(ev)  # type: ignore[arg-type]
+    hw.plugged()
+    assert said == [] and k.loaded == []  # no event: no scan
+    d = sysfs / "bus/usb/devices/1-1:1.0"
+    d.mkdir(parents=True)
+    (d / "modalias").write_text(KEYBOARD + "\n")
+    ev.send("add", "/devices/pci0000:00/0000:00:14.0/usb1/1-1/1-1:1.0", MODALIAS=KEYBOARD)
+    hw.plugged()
+    assert said == ["kernel modules for new devices: usb_common usbcore hid usbhid"]
+    d = sysfs / "bus/hid/devices/0003:0627:0001.0001"  # usbhid made the HID device: its driver next
+    d.mkdir(parents=True)
+    (d / "modalias").write_text("hid:b0003g0001v00000627p00000001\n")
+    ev.send("add", "/devices/.../0003:0627:0001.0001", MODALIAS="hid:b0003g0001v00000627p00000001")
+    hw.plugged()
+    assert said[-1] == "kernel modules for new devices: hid_generic"
+    assert [module_name(p) for p in k.loaded] == ["usb_common", "usbcore", "hid", "usbhid", "hid_generic"]

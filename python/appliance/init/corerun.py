@@ -26,6 +26,7 @@ LAUNCH_CORE = "/usr/lib/appliance/launch-core"
 DEBUG_SHELL = ("/usr/bin/busybox", "sh")
 DEBUG_TTY = "/dev/tty2"  # the debug shell for a keyboard at the screen: Alt+F2
 DEFERRED_MODULES_AFTER = 2.0  # seconds after the core started
+HOTPLUG_EVERY = 1.0  # seconds between looks at the kernel's device events (a recv that returns at once)
 
 
 class Ended(NamedTuple):
@@ -37,7 +38,8 @@ class Ended(NamedTuple):
 class CoreDuties(Duties):
     """The init's work while the core runs: its output to the console and the runtime
     log, the deferred drivers 2 s after its start, the hardware watchdogs petted, the
-    update committed and the crash-loop counter reset once it is healthy; ``on_deferred``
+    update committed and the crash-loop counter reset once it is healthy, drivers for the
+    devices plugged in since (every HOTPLUG_EVERY seconds, when the kernel said one came); ``on_deferred``
     (the crash reporter's start) runs with the deferred drivers, ``periodic`` (seconds,
     what: the clock saved) every so often."""
 
@@ -58,6 +60,7 @@ class CoreDuties(Duties):
         self.next_pet = clock()
         self.periodic = periodic
         self.next_periodic = clock() + periodic[0] if periodic else None
+        self.next_hotplug = clock()
 
     def output(self, data: bytes) -> None:
         self.bytes += len(data)
@@ -84,7 +87,8 @@ class CoreDuties(Duties):
 
     def due(self) -> float | None:
         times = [t for t in (self.deferred_at, self.next_pet if self.hardware.watchdogs else None,
-                             self.next_periodic) if t is not None]
+                             self.next_periodic, self.next_hotplug if self.hardware.hotplug else None)
+                 if t is not None]
         return min(times) if times else None
 
     def work(self, now: float) -> None:
@@ -98,6 +102,9 @@ class CoreDuties(Duties):
         if self.periodic and self.next_periodic is not None and now >= self.next_periodic:
             self.next_periodic = now + self.periodic[0]
             self.periodic[1]()
+        if self.hardware.hotplug is not None and now >= self.next_hotplug:
+            self.next_hotplug = now + HOTPLUG_EVERY
+            self.hardware.plugged()
         interval = self.hardware.pet_interval()
         if interval is not None and now >= self.next_pet:
             self.next_pet = now + interval

@@ -4,7 +4,9 @@ The drivers a boot disk needs load before the ESP is looked for, the boot contro
 first; the rest (entropy, watchdogs, chipset) wait until the core has had its start
 (``load_deferred``), unless a step needs them sooner: after an unplanned end (a
 watchdog's boot status says whether it reset the machine), or before an update's
-trial (its hang must reset the machine).
+trial (its hang must reset the machine). From then on, devices plugged in later (a USB
+keyboard, or one behind a USB controller whose driver just loaded) get their drivers too:
+``plugged``, from the init's loop, rescans when the kernel says a device came.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class Hardware:
         self.root = root
         self.hw_watchdog_seconds = hw_watchdog_seconds
         self.coldplug: modules.Coldplug | None = None  # made by load_modules
+        self.hotplug: modules.Hotplug | None = None  # made by load_deferred
         self._reported = False
         self.watchdogs: list[HardwareWatchdog] = []
 
@@ -67,6 +70,11 @@ class Hardware:
         said the first time and again only when the call loaded something."""
         if self.coldplug is None:
             return
+        if self.hotplug is None and self.coldplug.index is not None:
+            try:  # before the deferred drivers load: the devices behind them come as events
+                self.hotplug = modules.Hotplug()
+            except OSError as e:
+                self.say(f"kernel modules: cannot hear of new devices: {e} (a device plugged in later gets no driver)")
         if self.coldplug.load_deferred() == 0 and self._reported:
             return
         self._reported = True
@@ -74,6 +82,17 @@ class Hardware:
         for line in report.lines():
             self.say(line)
         self.say(f"kernel modules: slowest {report.slowest()}")
+
+    def plugged(self) -> None:
+        """Drivers for the devices added since the last call, if the kernel said any came."""
+        if self.hotplug is None or self.coldplug is None or not self.hotplug.added():
+            return
+        report = self.coldplug.report
+        loaded, failed = len(report.loaded), len(report.failed)
+        if self.coldplug.scan(defer=False):
+            self.say(f"kernel modules for new devices: {' '.join(report.loaded[loaded:])}")
+        for name, err in report.failed[failed:]:
+            self.say(f"could not load kernel module {name}: {err} (continuing: best-effort)")
 
     # -- watchdogs -------------------------------------------------------------------------
     def arm_watchdogs(self) -> None:

@@ -16,7 +16,10 @@ import errno
 import os
 import time
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import socket
 
 
 class ModuleLoader(Protocol):
@@ -153,6 +156,47 @@ def device_modaliases(sys_root: str = "/sys") -> set[str]:
             if alias:
                 found.add(alias)
     return found
+
+
+NETLINK_KOBJECT_UEVENT = 15  # linux/netlink.h: the kernel's device events, as udev hears them
+UEVENT_KERNEL_GROUP = 1
+
+
+class Hotplug:
+    """The kernel's device events: whether a device with a driver to match (a modalias)
+    was added since the last look. Nothing is parsed beyond that: the rescan that follows
+    reads sysfs, and a lost event (a full socket) is a reason to rescan too. Never blocks."""
+
+    def __init__(self, sock: socket.socket | None = None) -> None:
+        if sock is None:
+            import socket  # here: socket.py imports enum, slow on the boot's path; this runs after the core's start
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
+                                 NETLINK_KOBJECT_UEVENT)
+            try:
+                sock.bind((0, UEVENT_KERNEL_GROUP))
+            except OSError:
+                sock.close()
+                raise
+        self.sock = sock
+
+    def added(self, limit: int = 512) -> bool:
+        """Drain what came (``limit`` events at most a call: the rest the next time)."""
+        found = False
+        for _ in range(limit):
+            try:
+                event = self.sock.recv(8192)
+            except BlockingIOError:
+                return found
+            except OSError as e:
+                if e.errno != errno.ENOBUFS:
+                    return found
+                found = True  # events were dropped: look at everything
+                continue
+            found = found or (event.startswith(b"add@") and b"\0MODALIAS=" in event)
+        return True  # more than ``limit`` waiting: rescan to be safe
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 class LoadReport:
