@@ -71,9 +71,16 @@ def always(m: Machine, action: bytes) -> None:
 
 
 # -- the monitor (Machine(display=...)), read by OCR -------------------------------------------
+# Characters that OCR takes for one another in the console's font: the version's build hash
+# 'b0cef4b3' was read 'bOcef4b3', '/dev/vda1' read '/dev/udal'. Case is kept: the banner's
+# capitals are what tells it from the init's lines ('PREVIOUS BOOT' against 'previous boot').
+_LOOKALIKE = str.maketrans({"O": "0", "o": "0", "I": "1", "l": "1", "|": "1", "!": "1", "v": "u"})
+
+
 def flat(text: str) -> str:
-    """OCR's text without its blanks: a space it adds or drops inside a word is no failure."""
-    return "".join(text.split())
+    """OCR's text without its blanks, look-alike characters folded together: a space it adds or
+    drops inside a word, or an O read for a 0, is no failure."""
+    return "".join(text.split()).translate(_LOOKALIKE)
 
 
 def shows(m: Machine, name: str, *expected: str, absent: tuple[str, ...] = ()) -> str:

@@ -54,6 +54,16 @@ def test_command_line_every_boot_controller_and_the_older_pc() -> None:
     assert "ahci,id=ahci" not in q35 and "ide-hd,drive=disk0,bootindex=0" in q35  # ICH9's own AHCI
 
 
+def test_command_line_usb_keyboard() -> None:
+    cmd = command(spec(keyboard="usb"))
+    assert cmd.count("qemu-xhci,id=xhci") == 1 and "usb-kbd,bus=xhci.0" in cmd
+    both = command(spec(drives=(Drive("/d/a.raw", "usb"),), keyboard="usb"))
+    assert both.count("qemu-xhci,id=xhci") == 1 and "usb-kbd,bus=xhci.0" in both  # one controller for both
+    assert "usb-kbd" not in " ".join(command(spec(drives=(Drive("/d/a.raw", "usb"),))))
+    with pytest.raises(ValueError, match="keyboard='ps2'"):
+        command(spec(keyboard="ps2"))
+
+
 def test_command_line_secure_boot() -> None:
     cmd = " ".join(command(spec(secure_boot=True)))
     assert "-machine q35,smm=on,accel=tcg" in cmd and "-global driver=cfi.pflash01,property=secure,value=on" in cmd
@@ -164,3 +174,12 @@ def test_warm_reset_leaves_the_reset_to_qemu(tmp_path: Path, monkeypatch: pytest
     with m, pytest.raises(machine_mod.HarnessTimeout, match=r"QEMU exited \(the guest powered off\)"):
         m.wait_boot(5)
         m.wait_boot(5)
+
+
+def test_ocr_text_is_compared_without_blanks_and_look_alikes_but_with_its_case() -> None:
+    from tests.helpers import flat
+
+    assert flat("appliance 2026.12 .04-bOcef4b3") == flat("appliance 2026.12.04-b0cef4b3")
+    assert flat("/dev/udal") == flat("/dev/vda1")
+    assert flat("previous boot ended") != flat("PREVIOUS BOOT ended")  # the banner's capitals count
+    assert flat("core started") != flat("core stopped")

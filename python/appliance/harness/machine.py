@@ -81,9 +81,11 @@ class Machine:
                  machine: str = "q35", blkdebug: str | None = None, resume: bool = False,
                  secure_boot: str = "off", db_cert: str | Path | None = None,
                  mok_cert: str | Path | None = None, nic: tuple[str, ...] = (),
-                 wrapper: tuple[str, ...] = (), disk_size: int | None = None, display: str = "") -> None:
+                 wrapper: tuple[str, ...] = (), disk_size: int | None = None, display: str = "",
+                 keyboard: str = "") -> None:
         """``disk_size``: the disk is that big (the image written onto a bigger stick);
-        ``display``: a monitor (harness.screen.DISPLAYS), read with ``screen_text``."""
+        ``display``: a monitor (harness.screen.DISPLAYS), read with ``screen_text``;
+        ``keyboard``: "usb" types the keys on a USB keyboard (drivers the init loads) instead of PS/2."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.name = name
@@ -120,7 +122,7 @@ class Machine:
             firmware=fw, vars_path=str(self.vars), accel=accel,
             memory_mib=memory_mib, watchdog=watchdog, no_reboot=not warm_reset, machine=machine,
             secure_boot=secure_boot != "off", extra=nic, wrapper=wrapper, display=display,
-            qmp=str(self.workdir / "qmp.sock") if display else "",
+            qmp=str(self.workdir / "qmp.sock") if display else "", keyboard=keyboard,
         )
         self.screendumps = 0
         self.warm_reset = warm_reset

@@ -136,6 +136,7 @@ class MachineSpec:
     extra: tuple[str, ...] = field(default_factory=tuple)
     display: str = ""  # a display device ("VGA", "bochs-display", ...; harness.screen.DISPLAYS): a monitor
     qmp: str = ""  # a QMP socket's path: screendumps, keys
+    keyboard: str = ""  # "usb": a USB keyboard on the xHCI (QEMU sends it the keys); "": the PC's PS/2 one
     wrapper: tuple[str, ...] = field(default_factory=tuple)  # runs QEMU: ("ip", "netns", "exec", NAME)
 
 
@@ -184,9 +185,13 @@ def command(spec: MachineSpec, qemu: str = "qemu-system-x86_64") -> list[str]:
         cmd += ["-device", "virtio-rng-pci"]
     if spec.watchdog:
         cmd += ["-device", "i6300esb", "-action", "watchdog=reset"]
+    if spec.keyboard not in ("", "usb"):
+        raise ValueError(f"keyboard={spec.keyboard!r}: 'usb' or '' (the PS/2 one every PC here has)")
     used = {d.interface for d in spec.drives}
-    if "usb" in used:
+    if "usb" in used or spec.keyboard == "usb":
         cmd += ["-device", "qemu-xhci,id=xhci"]
+    if spec.keyboard == "usb":  # its input handler is the active one: keys typed go to it, not to PS/2
+        cmd += ["-device", "usb-kbd,bus=xhci.0"]
     if "usb-ehci" in used:
         cmd += ["-device", "usb-ehci,id=ehci"]
     if "virtio-scsi" in used:
