@@ -8,12 +8,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from appliance.esp import layout
+from appliance.builder import bootmgr, disk, shim, signing
+from appliance.esp import layout, uki
 from appliance.esp.files import MountedEsp
 from appliance.harness.machine import Machine
 from appliance.init.supervise import Duties
+from appliance.media.espfs import EspImage
 
-__all__ = ["MatrixMachine", "Recorder", "act", "always", "esp_folder", "layout", "on_esp"]
+__all__ = ["MatrixMachine", "Recorder", "act", "always", "esp_folder", "layout", "on_esp", "shim_layout",
+           "signed_layouts"]
 
 
 def esp_folder(tmp_path: Path) -> MountedEsp:
@@ -57,6 +60,33 @@ def matrix_machine(image: Path, tmp_path: Path, log_dir: Path) -> MatrixMachine:
     def make(name: str, **kw: Any) -> Machine:
         return Machine(image, tmp_path, name=name, log_dir=log_dir, **kw)
     return make
+
+
+# -- Secure Boot: an image laid out as make image does, signed with a key made for the test -----
+def shim_layout(built_raw: Path, efi: Path, key: signing.Key, d: Path) -> dict[str, Path]:
+    """make image's layout for a stock PC, around ``efi``: the shim and MokManager that
+    make image fetched, taken from its image rather than fetched again."""
+    esp = EspImage(built_raw)
+    found = shim.Shim(d / "shimx64.efi", d / "mmx64.efi")
+    found.shim.write_bytes(esp.read(disk.REMOVABLE_PATH))
+    found.mokmanager.write_bytes(esp.read(layout.MOKMANAGER))
+    return shim.layout(found, efi, signing.der(key.cert, d / shim.MOK_ENROLL_FILE))
+
+
+def signed_layouts(raw: Path, built_raw: Path, d: Path) -> dict[str, tuple[Path, signing.Key]]:
+    """``raw`` (built unsigned) laid out as make image does (systemd-boot, its entry, the UKI;
+    shim first for "ms", a stock PC), every EFI program signed with a key made for the test;
+    "own": the layout for an owner's machine (the key in db)."""
+    key = signing.ensure_key(d / "keys")
+    efi = d / "appliance.efi"
+    signing.sign(raw.parent / "appliance.efi", efi, key)  # the test image is built unsigned
+    boot_manager = d / "systemd-bootx64.efi"
+    boot_manager.write_bytes(EspImage(raw).read(bootmgr.REMOVABLE_PATH))  # unsigned there too
+    files = bootmgr.esp_files(efi, uki.read_path(str(efi)).identity.version, boot_manager, d / "esp", key)
+    disk.make_disk(efi, d / "own.raw", files=files)
+    disk.make_disk(efi, d / "ms.raw", files={**files, **shim_layout(built_raw, files[bootmgr.REMOVABLE_PATH], key,
+                                                                    d)})
+    return {"own": (d / "own.raw", key), "ms": (d / "ms.raw", key)}
 
 
 # -- the matrix test core's client (tests/cores/matrix): what its next boots do ------------------

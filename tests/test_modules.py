@@ -237,3 +237,88 @@ def test_a_usb_keyboard_gets_its_drivers_when_it_comes(tmp_path: Path) -> None:
     hw.plugged()
     assert said[-1] == "kernel modules for new devices: hid_generic"
     assert [module_name(p) for p in k.loaded] == ["usb_common", "usbcore", "hid", "usbhid", "hid_generic"]
+
+
+class ProbingKernel(FakeKernel):
+    """A kernel whose LPC bridge driver makes the iTCO watchdog's device as it probes."""
+
+    def __init__(self, sysfs: Path) -> None:
+        super().__init__({})
+        self.sysfs = sysfs
+        self.params: dict[str, str] = {}
+
+    def finit_module(self, path: str, params: str = "") -> None:
+        super().finit_module(path, params)
+        self.params[module_name(path)] = params
+        if module_name(path) == "lpc_ich":
+            d = self.sysfs / "bus/platform/devices/iTCO_wdt"
+            d.mkdir(parents=True)
+            (d / "modalias").write_text("platform:iTCO_wdt\n")
+
+
+def test_the_watchdogs_drivers_load_before_the_others_and_probe_at_once(tmp_path: Path) -> None:
+    moddir = module_dir(tmp_path, "kernel/drivers/mfd/lpc_ich.ko:\nkernel/drivers/char/hw_random/virtio-rng.ko:\n"
+                                  "kernel/drivers/watchdog/i6300esb.ko:\n")
+    with open(moddir / "modules.alias", "a") as f:
+        f.write("\nalias pci:v00008086d00002918sv*sd*bc*sc*i* lpc_ich\nalias virtio:d00000004v* virtio_rng\n"
+                "alias pci:v00008086d000025ABsv*sd*bc*sc*i* i6300esb\n")
+    sysfs = tmp_path / "sys"
+    for bus, name, alias in (("pci", "0000:00:1f.0", "pci:v00008086d00002918sv00001AF4sd00001100bc06sc01i00"),
+                             ("pci", "0000:00:03.0", "pci:v00008086d000025ABsv00001AF4sd00001100bc08sc80i00"),
+                             ("virtio", "virtio2", "virtio:d00000004v00001AF4")):
+        d = sysfs / "bus" / bus / "devices" / name
+        d.mkdir(parents=True)
+        (d / "modalias").write_text(alias + "\n")
+    k = ProbingKernel(sysfs)
+    cp = Coldplug(str(moddir), k, str(sysfs))
+    assert cp.scan() == 0 and sorted(cp.deferred) == ["i6300esb", "lpc_ich", "virtio_rng"]
+    # The bridge, the watchdog on the PCI bus, then the iTCO the bridge made; entropy waits.
+    assert cp.load_watchdogs() == 3
+    assert sorted(module_name(p) for p in k.loaded) == ["i6300esb", "iTCO_wdt", "lpc_ich"]
+    assert cp.deferred == ["virtio_rng"] and set(k.params.values()) == {"async_probe=0"}
+    assert cp.load_deferred() == 1 and k.params["virtio_rng"] == ""
+
+
+def test_devices_no_driver_took_are_named(tmp_path: Path) -> None:
+    from appliance.init.modules import driverless
+    pci = tmp_path / "sys/bus/pci/devices"
+    for name, klass, vendor, device, bound in (("0000:00:00.0", "0x060000", "0x8086", "0x29c0", False),
+                                              ("0000:00:01.0", "0x030000", "0x1234", "0x1111", False),
+                                              ("0000:00:02.0", "0x020000", "0x10ec", "0x8168", False),
+                                              ("0000:00:1f.2", "0x010601", "0x8086", "0x2922", True),
+                                              ("0000:00:1f.3", "0xff0500", "0x8086", "0x2930", False)):
+        d = pci / name
+        d.mkdir(parents=True)
+        for f, v in (("class", klass), ("vendor", vendor), ("device", device)):
+            (d / f).write_text(v + "\n")
+        if bound:
+            (d / "driver").symlink_to(tmp_path)
+    (pci / "0000:00:05.0").mkdir()  # gone while read: left out
+    assert driverless(str(tmp_path / "sys")) == [
+        "0000:00:01.0 (display 1234:1111)", "0000:00:02.0 (network 10ec:8168)", "0000:00:1f.3 (class 0xff 8086:2930)"]
+    assert driverless(str(tmp_path / "nowhere")) == []
+
+
+def test_a_kernel_without_modules_loads_none_and_names_what_it_does_not_drive(tmp_path: Path) -> None:
+    from appliance.init.hardware import Hardware
+    from appliance.init.root import Root
+    d = tmp_path / "sys/bus/pci/devices/0000:00:02.0"
+    d.mkdir(parents=True)
+    for f, v in (("class", "0x020000"), ("vendor", "0x10ec"), ("device", "0x8168")):
+        (d / f).write_text(v + "\n")
+    (tmp_path / "proc").mkdir()  # no /proc/modules: CONFIG_MODULES is off
+    said: list[str] = []
+
+    class NoMounts(FakeKernel):
+        def mount(self, *args: object) -> None:
+            raise OSError(errno.ENODEV, "no such file system")
+    k = NoMounts({})
+    hw = Hardware(k, said.append, Root(str(tmp_path)), 15)
+    hw.load_modules(["vfat", "efivarfs"])
+    assert said[0] == "kernel modules: none: every driver is built into this kernel" and k.loaded == []
+    hw.arm_watchdogs()  # none in this machine: nothing opened, nothing said
+    hw.scan_again(True, 3)
+    hw.load_deferred()
+    hw.load_deferred()
+    assert said.count("devices with no driver: 0000:00:02.0 (network 10ec:8168)") == 1
+    assert hw.watchdogs == [] and k.loaded == []

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from appliance.builder import bootmgr, disk, shim, signing
-from appliance.esp import layout, records, uki
+from appliance.builder import disk, signing
+from appliance.esp import layout, records
 from appliance.harness.machine import Machine
-from appliance.media.espfs import EspImage
-from tests.helpers import act, shows
+from tests.helpers import act, shim_layout, shows, signed_layouts
 
 pytestmark = pytest.mark.qemu
 
@@ -81,16 +80,6 @@ def test_a_changed_byte_or_another_key_is_refused(signed: tuple[Path, signing.Ke
             m.power_cut()
         log = m.output_since_start()
         assert "EFI stub" not in log and "init: " not in log, name
-
-
-def shim_layout(built_raw: Path, efi: Path, key: signing.Key, d: Path) -> dict[str, Path]:
-    """make image's layout for a stock PC, around ``efi``: the shim and MokManager that
-    make image fetched, taken from its image rather than fetched again."""
-    esp = EspImage(built_raw)
-    found = shim.Shim(d / "shimx64.efi", d / "mmx64.efi")
-    found.shim.write_bytes(esp.read(disk.REMOVABLE_PATH))
-    found.mokmanager.write_bytes(esp.read(layout.MOKMANAGER))
-    return shim.layout(found, efi, signing.der(key.cert, d / shim.MOK_ENROLL_FILE))
 
 
 @pytest.fixture(scope="module")
@@ -170,17 +159,7 @@ def signed_test_images(test_raw: Path, built_raw: Path, tmp_path_factory: pytest
                        ) -> dict[str, tuple[Path, signing.Key]]:
     """Laid out as make image does (systemd-boot, its entry, the UKI; shim first for ms),
     every EFI program signed with a key made for the test."""
-    d = tmp_path_factory.mktemp("signed-test")
-    key = signing.ensure_key(d / "keys")
-    efi = d / "appliance.efi"
-    signing.sign(test_raw.parent / "appliance.efi", efi, key)  # the test image is built unsigned
-    boot_manager = d / "systemd-bootx64.efi"
-    boot_manager.write_bytes(EspImage(test_raw).read(bootmgr.REMOVABLE_PATH))  # unsigned there too
-    files = bootmgr.esp_files(efi, uki.read_path(str(efi)).identity.version, boot_manager, d / "esp", key)
-    disk.make_disk(efi, d / "own.raw", files=files)
-    disk.make_disk(efi, d / "ms.raw", files={**files, **shim_layout(built_raw, files[bootmgr.REMOVABLE_PATH], key,
-                                                                    d)})
-    return {"own": (d / "own.raw", key), "ms": (d / "ms.raw", key)}
+    return signed_layouts(test_raw, built_raw, tmp_path_factory.mktemp("signed-test"))
 
 
 # own: a deadlocked core, dumped by the software watchdog; ms: a segfault.
@@ -222,6 +201,8 @@ def test_under_secure_boot_a_core_crash_and_a_kernel_panic_survive_the_reboot(
         m.expect(r"Kernel panic - not syncing", 90)
         m.wait_boot(timeout=180)  # panic=10: the kernel reboots by itself
         m.expect(lockdown, 60)
+        # The hardware watchdog's driver, a signed module, loads under lockdown before the core starts.
+        m.expect(r"init: hardware watchdog watchdog\d \(i6300ESB timer\): 15 s, petted by the init", 60)
         m.expect(r"init: previous boot ended: kernel panic \(Panic, kept by pstore\)", 60)
         m.expect(rf"init: \| kernel: [^\n]*matrix core: about to panic the kernel, token {token}", 30)
         panic = m.expect(r"init: ===== kernel panic from the previous boot: end \(archived as /esp(\S+)\)", 10)
@@ -229,8 +210,6 @@ def test_under_secure_boot_a_core_crash_and_a_kernel_panic_survive_the_reboot(
         # the monitor, under Secure Boot too: the panic's banner and the locked-down state
         shows(m, "panic", "THE PREVIOUS BOOT CRASHED", "cause: kernel panic (Panic, kept by pstore)",
               "kernel-panic.rec", "secure boot: on (lockdown: integrity)")
-        # The hardware watchdog's driver, a signed module, loads under lockdown after the core started.
-        m.expect(r"init: hardware watchdog watchdog\d \(i6300ESB timer\): 15 s, petted by the init", 60)
         m.power_cut()
     rec = records.decode(m.esp_read(crash.group(1)))
     assert rec.ok and rec.payload == log, rec.problem

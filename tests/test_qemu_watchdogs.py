@@ -66,22 +66,29 @@ def test_a_deadlocked_core_is_dumped_by_the_software_watchdog(matrix: MatrixMach
     assert "in lock_first_then_second" in console and "in lock_second_then_first" in console
 
 
-def test_a_hung_init_is_reset_by_the_hardware_watchdog(matrix: MatrixMachine) -> None:
+def test_a_core_hanging_the_machine_at_once_and_a_hung_init_are_reset_by_the_hardware_watchdog(
+        matrix: MatrixMachine) -> None:
     # A warm reset, as the watchdog gives it: its boot status must survive into the next boot.
     m = matrix("watchdog-init-hang", watchdog=True, warm_reset=True)
-    m.esp_write(layout.TEST_HANG_INIT, b"")
+    act(m, b"hang")  # the first boot's core takes the only CPU as it starts
+    m.esp_write(layout.TEST_HANG_INIT, b"")  # the second boot's init hangs 2 s after its core started
+    dog_line = r"init: hardware watchdog (watchdog\d) \(i6300ESB timer\): 15 s, petted by the init"
     with m:
         m.wait_boot(timeout=120)
-        dog = m.expect(r"init: hardware watchdog (watchdog\d) \(i6300ESB timer\): 15 s, petted by the init", 60)
-        m.expect(r"init: TEST: hanging the init on purpose", 30)
-        m.wait_boot(timeout=120)  # nothing pets the watchdog: the machine resets
-        # Cut short without a panic: the watchdog drivers load at once, to ask them why.
-        m.expect(rf"init: hardware watchdog {dog.group(1)} \(i6300ESB timer\): 15 s, petted by the init; "
-                 "it reset the machine last time", 60)
-        m.expect(rf"init: previous boot ended: watchdog reset \({dog.group(1)}: i6300ESB timer\): the machine hung",
-                 30)
+        # Armed on every boot before the core starts, not only on an update's trial.
+        dog = m.expect(dog_line, 60)
+        m.expect(r"init: core started: pid", 30)
+        m.expect(r"matrix core: hanging the machine", 60)
+        for _ in range(2):
+            m.wait_boot(timeout=120)  # nothing pets the watchdog: the machine resets
+            m.expect(rf"{dog_line}; it reset the machine last time", 60)
+            m.expect(rf"init: previous boot ended: watchdog reset \({dog.group(1)}: i6300ESB timer\): the machine "
+                     "hung", 30)
+            m.expect(r"init: core started: pid", 30)
+            if m.boots == 2:
+                m.expect(r"init: TEST: hanging the init on purpose", 30)
         m.expect(READY, 60)
         m.power_cut()
-    assert m.boots == 2
+    assert m.boots == 3
     kinds = [name.split("-", 1)[1] for name in m.esp_list(layout.HISTORY_DIR)]
-    assert kinds == ["reset.rec"], kinds
+    assert kinds == ["reset.rec", "reset.rec"], kinds

@@ -96,7 +96,8 @@ class CoreDuties(Duties):
             # The drivers no boot disk needs (entropy, watchdogs, chipset) wait until the
             # core has had its start: on one CPU they would otherwise delay it.
             self.deferred_at = None
-            self.hardware.arm_watchdogs()
+            self.hardware.load_deferred()
+            self.hardware.open_watchdogs()  # one a deferred driver made
             self.on_deferred()
             self.hang_if_asked()
         if self.periodic and self.next_periodic is not None and now >= self.next_periodic:

@@ -1,12 +1,16 @@
 """The hardware: kernel modules now and later, and the hardware watchdogs the init pets.
 
 The drivers a boot disk needs load before the ESP is looked for, the boot controller's
-first; the rest (entropy, watchdogs, chipset) wait until the core has had its start
-(``load_deferred``), unless a step needs them sooner: after an unplanned end (a
-watchdog's boot status says whether it reset the machine), or before an update's
-trial (its hang must reset the machine). From then on, devices plugged in later (a USB
-keyboard, or one behind a USB controller whose driver just loaded) get their drivers too:
-``plugged``, from the init's loop, rescans when the kernel says a device came.
+first. The hardware watchdogs' drivers load before the core starts, on every boot
+(``arm_watchdogs``): a core that takes the CPU at once must still be reset. The rest
+(entropy, chipset) wait until the core has had its start (``load_deferred``), unless a
+step needs them sooner (the network's NIC drivers). From then on, devices plugged in
+later (a USB keyboard, or one behind a USB controller whose driver just loaded) get their
+drivers too: ``plugged``, from the init's loop, rescans when the kernel says a device came.
+
+A kernel with every driver built in (``make image KERNEL=appliance``) has no modules:
+the steps that load them have nothing to do, and the line about devices with no driver
+says what that kernel does not drive.
 """
 
 from __future__ import annotations
@@ -29,24 +33,33 @@ class Hardware:
         self.coldplug: modules.Coldplug | None = None  # made by load_modules
         self.hotplug: modules.Hotplug | None = None  # made by load_deferred
         self._reported = False
+        self._driverless_said = False
         self.watchdogs: list[HardwareWatchdog] = []
 
     # -- drivers ---------------------------------------------------------------------------
     def load_modules(self, named: list[str]) -> None:
         """The image's list (file systems, firmware interfaces), then the drivers of the
         hardware present; ``scan_again`` catches devices that appear later."""
+        if not os.path.exists(self.root("/proc/modules")):
+            self.say("kernel modules: none: every driver is built into this kernel")
+            self.mount_firmware()
+            return
         self.coldplug = modules.Coldplug(self.root(f"/usr/lib/modules/{os.uname().release}"),
                                          self.kernel, self.root("/sys"))  # type: ignore[arg-type]
         self.coldplug.load_named(named)
-        for r in mounts.apply(mounts.FIRMWARE, self.kernel, self.root.top):  # type: ignore[arg-type]
-            if not r.ok:
-                self.say(r.message())
+        self.mount_firmware()
         # The firmware's boot entry names the boot disk's controller: its drivers first.
         controller = bootdev.boot_controller(self.root(efivars.EFIVARS), self.root("/sys/devices"))
         self.coldplug.scan(boot_aliases=bootdev.modaliases_under(controller) if controller else None)
         if self.coldplug.other_storage:
             self.say(f"booted from {os.path.basename(controller or '?')}: its drivers first; other storage "
                      f"drivers wait ({' '.join(self.coldplug.other_storage)})")
+
+    def mount_firmware(self) -> None:
+        """efivarfs, pstore, securityfs: their file systems may be modules (loaded just before)."""
+        for r in mounts.apply(mounts.FIRMWARE, self.kernel, self.root.top):  # type: ignore[arg-type]
+            if not r.ok:
+                self.say(r.message())
 
     def load_named(self, named: list[str]) -> None:
         """More of the image's modules, when a step needs them (ext4, for the data partition);
@@ -69,6 +82,7 @@ class Hardware:
         early after an unplanned end and again 2 s after the core started; the report is
         said the first time and again only when the call loaded something."""
         if self.coldplug is None:
+            self.say_driverless()
             return
         if self.hotplug is None and self.coldplug.index is not None:
             try:  # before the deferred drivers load: the devices behind them come as events
@@ -77,11 +91,23 @@ class Hardware:
                 self.say(f"kernel modules: cannot hear of new devices: {e} (a device plugged in later gets no driver)")
         if self.coldplug.load_deferred() == 0 and self._reported:
             return
+        first = not self._reported
         self._reported = True
         report = self.coldplug.report
         for line in report.lines():
             self.say(line)
         self.say(f"kernel modules: slowest {report.slowest()}")
+        if first:
+            self.say_driverless()
+
+    def say_driverless(self) -> None:
+        """Once, when the drivers have all had their turn: the devices none of them took."""
+        if self._driverless_said:
+            return
+        self._driverless_said = True
+        found = modules.driverless(self.root("/sys"))
+        if found:
+            self.say(f"devices with no driver: {', '.join(found)}")
 
     def plugged(self) -> None:
         """Drivers for the devices added since the last call, if the kernel said any came."""
@@ -96,8 +122,11 @@ class Hardware:
 
     # -- watchdogs -------------------------------------------------------------------------
     def arm_watchdogs(self) -> None:
-        """Load the drivers that wait (the watchdogs' among them) and open every watchdog."""
-        self.load_deferred()
+        """Before the core starts: the watchdogs' drivers (the others keep their time), then
+        every watchdog opened. Called again as the deferred drivers load, for any watchdog
+        those made."""
+        if self.coldplug is not None:
+            self.coldplug.load_watchdogs()
         self.open_watchdogs()
 
     def open_watchdogs(self) -> None:

@@ -102,6 +102,9 @@ class Boot:
                                                                 self.steps.done)
         failures.run("finding and mounting the ESP", lambda: persist.mount(hardware))
         failures.run("keeping what fsck.fat salvaged", persist.keep_salvaged)
+        # Before the core, on every boot: a core that takes the CPU at once is reset too
+        # (and a watchdog's boot status says whether it reset the previous boot).
+        failures.run("arming the hardware watchdogs", hardware.arm_watchdogs)
         screen.pin("persistence", *persist.describe())
         clock = self.out.clock = WallClock(say)
         failures.run("checking the clock", lambda: clock.check(persist.keeping, image.built_at))
@@ -110,7 +113,7 @@ class Boot:
         if previous.crash is not None:
             screen.show_crash(previous.crash)
         trial = Trial(persist, say, self.root)
-        failures.run("looking at the update trial", lambda: trial.look(hardware))
+        failures.run("looking at the update trial", trial.look)
         failures.run("starting the runtime log", lambda: persist.start_runtime_log(previous.log_kept))
         self.steps.done("previous log")
         data = self.out.data = Data(self.kernel, say, self.root, self.config.data_size, hardware.load_named,

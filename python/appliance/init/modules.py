@@ -158,6 +158,43 @@ def device_modaliases(sys_root: str = "/sys") -> set[str]:
     return found
 
 
+# PCI base classes (the class file's top byte), for the line about devices with no driver.
+PCI_CLASSES = {0x00: "unclassified", 0x01: "storage", 0x02: "network", 0x03: "display", 0x04: "multimedia",
+               0x05: "memory", 0x06: "bridge", 0x07: "communication", 0x08: "system peripheral", 0x09: "input",
+               0x0c: "serial bus", 0x0d: "wireless", 0x10: "encryption", 0x11: "signal processing",
+               0x12: "accelerator"}
+HOST_BRIDGE = 0x0600  # a host bridge has no driver on most machines: not worth a word
+
+
+def driverless(sys_root: str = "/sys") -> list[str]:
+    """The PCI devices no driver has bound, as ``0000:00:1f.3 (serial bus 8086:2930)``: the
+    hardware this kernel and image do not drive (a NIC, a disk controller, or only a
+    display the firmware's framebuffer stands in for)."""
+    devices = os.path.join(sys_root, "bus/pci/devices")
+    try:
+        names = sorted(os.listdir(devices))
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        path = os.path.join(devices, name)
+        if os.path.exists(os.path.join(path, "driver")):
+            continue
+        try:
+            with open(os.path.join(path, "class")) as f:
+                klass = int(f.read().strip(), 16)
+            ids = []
+            for part in ("vendor", "device"):
+                with open(os.path.join(path, part)) as f:
+                    ids.append(f.read().strip().removeprefix("0x"))
+        except (OSError, ValueError):
+            continue
+        if klass >> 8 == HOST_BRIDGE:
+            continue
+        found.append(f"{name} ({PCI_CLASSES.get(klass >> 16, f'class {klass >> 16:#04x}')} {':'.join(ids)})")
+    return found
+
+
 NETLINK_KOBJECT_UEVENT = 15  # linux/netlink.h: the kernel's device events, as udev hears them
 UEVENT_KERNEL_GROUP = 1
 
@@ -225,7 +262,8 @@ class LoadReport:
 
 
 def load(index: ModuleIndex, wanted: list[str], moddir: str, kernel: ModuleLoader,
-         clock: Callable[[], float] = time.monotonic, report: LoadReport | None = None) -> LoadReport:
+         clock: Callable[[], float] = time.monotonic, report: LoadReport | None = None,
+         params: str = "") -> LoadReport:
     report = report if report is not None else LoadReport()
     order, builtin, unknown = index.load_order(wanted)
     report.builtin += builtin
@@ -235,7 +273,7 @@ def load(index: ModuleIndex, wanted: list[str], moddir: str, kernel: ModuleLoade
             continue
         started = clock()
         try:
-            kernel.finit_module(os.path.join(moddir, index.files[name]))
+            kernel.finit_module(os.path.join(moddir, index.files[name]), params)
             report.loaded.append(name)
         except OSError as e:
             if e.errno == errno.EEXIST:
@@ -253,6 +291,11 @@ def load(index: ModuleIndex, wanted: list[str], moddir: str, kernel: ModuleLoade
 # (entropy, watchdogs, chipset) is queued and loaded once the core runs.
 STORAGE_PATHS = ("kernel/drivers/ata/", "kernel/drivers/scsi/", "kernel/drivers/nvme/", "kernel/drivers/block/",
                  "kernel/drivers/usb/", "kernel/drivers/mmc/")
+# The hardware watchdogs' drivers, and Intel's LPC bridge, which makes the iTCO's device:
+# loaded before the core starts, on every boot (``load_watchdogs``), each probing its
+# device before the load returns (the boot's module.async_probe=1 would have it later).
+WATCHDOG_PATHS = ("kernel/drivers/watchdog/", "kernel/drivers/mfd/lpc_ich.")
+PROBE_NOW = "async_probe=0"
 # Within storage, the likeliest boot media of a virtual or modern machine first.
 STORAGE_FIRST = ("virtio", "nvme", "xhci", "ehci", "ohci", "uhci", "usb", "uas", "sd_mod")
 
@@ -322,6 +365,21 @@ class Coldplug:
         before = len(self.report.loaded)
         queued, self.other_storage = self.other_storage, []
         load(self.index, queued, self.moddir, self.kernel, self.clock, self.report)
+        return len(self.report.loaded) - before
+
+    def load_watchdogs(self) -> int:
+        """Load the queued watchdog drivers now, and those of the devices they made (the
+        LPC bridge's iTCO); the other queued drivers keep their time."""
+        if self.index is None:
+            return 0
+        before = len(self.report.loaded)
+        for _ in range(3):  # a driver, the devices it made, their drivers
+            self.scan()
+            now = [m for m in self.deferred if self.index.files.get(m, "").startswith(WATCHDOG_PATHS)]
+            if not now:
+                break
+            self.deferred = [m for m in self.deferred if m not in now]
+            load(self.index, now, self.moddir, self.kernel, self.clock, self.report, params=PROBE_NOW)
         return len(self.report.loaded) - before
 
     def load_deferred(self) -> int:

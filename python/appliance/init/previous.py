@@ -75,8 +75,7 @@ class PreviousBoot:
         reset_by = ""
         if state is not None and state.running and not panic:
             # Cut short with no panic: a hang the hardware watchdog ended shows in its
-            # driver's boot status, so its drivers are loaded now rather than later.
-            hardware.arm_watchdogs()
+            # driver's boot status (the watchdogs are armed before this step).
             reset_by = hardware.reset_by()
         if persist.files is None and not panic and not init_failure:
             self.ended, unplanned = "unknown: persistence is off", False

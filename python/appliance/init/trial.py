@@ -21,7 +21,6 @@ from appliance.esp import kvfile, layout, records, slots, updatelog
 from appliance.esp.bootentries import Entry
 from appliance.esp.files import EspFiles
 from appliance.esp.slots import Image, Slots
-from appliance.init.hardware import Hardware
 from appliance.init.persistence import Persistence
 from appliance.init.root import Root
 
@@ -143,7 +142,7 @@ class Trial:
         self.root = root
         self.slots: Slots | None = None  # the images on the ESP, and the one booted
 
-    def look(self, hardware: Hardware) -> None:
+    def look(self) -> None:
         persist = self.persist
         if persist.files is None:
             return
@@ -153,11 +152,6 @@ class Trial:
                              self.say, selected_entry(self.root(efivars.EFIVARS)),
                              lambda line, version: persist.archive("rollback", f"{line}\n".encode(), {
                                  "image": version, "boot-ended": "update rolled back"}))
-        if on_trial(self.slots) is not None and not hardware.watchdogs:
-            # An image on trial may hang the machine before the drivers' usual time (2 s
-            # after the core starts): the hardware watchdog is armed before the core runs,
-            # so that such a hang resets the machine and costs the image one of its tries.
-            hardware.arm_watchdogs()
 
     def planned_restart(self) -> None:
         """The core ended as planned: an image still on trial keeps its tries."""
