@@ -57,6 +57,12 @@ def test_debug_raw() -> Path:
 
 
 @pytest.fixture(scope="session")
+def test_kernel_raw() -> Path:
+    """The test image built with KERNEL=appliance: our own kernel, every driver built in."""
+    return _need(BUILD / "test-kernel/appliance.raw", "run `make test-image`")
+
+
+@pytest.fixture(scope="session")
 def test_net_raw() -> Path:
     """The test image built with NETWORK=dhcp."""
     return _need(BUILD / "test-net/appliance.raw", "run `make test-image`")
@@ -122,7 +128,8 @@ settings.load_profile("fuzz" if os.environ.get("FUZZ_EXAMPLES") else "test")
 LONGEST_FIRST = ("test_qemu_channel.py", "test_power_cut_while_the_core_floods", "test_crash_loop_backs_off",
                  "test_crashes_made_offline", "test_an_update_that_panics_or_hangs", "test_a_kernel_panic_meets",
                  "test_an_update_that_crashes", "test_under_secure_boot", "test_qemu_data.py",
-                 "test_power_lost_during_each_try", "test_an_update_staged_from_a_host", "test_qemu_watchdogs.py")
+                 "test_power_lost_during_each_try", "test_an_update_staged_from_a_host", "test_qemu_watchdogs.py",
+                 "test_qemu_kernel.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

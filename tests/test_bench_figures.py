@@ -68,3 +68,16 @@ def test_secure_boot_is_compared_with_the_same_image_booted_with_it_off() -> Non
     assert rows[0] == ("ours, same image", "Secure Boot on (ms)", "off", "on/off")
     assert rows[1] == ("QEMU start -> kernel start", "9.50 s (9.50-9.50)", "6.50 s (5.50-7.50)", "1.46")
     assert rows[2] == ("QEMU start -> core ready", "14.00 s (14.00-14.00)", "11.00 s (10.00-12.00)", "1.27")
+
+
+def test_the_kernels_rows_are_multiples_of_each_boots_firmware_time() -> None:
+    from appliance.bench.__main__ import kernel_rows
+    from appliance.bench.figures import Boot
+    debian = [Boot(5.0, 8.0, 9.0, 12.0, 9000), Boot(4.0, 6.6, 7.4, 10.0, 9000)]  # /init 0.6 x and 0.65 x
+    ours = [Boot(5.0, 6.5, 7.5, 8.0, 9000), Boot(4.0, 5.0, 6.0, 6.4, 9000)]  # 0.3 x and 0.25 x
+    rows = kernel_rows({"debian": debian, "appliance": ours}, {"debian": 25 * 2**20, "appliance": 18 * 2**20})
+    assert rows[0] == ("", "Debian's kernel", "KERNEL=appliance", "target")
+    assert rows[2][0] == "kernel start -> /init" and rows[2][3] == "<= 0.4 x"
+    assert rows[2][1].startswith("2.80 s = 0.62 x (0.60-0.65)") and rows[2][2].startswith("1.25 s = 0.28 x (0.25-0.30)")
+    assert rows[3][0] == "QEMU start -> core ready" and rows[3][2].startswith("7.20 s = 1.60 x (1.60-1.60)")
+    assert rows[4][0] == "UKI" and "25.0" in rows[4][1] and "18.0" in rows[4][2]

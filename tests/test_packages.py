@@ -65,5 +65,5 @@ def test_packages_reach_mkosi_and_its_check() -> None:
     assert "--package=python3-yaml,libusb-1.0-0" in cmd
     assert "--environment=APPLIANCE_PACKAGES=python3-yaml libusb-1.0-0" in cmd
     assert cmd[-2:] == ["--force", "build"]
-    assert not any(a.startswith("--package=") for a in mkosi.mkosi_command(Path("/r"), Path("/b/render"), Path("/o"),
-                                                                          Path("/c"), "default"))
+    assert [a for a in mkosi.mkosi_command(Path("/r"), Path("/b/render"), Path("/o"), Path("/c"), "default")
+            if a.startswith("--package=")] == ["--package=linux-image-amd64,tiny-initramfs"]  # Debian's kernel only

@@ -46,12 +46,16 @@ def say(text: str) -> None:
 
 # -- builds -------------------------------------------------------------------------------
 
-def build_ours(repo: Path, out: Path, cache: Path) -> float:
+def build_ours(repo: Path, out: Path, cache: Path, kernel: str = "debian") -> float:
     started = time.monotonic()
     if build_main(["image", "--repo", str(repo), "--build-dir", str(out), "--cache-dir", str(cache),
-                   "--core", str(repo / CORE)]) != 0:
+                   "--core", str(repo / CORE), "--kernel", kernel]) != 0:
         raise RuntimeError("building our image failed (its output is above)")
     return time.monotonic() - started
+
+
+def build_ours_with_our_kernel(repo: Path, out: Path, cache: Path) -> float:
+    return build_ours(repo, out, cache, kernel="appliance")
 
 
 def build_comparator(repo: Path, out: Path, cache: Path) -> float:
@@ -409,6 +413,55 @@ def only_against(build: Path, other: Path, runs: int) -> int:
     return 0
 
 
+KERNEL_TARGETS = {"kernel start -> /init": 0.4, "QEMU start -> core ready": 1.7}  # x the firmware's time
+UKI_TARGET = 20 * 2**20
+
+
+def kernel_rows(boots: dict[str, list[figures.Boot]], ukis: dict[str, int]) -> list[tuple[str, str, str, str]]:
+    """Debian's kernel against ours (KERNEL=appliance), each boot's figures as multiples of
+    that boot's firmware time (QEMU start -> kernel start), as the targets are."""
+    debian, ours = boots["debian"], boots["appliance"]
+    rows = [("", "Debian's kernel", "KERNEL=appliance", "target")]
+    a, b = figures.spread([x.kernel_start for x in debian]), figures.spread([x.kernel_start for x in ours])
+    rows.append(("the firmware: QEMU start -> kernel start", a.text(), b.text(), ""))
+    picks: tuple[tuple[str, Callable[[figures.Boot], float]], ...] = (
+        ("kernel start -> /init", lambda x: x.kernel_part), ("QEMU start -> core ready", lambda x: x.core_ready))
+    for label, figure in picks:
+        cells = []
+        for runs in (debian, ours):
+            seconds = figures.spread([figure(x) for x in runs])
+            times = figures.spread([figure(x) / x.kernel_start for x in runs])
+            cells.append(f"{seconds.median:.2f} s = {times.median:.2f} x ({times.low:.2f}-{times.high:.2f})")
+        rows.append((label, cells[0], cells[1], f"<= {KERNEL_TARGETS[label]} x"))
+    rows.append(("UKI", figures.mib(ukis["debian"]), figures.mib(ukis["appliance"]),
+                 f"<= {figures.mib(UKI_TARGET)}"))
+    return rows
+
+
+def only_kernels(repo: Path, build: Path, cache: Path, runs: int) -> int:
+    """``--only-kernels``: the bench core's image with Debian's kernel and with ours, booted
+    interleaved ``runs`` times each (both built first when missing)."""
+    images = {"debian": build / "bench/ours", "appliance": build / "bench/ours-kernel"}
+    for kernel, out in images.items():
+        if not (out / "appliance.raw").exists():
+            say(f"building the bench image with KERNEL={kernel} (missing)")
+            build_ours(repo, out, cache, kernel=kernel)
+    boots: dict[str, list[figures.Boot]] = {k: [] for k in images}
+    with tempfile.TemporaryDirectory(dir=build) as work:
+        for i in range(runs):
+            for kernel, out in images.items():
+                b = boot_once(out / "appliance.raw", Path(work) / f"{kernel}{i}", f"bench-kernel-{kernel}-{i + 1}",
+                              build / "bench/logs")
+                say(f"KERNEL={kernel} boot {i + 1}/{runs}: firmware {b.kernel_start:.2f} s, kernel start -> /init "
+                    f"{b.kernel_part:.2f} s, core ready at {b.core_ready:.2f} s")
+                boots[kernel].append(b)
+    print(figures.table(kernel_rows(boots, {k: (out / "appliance.efi").stat().st_size
+                                            for k, out in images.items()})))
+    print(f"\n{runs} boots of each, interleaved, under {'kvm' if kvm_works() else 'tcg'} on {os.cpu_count()} CPUs; "
+          "x: that boot's figure over its firmware's time (medians, min-max).")
+    return 0
+
+
 # -- the report ---------------------------------------------------------------------------
 
 def sizes(efi: Path, raw: Path) -> dict[str, int]:
@@ -471,6 +524,10 @@ def report(result: dict[str, Any]) -> str:
         shown = [figures.Boot(*b) for b in ours["screen_boots"]]
         text += "\n\n" + figures.table([("", "no display", SCREEN_DISPLAY, "the screen's cost"),
                                          *screen_rows(boots_a, shown)])
+    if ours.get("kernel_boots"):
+        own = [figures.Boot(*b) for b in ours["kernel_boots"]]
+        text += "\n\n" + figures.table(kernel_rows({"debian": boots_a, "appliance": own},
+                                                    {"debian": ours["size"]["uki"], "appliance": ours["kernel_uki"]}))
     ready = figures.spread([b.core_ready for b in boots_a])
     notes = [
         f"{len(boots_a)} boots of each, interleaved, under {result['accel']} on {result['cpus']} CPUs; "
@@ -504,6 +561,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="only the update channel rows, --boots times, with the test network images (make test-image)")
     p.add_argument("--only-screen", action="store_true",
                    help="only the screen's cost: the bench image without a display and with one, --boots times")
+    p.add_argument("--only-kernels", action="store_true",
+                   help="only the kernels' rows: the bench image with Debian's kernel and with KERNEL=appliance, "
+                        "--boots times each")
     p.add_argument("--against", metavar="OTHER.raw", type=Path,
                    help="only boots: our bench image against another image of the bench core, interleaved "
                         "(with OTHER.efi beside it for the sizes)")
@@ -520,6 +580,9 @@ def main(argv: list[str] | None = None) -> int:
         return only_channel(Path(args.build_dir).resolve(), args.boots)
     if args.only_screen:
         return only_screen(Path(args.build_dir).resolve(), args.boots)
+    if args.only_kernels:
+        return only_kernels(Path(args.repo).resolve(), Path(args.build_dir).resolve(),
+                            Path(args.cache_dir).resolve(), args.boots)
     repo = Path(args.repo).resolve()
     bench = Path(args.build_dir).resolve() / "bench"
     cache = Path(args.cache_dir).resolve()
@@ -540,17 +603,24 @@ def main(argv: list[str] | None = None) -> int:
             if not args.no_rebuild:
                 say(f"timing {name}'s rebuild after touching {CORE}")
                 result[name]["build"]["warm"] = rebuild_after_touching(repo, build, out, cache)
+        kernel_dir = bench / "ours-kernel"  # the same image with KERNEL=appliance
+        if not (kernel_dir / "appliance.raw").exists():
+            say("building ours with KERNEL=appliance (missing)")
+            build_ours_with_our_kernel(repo, kernel_dir, cache)
+        result["ours"]["kernel_uki"] = (kernel_dir / "appliance.efi").stat().st_size
         ours_raw, theirs_raw = ours_dir / "appliance.raw", theirs_dir / "comparator.raw"
         result["ours"]["size"] = sizes(ours_dir / "appliance.efi", ours_raw)
         result["systemd"]["size"] = sizes(theirs_dir / "comparator.efi", theirs_raw)
         logs = bench / "logs"
-        boots: dict[str, list[list[float]]] = {"ours": [], "systemd": [], "ours-secure-boot": [], "ours-screen": []}
+        boots: dict[str, list[list[float]]] = {"ours": [], "systemd": [], "ours-secure-boot": [], "ours-screen": [],
+                                               "ours-kernel": []}
         with tempfile.TemporaryDirectory(dir=bench) as work:
             cert = enrollable_cert(ours_raw, Path(work) / "mok.pem")
             if cert is None:
                 say("our image is not laid out for a stock PC (SECURE_BOOT=shim): no Secure Boot boots")
             runs: list[tuple[str, Path, Path | None]] = [("ours", ours_raw, None), ("systemd", theirs_raw, None),
-                                                         ("ours-screen", ours_raw, None)]
+                                                         ("ours-screen", ours_raw, None),
+                                                         ("ours-kernel", kernel_dir / "appliance.raw", None)]
             runs += [("ours-secure-boot", ours_raw, cert)] if cert else []
             for i in range(args.boots):
                 for name, image, mok in runs:
@@ -566,6 +636,7 @@ def main(argv: list[str] | None = None) -> int:
         result["ours"]["boots"], result["systemd"]["boots"] = boots["ours"], boots["systemd"]
         result["ours"]["secure_boot_boots"] = boots["ours-secure-boot"]
         result["ours"]["screen_boots"] = boots["ours-screen"]
+        result["ours"]["kernel_boots"] = boots["ours-kernel"]
         result["ours"]["crash_turnaround"] = turnaround
         test_raw, v2_efi = bench.parent / "test/appliance.raw", bench.parent / "test-v2/appliance.efi"
         if test_raw.exists():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from appliance.builder import (
     disk,
     identity,
     inspect,
+    kernel,
     mirror,
     mkosi,
     packages,
@@ -63,10 +65,12 @@ def cmd_image(args: argparse.Namespace) -> int:
     core = Path(args.core) if args.core else repo / "examples/demo-core.py"
     reports_ca = Path(args.crash_reports_ca).resolve() if args.crash_reports_ca else None
     started = time.monotonic()
-    _step = Steps(5)
+    own_kernel = args.kernel == "appliance"
+    _step = Steps(6 if own_kernel else 5)
 
     _step(f"checking the core {core} and rendering the build settings")
     try:
+        kernel.check_choice(args.kernel)
         render.check_core(core)
         mirrors = mirror.host_mirrors(args.mirror or None, args.security_mirror)
         key = signing_key(args)
@@ -83,7 +87,7 @@ def cmd_image(args: argparse.Namespace) -> int:
         channel_root = channel_keys(args) if args.update_channel else None
         debs = packages.wanted(core, args.packages) + (CHANNEL_PACKAGES if channel_root else [])
     except (render.CoreError, mirror.MirrorError, signing.SigningError, identity.IdentityError,
-            packages.PackagesError, PublishError) as e:
+            packages.PackagesError, PublishError, kernel.KernelError) as e:
         print(f"build: error: {e}", file=sys.stderr)
         return 2
     print(f"build: mirror {mirrors.main}" + (f", security {mirrors.security}" if mirrors.security else
@@ -99,6 +103,25 @@ def cmd_image(args: argparse.Namespace) -> int:
     )
     render_dir = build / "render"
     render.render(settings, render_dir)
+    sources = render_dir / "pkgmngr/etc/apt/sources.list.d"
+    kernel_tree: Path | None = None
+    built_kernel = ""
+    if own_kernel:
+        _step(f"the appliance kernel ({kernel.SOURCE_PACKAGE} with {kernel.FRAGMENT})")
+        try:
+            built = kernel.build(repo, sources, Path(args.cache_dir).resolve() / "kernel",
+                                 lambda line: print(f"build: {line}", file=sys.stderr, flush=True))
+        except kernel.KernelError as e:
+            print(f"build: error: {e}", file=sys.stderr)
+            return 1
+        try:
+            firmware = kernel.nic_firmware(sources, Path(args.cache_dir).resolve() / "kernel") \
+                if args.network != "off" else None
+        except (kernel.KernelError, subprocess.CalledProcessError) as e:
+            print(f"build: error: {e}", file=sys.stderr)
+            return 1
+        kernel_tree = kernel.image_tree(built, build / "kernel-tree", firmware)
+        built_kernel = f"{built.release} {kernel.build_key(built.version, (repo / kernel.FRAGMENT).read_text())}"
 
     _step("installing the core's Python dependencies (wheels for the image's Python, through pip)")
     pip_log = build / "logs" / deps.LOG_NAME
@@ -121,7 +144,7 @@ def cmd_image(args: argparse.Namespace) -> int:
     build_id = identity.build_id([("extra", render_dir / "extra"), *((name, repo / name) for name in
                                                                      identity.CONFIG_INPUTS)],
                                  {"profile": args.profile, "secure-boot": args.secure_boot, "network": args.network,
-                                  "packages": " ".join(debs)})
+                                  "packages": " ".join(debs), "kernel": built_kernel or args.kernel})
     version = args.image_version or identity.default_version(build_id)
     identity.write_fragment(render_dir / "extra", version, build_id)
     print(f"build: image {version} (build id {build_id})", file=sys.stderr)
@@ -136,17 +159,18 @@ def cmd_image(args: argparse.Namespace) -> int:
     # cache directory).
     incremental = "incremental" if args.network == "off" else \
         "incremental-channel" if channel_root else "incremental-network"
+    if own_kernel:
+        incremental += "-appliance-kernel"
     if args.profile != "default":
         incremental += f"-{args.profile}"
     cmd = mkosi.mkosi_command(repo, render_dir, out, Path(args.cache_dir).resolve(), args.profile, packages=debs,
-                              network=args.network != "off", incremental=incremental)
+                              network=args.network != "off", incremental=incremental, kernel_tree=kernel_tree)
     try:
         mkosi.run_mkosi(cmd, log=build / "logs" / "mkosi.log")
     except RuntimeError as e:
         print(f"build: error: {e}", file=sys.stderr)
         return 1
     efi = build / "appliance.efi"
-    sources = render_dir / "pkgmngr/etc/apt/sources.list.d"
     try:
         if key is None:
             shutil.copy2(out / "appliance.efi", efi)
@@ -222,6 +246,25 @@ def cmd_bench_rebuild(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_kernel(args: argparse.Namespace) -> int:
+    """``make kernel``: the appliance kernel alone, into the cache (KERNEL=appliance takes it from there)."""
+    repo = Path(args.repo).resolve()
+    try:
+        mirrors = mirror.host_mirrors(args.mirror or None, args.security_mirror)
+    except mirror.MirrorError as e:
+        print(f"kernel: error: {e}", file=sys.stderr)
+        return 2
+    sources = render.write_sources(repo, mirrors, "off", Path(args.build_dir).resolve() / "kernel-sources")
+    try:
+        built = kernel.build(repo, sources, Path(args.cache_dir).resolve() / "kernel",
+                             lambda line: print(f"build: {line}", file=sys.stderr, flush=True))
+    except kernel.KernelError as e:
+        print(f"kernel: error: {e}", file=sys.stderr)
+        return 1
+    print(f"{built.image} ({built.release}, {kernel.SOURCE_PACKAGE} {built.version})")
+    return 0
+
+
 def cmd_size(args: argparse.Namespace) -> int:
     efi = Path(args.efi)
     if not efi.exists():
@@ -250,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     img.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/appliance-image"))
     img.add_argument("--core", default=os.environ.get("CORE") or None)
     img.add_argument("--profile", default="default", choices=["default", "debug"])
+    img.add_argument("--kernel", default=os.environ.get("KERNEL") or "debian",
+                     help="debian: Debian's signed kernel and its modules (the default); appliance: our own, "
+                          f"built from {kernel.SOURCE_PACKAGE} with every driver built in (KERNEL=)")
     img.add_argument("--image-version", default=os.environ.get("VERSION") or "",
                      help="the image's version (VERSION=; default: the date and the build id's start)")
     img.add_argument("--hostname", default=initconf.DEFAULT_HOSTNAME,
@@ -306,6 +352,13 @@ def main(argv: list[str] | None = None) -> int:
     br.add_argument("--build-dir", default="build")
     br.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/appliance-image"))
     br.set_defaults(func=cmd_bench_rebuild)
+    kn = sub.add_parser("kernel", help="build the appliance kernel (KERNEL=appliance) into the cache")
+    kn.add_argument("--repo", default=".")
+    kn.add_argument("--build-dir", default="build")
+    kn.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/appliance-image"))
+    kn.add_argument("--mirror", default=os.environ.get("MIRROR", ""))
+    kn.add_argument("--security-mirror", default=os.environ.get("SECURITY_MIRROR") or None)
+    kn.set_defaults(func=cmd_kernel)
     sz = sub.add_parser("size", help="print the size breakdown of a UKI")
     sz.add_argument("efi", nargs="?", default="build/appliance.efi")
     sz.add_argument("--top", type=int, default=12)

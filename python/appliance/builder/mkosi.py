@@ -9,6 +9,8 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+from appliance.builder import kernel
+
 # NETWORK=dhcp: the common wired NICs (paths under the kernel's module tree, as regexes),
 # and the firmware Debian ships for them (r8169's; Intel's wired NICs need none).
 NIC_FIRMWARE = ("firmware-realtek",)
@@ -16,11 +18,19 @@ NIC_MODULES = ("/net/virtio_net\\.", "/net/ethernet/intel/e1000/", "/net/etherne
                "/net/ethernet/intel/igb/", "/net/ethernet/intel/igc/", "/net/ethernet/realtek/r8169\\.")
 
 
+# The kernel's packages: Debian's kernel with the initramfs tool it depends on; or, for
+# ours (given as a tree with its vmlinuz), depmod, which mkosi runs in the image.
+DEBIAN_KERNEL = ("linux-image-amd64", "tiny-initramfs")
+APPLIANCE_KERNEL = ("kmod",)
+
+
 def mkosi_command(repo: Path, render_dir: Path, output_dir: Path, cache_dir: Path,
                   profile: str, *, extra_tree: Path | None = None, incremental: str = "incremental",
-                  packages: list[str] | None = None, network: bool = False) -> list[str]:
+                  packages: list[str] | None = None, network: bool = False,
+                  kernel_tree: Path | None = None) -> list[str]:
     """The mkosi command line for one build (pure, so it is tested). ``repo`` is the
-    directory with mkosi.conf; ``extra_tree`` defaults to the rendered ``extra``."""
+    directory with mkosi.conf; ``extra_tree`` defaults to the rendered ``extra``;
+    ``kernel_tree``, our own kernel's (KERNEL=appliance), else Debian's kernel package."""
     cmd = [
         "mkosi",
         f"--directory={repo}",
@@ -33,10 +43,17 @@ def mkosi_command(repo: Path, render_dir: Path, output_dir: Path, cache_dir: Pat
         # clone: a rebuild after a change to python/ or the core starts from there.
         "--incremental=yes",
     ]
+    if kernel_tree is None:
+        cmd.append(f"--package={','.join(DEBIAN_KERNEL)}")
+    else:  # every driver built in: no modules to keep, for the NICs or otherwise
+        cmd += [f"--extra-tree={kernel_tree}:/", f"--package={','.join(APPLIANCE_KERNEL)}",
+                f"--kernel-command-line={kernel.FIRMWARE_ARGUMENT}"]
     if profile != "default":
         cmd.append(f"--profile={profile}")
-    if network:  # NETWORK=dhcp: the common wired NICs' drivers (the init loads those whose device is present)
-        # and their firmware (mkosi keeps only the files those drivers name).
+    # NETWORK=dhcp: the common wired NICs' drivers (the init loads those whose device is
+    # present) and their firmware (mkosi keeps the files those drivers name). Ours has
+    # them built in, and its tree carries their firmware.
+    if network and kernel_tree is None:
         cmd += [f"--kernel-modules-include={','.join(NIC_MODULES)}", f"--package={','.join(NIC_FIRMWARE)}"]
     if packages:  # the core's (build/packages.py); mkosi.postinst.chroot checks what they pulled in
         cmd += [f"--package={','.join(packages)}", f"--environment=APPLIANCE_PACKAGES={' '.join(packages)}"]

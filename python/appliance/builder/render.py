@@ -36,13 +36,16 @@ class CoreError(Exception):
     """The core given to the build cannot be used."""
 
 
+RELEASE = "trixie"  # the image's Debian release (mkosi.conf's Release=)
+
+
 @dataclass(frozen=True)
 class Settings:
     repo: Path
     core: Path
     mirrors: Mirrors
     profile: str = "default"
-    release: str = "trixie"
+    release: str = RELEASE
     hostname: str = initconf.DEFAULT_HOSTNAME
     # The init's settings baked into the image; their defaults are the init's own.
     runtime_log_cap: int = INIT_DEFAULTS.runtime_log_cap
@@ -191,6 +194,20 @@ def _environment(repo: Path) -> jinja2.Environment:
     )
 
 
+def write_sources(repo: Path, mirrors: Mirrors, network: str, into: Path, release: str = RELEASE) -> Path:
+    """The apt sources of the image's release (mkosi's, and apt's for the ESP's and the
+    kernel's packages): ``into``/mkosi.sources."""
+    into.mkdir(parents=True, exist_ok=True)
+    (into / "mkosi.sources").write_text(_environment(repo).get_template("mkosi.sources.j2").render(
+        mirror=mirrors.main,
+        security_mirror=mirrors.security,
+        release=release,
+        # NETWORK=: the NICs' firmware (firmware-realtek) lives in non-free-firmware.
+        components="main non-free-firmware" if network != "off" else "main",
+    ))
+    return into
+
+
 def render(settings: Settings, out: Path) -> None:
     """Write ``out/pkgmngr`` (apt sources) and ``out/extra`` (the init, config, core)."""
     entry = check_core(settings.core)
@@ -199,15 +216,7 @@ def render(settings: Settings, out: Path) -> None:
     if out.exists():
         shutil.rmtree(out)
 
-    sources = out / "pkgmngr/etc/apt/sources.list.d/mkosi.sources"
-    sources.parent.mkdir(parents=True)
-    sources.write_text(env.get_template("mkosi.sources.j2").render(
-        mirror=settings.mirrors.main,
-        security_mirror=settings.mirrors.security,
-        release=settings.release,
-        # NETWORK=: the NICs' firmware (firmware-realtek) lives in non-free-firmware.
-        components="main non-free-firmware" if settings.network != "off" else "main",
-    ))
+    write_sources(repo, settings.mirrors, settings.network, out / "pkgmngr/etc/apt/sources.list.d", settings.release)
 
     extra = out / "extra"
     for name in ("init", "launch-core"):

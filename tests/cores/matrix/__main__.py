@@ -96,15 +96,24 @@ def hang_the_machine() -> None:
     with open("/proc/sys/kernel/sched_rt_runtime_us", "w") as f:
         f.write("-1")  # no share of the CPU kept back for others
     # Since Linux 6.12 a "fair server" still gives ordinary tasks 5% of each CPU; it is
-    # set in debugfs, where 0 turns it off.
+    # set in debugfs, where 0 turns it off (not under the lockdown of Secure Boot, which
+    # keeps debugfs read-only).
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.mount(b"debugfs", b"/sys/kernel/debug", b"debugfs", 0, None) != 0:
         print(f"matrix core: cannot mount debugfs: {os.strerror(ctypes.get_errno())}", flush=True)
     for cpu in glob.glob("/sys/kernel/debug/sched/fair_server/cpu*/runtime"):
-        with open(cpu, "w") as f:
-            f.write("0")
+        try:
+            with open(cpu, "w") as f:
+                f.write("0")
+        except OSError as e:
+            print(f"matrix core: cannot turn the fair server off: {e}", flush=True)
     print("matrix core: hanging the machine", flush=True)
+    time.sleep(0.3)  # for the init to pass the line on, while it still can
+    # The fair server serves ordinary tasks only: the init's threads become real-time
+    # tasks below this one, which then never lets them run.
     os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(99))
+    for task in os.listdir("/proc/1/task"):
+        os.sched_setscheduler(int(task), os.SCHED_FIFO, os.sched_param(1))
     while True:
         pass
 
