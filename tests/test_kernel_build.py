@@ -64,6 +64,8 @@ def test_mkosi_gets_our_kernel_as_a_tree_and_no_debian_kernel(tmp_path: Path) ->
     assert not [a for a in cmd if "linux-image" in a or "firmware-realtek" in a or "kernel-modules-include" in a]
     debian = mkosi.mkosi_command(Path("/r"), Path("/b/render"), Path("/o"), Path("/c"), "default")
     assert "--package=linux-image-amd64,tiny-initramfs" in debian and not [a for a in debian if "kernel-tree" in a]
+    assert "--kernel-command-line=cryptomgr.notests" in debian
+    assert not [a for a in cmd if "cryptomgr" in a]  # ours runs no self-tests to skip
 
 
 def test_the_built_kernel_goes_where_mkosi_looks_for_one(tmp_path: Path) -> None:

@@ -90,6 +90,13 @@ def test_devices_select_their_drivers_only() -> None:
     assert idx.modules_for({"pci:v0000ABCDd00001111sv0sd0bcFFsc00i00"}) == []
 
 
+def plug(sysfs: Path, bus: str, name: str, alias: str) -> None:
+    """A device in a sysfs tree, with its modalias."""
+    d = sysfs / "bus" / bus / "devices" / name
+    d.mkdir(parents=True)
+    (d / "modalias").write_text(alias + "\n")
+
+
 def module_dir(tmp_path: Path, extra_deps: str) -> Path:
     moddir = tmp_path / "mod"
     moddir.mkdir()
@@ -103,9 +110,7 @@ def test_coldplug_loads_new_devices_once(tmp_path: Path) -> None:
     sysfs = tmp_path / "sys"
 
     def device(bus: str, name: str, alias: str) -> None:
-        d = sysfs / "bus" / bus / "devices" / name
-        d.mkdir(parents=True)
-        (d / "modalias").write_text(alias + "\n")
+        plug(sysfs, bus, name, alias)
 
     device("virtio", "virtio0", "virtio:d00000002v00001AF4")
     k = FakeKernel({})
@@ -139,9 +144,7 @@ def test_coldplug_loads_the_boot_controllers_drivers_first(tmp_path: Path) -> No
     for bus, name, alias in (("virtio", "virtio1", "virtio:d00000002v00001AF4"),
                              ("pci", "0000:00:1f.2", "pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01"),
                              ("platform", "iTCO_wdt", "platform:iTCO_wdt")):
-        d = sysfs / "bus" / bus / "devices" / name
-        d.mkdir(parents=True)
-        (d / "modalias").write_text(alias + "\n")
+        plug(sysfs, bus, name, alias)
     k = FakeKernel({})
     cp = Coldplug(str(moddir), k, str(sysfs))
     # Booted from the virtio disk: AHCI, also storage, waits like the watchdog.
@@ -266,9 +269,7 @@ def test_the_watchdogs_drivers_load_before_the_others_and_probe_at_once(tmp_path
     for bus, name, alias in (("pci", "0000:00:1f.0", "pci:v00008086d00002918sv00001AF4sd00001100bc06sc01i00"),
                              ("pci", "0000:00:03.0", "pci:v00008086d000025ABsv00001AF4sd00001100bc08sc80i00"),
                              ("virtio", "virtio2", "virtio:d00000004v00001AF4")):
-        d = sysfs / "bus" / bus / "devices" / name
-        d.mkdir(parents=True)
-        (d / "modalias").write_text(alias + "\n")
+        plug(sysfs, bus, name, alias)
     k = ProbingKernel(sysfs)
     cp = Coldplug(str(moddir), k, str(sysfs))
     assert cp.scan() == 0 and sorted(cp.deferred) == ["i6300esb", "lpc_ich", "virtio_rng"]

@@ -19,7 +19,7 @@ import pytest
 from appliance.builder import signing
 from appliance.esp import layout, records
 from appliance.harness.machine import Machine
-from tests.helpers import act, signed_layouts
+from tests.helpers import act, shows, signed_layouts
 
 pytestmark = pytest.mark.qemu
 
@@ -43,17 +43,17 @@ class Boots:
         self.tmp_path, self.log_dir, self.name = tmp_path, log_dir, name
         self.m: Machine | None = None
 
-    def on(self, interface: str, action: str) -> Machine:
+    def on(self, interface: str, action: str, display: str = "") -> Machine:
         """The machine with its disk behind ``interface``, told to do ``action`` at its next boot."""
         m = Machine(self.image, self.tmp_path, name=f"kernel-{self.name}-{interface}", interface=interface,
                     resume=self.m is not None, secure_boot="ms", mok_cert=self.key.cert, watchdog=True,
-                    warm_reset=True, log_dir=self.log_dir)
+                    warm_reset=True, log_dir=self.log_dir, display=display)
         act(m, action.encode())
         self.m = m
         return m
 
 
-def booted(m: Machine, device: str, previous: str | None, *shown: str) -> None:
+def booted(m: Machine, device: str, previous: str | None, *shown: str) -> list[re.Match[str]]:
     """Our kernel under Secure Boot: locked down, no module to load, the ESP behind ``device``,
     the hardware watchdog armed, the previous boot's end said and ``shown`` (lines of what it
     left, in order), all before the core starts."""
@@ -65,9 +65,9 @@ def booted(m: Machine, device: str, previous: str | None, *shown: str) -> None:
     m.expect(DOG, 30)
     if previous is not None:
         m.expect(rf"init: previous boot ended: {previous}", 30)
-    for line in shown:
-        m.expect(line, 30)
+    found = [m.expect(line, 30) for line in shown]
     m.expect(r"init: core started: pid \d+", 60)
+    return found
 
 
 def crashes(m: Machine, action: str, ended: str) -> None:
@@ -103,32 +103,29 @@ def test_our_kernel_keeps_an_exception_a_segfault_and_a_hung_core_on_ahci_and_nv
 
 
 def test_our_kernel_keeps_a_panic_and_a_hung_machine_on_xhci_and_virtio_blk(
-        stock_pc: tuple[Path, signing.Key], qemu_ready: None, tmp_path: Path, log_dir: Path) -> None:
+        stock_pc: tuple[Path, signing.Key], qemu_ready: None, ocr: None, tmp_path: Path, log_dir: Path) -> None:
     boots = Boots(stock_pc, tmp_path, log_dir, "panic-hang")
     token = uuid.uuid4().hex
     with boots.on("usb", f"panic {token}") as m:
         booted(m, r"/dev/sd[a-z]1 ", None)
         m.expect(rf"matrix core: action panic {token}", 60)
         m.expect(r"Kernel panic - not syncing", 90)
-        m.expect(r"EFI stub: UEFI Secure Boot is enabled", 180)  # panic=10: it reboots itself
-        m.wait_boot(timeout=120)
-        m.expect(NO_MODULES, 30)
-        m.expect(LOCKDOWN, 30)
-        m.expect(DOG, 60)
-        m.expect(r"init: previous boot ended: kernel panic \(Panic, kept by pstore\)", 30)
-        m.expect(rf"init: \| kernel: [^\n]*matrix core: about to panic the kernel, token {token}", 30)
-        panic = m.expect(r"init: ===== kernel panic from the previous boot: end \(archived as /esp(\S+)\)", 10)
-        m.expect(r"init: core started: pid \d+", 60)
+        _, panic = booted(m, r"/dev/sd[a-z]1 ", r"kernel panic \(Panic, kept by pstore\)",  # panic=10: it reboots
+                          rf"init: \| kernel: [^\n]*matrix core: about to panic the kernel, token {token}",
+                          r"init: ===== kernel panic from the previous boot: end \(archived as /esp(\S+)\)")
         m.power_cut()
     rec = records.decode(m.esp_read(panic.group(1)))
     assert rec.ok and rec.kind == "kernel-panic" and f"token {token}".encode() in rec.payload, rec.problem
     assert rec.meta["secure-boot"] == "on (lockdown: integrity)"
-    with boots.on("virtio", "hang") as m:
+    with boots.on("virtio", "hang", display="VGA") as m:
         # The core takes the only CPU at once: the watchdog, armed before it started, resets the machine.
         booted(m, r"/dev/vda1 ", None)
         m.expect(r"matrix core: hanging the machine", 60)
         booted(m, r"/dev/vda1 ", r"watchdog reset \(watchdog\d: i6300ESB timer\): the machine hung")
         m.expect(r"matrix core: ready", 60)
+        # The monitor, on the firmware's framebuffer through simpledrm: the banner and the state.
+        shows(m, "kernel-hang", "matrix: appliance", "cause: watchdog reset", "secure boot: on (lockdown: integrity)",
+              "core started: pid")
         m.power_cut()
     newest = sorted(m.esp_list(layout.HISTORY_DIR))[-1]
     assert newest.endswith("-reset.rec"), newest

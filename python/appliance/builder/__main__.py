@@ -108,11 +108,8 @@ def cmd_image(args: argparse.Namespace) -> int:
     built_kernel = ""
     if own_kernel:
         _step(f"the appliance kernel ({kernel.SOURCE_PACKAGE} with {kernel.FRAGMENT})")
-        try:
-            built = kernel.build(repo, sources, Path(args.cache_dir).resolve() / "kernel",
-                                 lambda line: print(f"build: {line}", file=sys.stderr, flush=True))
-        except kernel.KernelError as e:
-            print(f"build: error: {e}", file=sys.stderr)
+        built = build_kernel(repo, sources, Path(args.cache_dir))
+        if built is None:
             return 1
         try:
             firmware = kernel.nic_firmware(sources, Path(args.cache_dir).resolve() / "kernel") \
@@ -246,6 +243,16 @@ def cmd_bench_rebuild(args: argparse.Namespace) -> int:
     return 0
 
 
+def build_kernel(repo: Path, sources: Path, cache_dir: Path) -> kernel.Built | None:
+    """The appliance kernel, from the cache or built now; None (said why) if it failed."""
+    try:
+        return kernel.build(repo, sources, cache_dir.resolve() / "kernel",
+                            lambda line: print(f"build: {line}", file=sys.stderr, flush=True))
+    except kernel.KernelError as e:
+        print(f"build: error: {e}", file=sys.stderr)
+        return None
+
+
 def cmd_kernel(args: argparse.Namespace) -> int:
     """``make kernel``: the appliance kernel alone, into the cache (KERNEL=appliance takes it from there)."""
     repo = Path(args.repo).resolve()
@@ -255,11 +262,8 @@ def cmd_kernel(args: argparse.Namespace) -> int:
         print(f"kernel: error: {e}", file=sys.stderr)
         return 2
     sources = render.write_sources(repo, mirrors, "off", Path(args.build_dir).resolve() / "kernel-sources")
-    try:
-        built = kernel.build(repo, sources, Path(args.cache_dir).resolve() / "kernel",
-                             lambda line: print(f"build: {line}", file=sys.stderr, flush=True))
-    except kernel.KernelError as e:
-        print(f"kernel: error: {e}", file=sys.stderr)
+    built = build_kernel(repo, sources, Path(args.cache_dir))
+    if built is None:
         return 1
     print(f"{built.image} ({built.release}, {kernel.SOURCE_PACKAGE} {built.version})")
     return 0

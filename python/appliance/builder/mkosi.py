@@ -21,6 +21,11 @@ NIC_MODULES = ("/net/virtio_net\\.", "/net/ethernet/intel/e1000/", "/net/etherne
 # The kernel's packages: Debian's kernel with the initramfs tool it depends on; or, for
 # ours (given as a tree with its vmlinuz), depmod, which mkosi runs in the image.
 DEBIAN_KERNEL = ("linux-image-amd64", "tiny-initramfs")
+# Debian's kernel's command-line levers, each kept because `make bench --against` showed
+# it wins (docs/bench.md, "The kernels"), none weakening the kernel: cryptomgr.notests
+# skips the crypto API's self-tests of every algorithm as it registers (ours builds with
+# CRYPTO_MANAGER_DISABLE_TESTS, as the defconfig does; fips=1 would run them regardless).
+DEBIAN_KERNEL_ARGUMENTS = ("cryptomgr.notests",)
 APPLIANCE_KERNEL = ("kmod",)
 
 
@@ -44,7 +49,7 @@ def mkosi_command(repo: Path, render_dir: Path, output_dir: Path, cache_dir: Pat
         "--incremental=yes",
     ]
     if kernel_tree is None:
-        cmd.append(f"--package={','.join(DEBIAN_KERNEL)}")
+        cmd += [f"--package={','.join(DEBIAN_KERNEL)}", f"--kernel-command-line={' '.join(DEBIAN_KERNEL_ARGUMENTS)}"]
     else:  # every driver built in: no modules to keep, for the NICs or otherwise
         cmd += [f"--extra-tree={kernel_tree}:/", f"--package={','.join(APPLIANCE_KERNEL)}",
                 f"--kernel-command-line={kernel.FIRMWARE_ARGUMENT}"]
