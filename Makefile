@@ -144,7 +144,7 @@ soak: deps test-image ## power cuts at random moments of many boots, the ESP che
 	$(PY) -m appliance.tools.soak --image $(BUILD)/test/appliance.raw $(if $(filter 1 yes true,$(SOAK_DATA)),--data --out $(BUILD)/soak-data,--out $(BUILD)/soak) \
 		$(if $(SOAK_CUTS),--cuts $(SOAK_CUTS))
 
-bench: deps ## ours vs a systemd image: sizes, builds, boots, crash turnaround [BENCH_BOOTS=5] [BENCH_COLD=1]; crash reports: python -m appliance.bench --only-reports
+bench: deps ## ours vs a systemd image: sizes, builds, boots, crash turnaround, both kernels [BENCH_BOOTS=5] [BENCH_COLD=1]; crash reports: python -m appliance.bench --only-reports; kernels alone: --only-kernels
 	$(PY) -m appliance.bench --build-dir $(BUILD) --cache-dir $(CACHE_DIR) $(if $(filter 1 yes true,$(BENCH_COLD)),--cold)
 
 bench-build: deps ## time a rebuild after a change to one file under python/ (prints seconds)
