@@ -71,7 +71,7 @@ def test_mkosi_gets_our_kernel_as_a_tree_and_no_debian_kernel(tmp_path: Path) ->
 def test_the_built_kernel_goes_where_mkosi_looks_for_one(tmp_path: Path) -> None:
     image = tmp_path / "bzImage"
     image.write_bytes(b"MZ kernel")
-    built = kernel.Built(image, "6.12.118-appliance", "6.12.118-1", tmp_path / "config")
+    built = kernel.Built(image, "6.12.118-appliance", "6.12.118-1", "6.12.118-1-0123456789ab")
     tree = kernel.image_tree(built, tmp_path / "tree")
     assert (tree / "usr/lib/modules/6.12.118-appliance/vmlinuz").read_bytes() == b"MZ kernel"
     assert [p.name for p in (tree / "usr/lib/modules").iterdir()] == ["6.12.118-appliance"]

@@ -54,10 +54,6 @@ def build_ours(repo: Path, out: Path, cache: Path, kernel: str = "debian") -> fl
     return time.monotonic() - started
 
 
-def build_ours_with_our_kernel(repo: Path, out: Path, cache: Path) -> float:
-    return build_ours(repo, out, cache, kernel="appliance")
-
-
 def build_comparator(repo: Path, out: Path, cache: Path) -> float:
     started = time.monotonic()
     mirrors = mirror.host_mirrors(os.environ.get("MIRROR") or None, os.environ.get("SECURITY_MIRROR") or None)
@@ -606,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
         kernel_dir = bench / "ours-kernel"  # the same image with KERNEL=appliance
         if not (kernel_dir / "appliance.raw").exists():
             say("building ours with KERNEL=appliance (missing)")
-            build_ours_with_our_kernel(repo, kernel_dir, cache)
+            build_ours(repo, kernel_dir, cache, kernel="appliance")
         result["ours"]["kernel_uki"] = (kernel_dir / "appliance.efi").stat().st_size
         ours_raw, theirs_raw = ours_dir / "appliance.raw", theirs_dir / "comparator.raw"
         result["ours"]["size"] = sizes(ours_dir / "appliance.efi", ours_raw)

@@ -118,7 +118,7 @@ def cmd_image(args: argparse.Namespace) -> int:
             print(f"build: error: {e}", file=sys.stderr)
             return 1
         kernel_tree = kernel.image_tree(built, build / "kernel-tree", firmware)
-        built_kernel = f"{built.release} {kernel.build_key(built.version, (repo / kernel.FRAGMENT).read_text())}"
+        built_kernel = f"{built.release} {built.key}"
 
     _step("installing the core's Python dependencies (wheels for the image's Python, through pip)")
     pip_log = build / "logs" / deps.LOG_NAME

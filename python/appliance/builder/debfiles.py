@@ -75,16 +75,16 @@ def fetch(sources_dir: Path, cache: Path, wanted: dict[str, str]) -> dict[str, P
     debs = download(sources_dir, cache, list(wanted))
     found: dict[str, Path] = {}
     for package, path in wanted.items():
-        newest = [debs[package]]
+        deb = debs[package]
         out = cache / Path(path).name
-        data = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(newest[-1])], capture_output=True, check=True).stdout
+        data = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True, check=True).stdout
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             try:
                 member = tar.extractfile("./" + path.lstrip("/"))
             except KeyError:
                 member = None
             if member is None:
-                raise DebError(f"{newest[-1].name} has no {path}")
+                raise DebError(f"{deb.name} has no {path}")
             out.write_bytes(member.read())
         found[package] = out
     return found

@@ -48,7 +48,7 @@ class Built:
     image: Path  # the bzImage
     release: str  # its uname -r, the name of its /usr/lib/modules directory
     version: str  # the source package's version
-    config: Path
+    key: str  # build_key: the source's version and the configuration's hash
 
 
 def check_choice(kernel: str) -> None:
@@ -99,7 +99,7 @@ def build(repo: Path, sources_dir: Path, cache: Path, say: Callable[[str], None]
     done = cache / "builds" / key
     if (done / "bzImage").exists() and (done / "release").exists():
         say(f"kernel: {SOURCE_PACKAGE} {version}, built before ({done})")
-        return Built(done / "bzImage", (done / "release").read_text().strip(), version, done / "config")
+        return Built(done / "bzImage", (done / "release").read_text().strip(), version, key)
     say(f"kernel: building {SOURCE_PACKAGE} {version} with {FRAGMENT}: the first build takes about "
         f"{FIRST_BUILD_MINUTES} minutes on two cores (this machine has {os.cpu_count()}); later builds come "
         "from the cache")
@@ -144,7 +144,7 @@ def build(repo: Path, sources_dir: Path, cache: Path, say: Callable[[str], None]
     size = (done / "bzImage").stat().st_size
     say(f"kernel: {release} built in {(time.monotonic() - started) / 60:.1f} min ({compiled} files compiled), "
         f"{size / 2**20:.1f} MiB: {done / 'bzImage'}")
-    return Built(done / "bzImage", release, version, done / "config")
+    return Built(done / "bzImage", release, version, key)
 
 
 def unpack(deb: Path, version: str, into: Path, say: Callable[[str], None]) -> Path:

@@ -91,14 +91,12 @@ class Hardware:
                 self.say(f"kernel modules: cannot hear of new devices: {e} (a device plugged in later gets no driver)")
         if self.coldplug.load_deferred() == 0 and self._reported:
             return
-        first = not self._reported
         self._reported = True
         report = self.coldplug.report
         for line in report.lines():
             self.say(line)
         self.say(f"kernel modules: slowest {report.slowest()}")
-        if first:
-            self.say_driverless()
+        self.say_driverless()
 
     def say_driverless(self) -> None:
         """Once, when the drivers have all had their turn: the devices none of them took."""
@@ -123,8 +121,8 @@ class Hardware:
     # -- watchdogs -------------------------------------------------------------------------
     def arm_watchdogs(self) -> None:
         """Before the core starts: the watchdogs' drivers (the others keep their time), then
-        every watchdog opened. Called again as the deferred drivers load, for any watchdog
-        those made."""
+        every watchdog opened (``open_watchdogs`` again, once the deferred drivers loaded,
+        opens any watchdog those made)."""
         if self.coldplug is not None:
             self.coldplug.load_watchdogs()
         self.open_watchdogs()
